@@ -1,0 +1,84 @@
+//! Command-line types only: parsing lives here, behaviour elsewhere.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "A nested-virtualisation demo lab on your laptop",
+    long_about = "lab checks that a laptop can run a nested-virtualisation lab, builds base \
+                  images from kickstart files, clones them per VM in milliseconds and boots \
+                  whole demo labs on an isolated libvirt network."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// libvirt connection URI
+    #[arg(
+        long,
+        global = true,
+        env = "LAB_CONNECT",
+        default_value = "qemu:///system",
+        value_name = "URI"
+    )]
+    pub connect: String,
+    /// Print data as one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Say more: every external command line (-v), more detail (-vv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Say only what failed
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to colour human output
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Is this laptop fit for a nested lab, and what to fix if not
+    Check(CheckArgs),
+    /// Print a shell completion script
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Check resources, storage and subnet against this profile (a name or a path)
+    #[arg(long, value_name = "PROFILE")]
+    pub profile: Option<String>,
+    /// The storage the lab lives on: a directory or a block device
+    #[arg(long, value_name = "PATH")]
+    pub storage: Option<PathBuf>,
+    /// Read every file-based host fact under DIR instead of /
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Apply the fixes lab knows how to make (nested KVM option, LVM issue_discards)
+    #[arg(long)]
+    pub fix: bool,
+    /// Skip the storage throughput probe (about 3 seconds)
+    #[arg(long)]
+    pub no_throughput: bool,
+}

@@ -1,0 +1,570 @@
+//! Lab profiles: the presenter's description of a demo lab, in TOML.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::usage;
+use crate::size::ByteSize;
+
+/// Where lab keeps images when a profile does not say.
+pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/lab/images";
+
+/// The private range `subnet = "auto"` picks a /24 from, unless the profile names another.
+pub const DEFAULT_AUTO_RANGE: &str = "10.213.0.0/16";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    #[serde(default)]
+    pub base: BaseSpec,
+    /// Variables handed to the kickstart template.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+    #[serde(rename = "vm", default)]
+    pub vms: Vec<VmSpec>,
+    #[serde(rename = "provision", default)]
+    pub provision: Vec<ProvisionStep>,
+    /// Where this profile was read from (not part of the file).
+    #[serde(skip)]
+    pub source: ProfileSource,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "kebab-case")]
+pub enum ProfileSource {
+    #[default]
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl fmt::Display for ProfileSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProfileSource::BuiltIn => f.write_str("built into lab"),
+            ProfileSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(default)]
+    pub subnet: SubnetSpec,
+    #[serde(default)]
+    pub mode: NetMode,
+    /// DNS domain for the VMs' names; defaults to `<profile>.lab`.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// The range `subnet = "auto"` picks from.
+    #[serde(default = "default_auto_range")]
+    pub auto_range: Ipv4Net,
+}
+
+fn default_auto_range() -> Ipv4Net {
+    DEFAULT_AUTO_RANGE.parse().expect("valid default range")
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            subnet: SubnetSpec::Auto,
+            mode: NetMode::Isolated,
+            domain: None,
+            auto_range: default_auto_range(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubnetSpec {
+    #[default]
+    Auto,
+    Fixed(Ipv4Net),
+}
+
+impl Serialize for SubnetSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SubnetSpec::Auto => s.serialize_str("auto"),
+            SubnetSpec::Fixed(net) => s.serialize_str(&net.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SubnetSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "auto" {
+            return Ok(SubnetSpec::Auto);
+        }
+        let net: Ipv4Net = text.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid subnet {text:?}: write \"auto\" or an IPv4 CIDR such as \"10.213.7.0/24\""
+            ))
+        })?;
+        if net.prefix_len() > 29 {
+            return Err(serde::de::Error::custom(format!(
+                "subnet {text} is too small for a lab: use a /29 or larger"
+            )));
+        }
+        if net != net.trunc() {
+            return Err(serde::de::Error::custom(format!(
+                "subnet {text} has host bits set: did you mean {}?",
+                net.trunc()
+            )));
+        }
+        Ok(SubnetSpec::Fixed(net))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetMode {
+    /// No route out: the lab cannot disturb the LAN, the LAN cannot reach the lab.
+    #[default]
+    Isolated,
+    Nat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// Volume group of the thin pool (lvm-thin, auto).
+    #[serde(default)]
+    pub vg: Option<String>,
+    /// Thin pool LV name inside `vg`.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Directory for qcow2 images.
+    #[serde(default = "default_image_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_image_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_IMAGE_DIR)
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            backend: StorageBackend::Auto,
+            vg: None,
+            pool: None,
+            dir: default_image_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageBackend {
+    /// A thin pool when `vg`/`pool` name one that exists, qcow2 otherwise.
+    #[default]
+    Auto,
+    LvmThin,
+    Qcow2,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    /// Operating system of the base (for kickstart validation), e.g. "centos-stream9".
+    #[serde(default)]
+    pub os: Option<String>,
+    /// A kickstart template in `kickstart/`.
+    #[serde(default)]
+    pub kickstart: Option<String>,
+    /// Install source: a local ISO path or an install tree URL with `.treeinfo`.
+    #[serde(default)]
+    pub install: Option<String>,
+    /// An existing disk image to use as the base instead of an install.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// Direct kernel boot: a kernel path, or "host" for the running host's kernel.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Direct kernel boot: an initrd path, or "busybox" for the one lab makes itself.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Extra kernel command line for direct boot.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Size of the base disk.
+    #[serde(default = "default_base_disk")]
+    pub disk: ByteSize,
+}
+
+fn default_base_disk() -> ByteSize {
+    ByteSize::gib(40)
+}
+
+impl Default for BaseSpec {
+    fn default() -> Self {
+        BaseSpec {
+            os: None,
+            kickstart: None,
+            install: None,
+            image: None,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            disk: default_base_disk(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Disk size; the base's size when unset.
+    #[serde(default)]
+    pub disk: Option<ByteSize>,
+    /// Expose vmx/svm so the VM can run KVM itself.
+    #[serde(default)]
+    pub nested: bool,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize::gib(1)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionStep {
+    pub name: String,
+    /// Shell command run in the VM over SSH.
+    pub run: String,
+    /// Run on VMs of this role only.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Run on this VM only.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// Seconds before the step is called hung.
+    #[serde(default = "default_step_timeout")]
+    pub timeout: u64,
+}
+
+fn default_step_timeout() -> u64 {
+    1800
+}
+
+/// The profiles shipped inside the binary.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("smoke", include_str!("../profiles/smoke.toml")),
+    ("packstack-aio", include_str!("../profiles/packstack-aio.toml")),
+    (
+        "packstack-multinode",
+        include_str!("../profiles/packstack-multinode.toml"),
+    ),
+];
+
+/// The directories searched for a profile name, in order, before the built-in ones.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("profiles")];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(config) = config {
+        dirs.push(config.join("lab/profiles"));
+    }
+    dirs.push(PathBuf::from("/etc/lab/profiles"));
+    dirs
+}
+
+/// A profile argument is a path when it has a slash or ends in `.toml`; else a name.
+fn is_path(arg: &str) -> bool {
+    arg.contains('/') || arg.ends_with(".toml")
+}
+
+impl Profile {
+    /// Find and load a profile by name (searched) or path (taken as is).
+    pub fn load(arg: &str) -> anyhow::Result<Profile> {
+        Profile::load_from(arg, &search_dirs())
+    }
+
+    pub fn load_from(arg: &str, dirs: &[PathBuf]) -> anyhow::Result<Profile> {
+        if is_path(arg) {
+            let path = PathBuf::from(arg);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| usage(format!("profile {}: {e}", path.display())))?;
+            return Profile::parse(&text, ProfileSource::File(path));
+        }
+        for dir in dirs {
+            let path = dir.join(format!("{arg}.toml"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Profile::parse(&text, ProfileSource::File(path));
+            }
+        }
+        if let Some((_, text)) = BUILT_IN.iter().find(|(name, _)| *name == arg) {
+            return Profile::parse(text, ProfileSource::BuiltIn);
+        }
+        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        let known: Vec<&str> = BUILT_IN.iter().map(|(n, _)| *n).collect();
+        Err(usage(format!(
+            "no profile named {arg:?}: looked in {} and the built-in profiles ({})",
+            searched.join(", "),
+            known.join(", ")
+        )))
+    }
+
+    /// Parse and validate profile text; errors name the file, line and key.
+    pub fn parse(text: &str, source: ProfileSource) -> anyhow::Result<Profile> {
+        let label = match &source {
+            ProfileSource::BuiltIn => "built-in profile".to_string(),
+            ProfileSource::File(p) => p.display().to_string(),
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| usage(format_toml_error(&label, text, None, &e)))?;
+        let mut profile: Profile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            usage(format_toml_error(&label, text, Some(&path), e.inner()))
+        })?;
+        profile.source = source;
+        profile
+            .validate(text)
+            .map_err(|(key, msg)| usage(format!("{label}:{}: {key}: {msg}", line_of_key(text, &key))))?;
+        Ok(profile)
+    }
+
+    /// Checks serde cannot express. The error is (key path, message).
+    fn validate(&self, _text: &str) -> Result<(), (String, String)> {
+        check_name("name", &self.name)?;
+        if self.vms.is_empty() {
+            return Err(("vm".into(), "a profile needs at least one [[vm]]".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            let key = |field: &str| format!("vm[{i}].{field}");
+            check_name(&key("name"), &vm.name)?;
+            if !seen.insert(vm.name.as_str()) {
+                return Err((key("name"), format!("duplicate VM name {:?}", vm.name)));
+            }
+            if vm.count == 0 {
+                return Err((key("count"), "count must be 1 or more".into()));
+            }
+            if vm.vcpus == 0 {
+                return Err((key("vcpus"), "vcpus must be 1 or more".into()));
+            }
+            if vm.memory.bytes() < ByteSize::mib(64).bytes() {
+                return Err((key("memory"), format!("{} is too little memory for a VM (64MiB at least)", vm.memory)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every VM instance name, expanding `count` (name-1, name-2, ... when count > 1).
+    pub fn instances(&self) -> Vec<(String, &VmSpec)> {
+        let mut out = Vec::new();
+        for vm in &self.vms {
+            if vm.count == 1 {
+                out.push((vm.name.clone(), vm));
+            } else {
+                for n in 1..=vm.count {
+                    out.push((format!("{}{n}", vm.name), vm));
+                }
+            }
+        }
+        out
+    }
+
+    /// Total memory, vCPUs and provisioned disk of every VM plus the base.
+    pub fn needs(&self) -> Needs {
+        let mut needs = Needs::default();
+        needs.disk = self.base.disk.bytes();
+        for (_, vm) in self.instances() {
+            needs.memory += vm.memory.bytes();
+            needs.vcpus += u64::from(vm.vcpus);
+            needs.max_vcpus = needs.max_vcpus.max(u64::from(vm.vcpus));
+            needs.disk += vm.disk.unwrap_or(self.base.disk).bytes();
+            needs.vms += 1;
+        }
+        needs
+    }
+}
+
+/// What a profile asks of the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Needs {
+    pub vms: u64,
+    pub memory: u64,
+    pub vcpus: u64,
+    pub max_vcpus: u64,
+    /// Base plus every VM disk fully written (the worst case of thin clones).
+    pub disk: u64,
+}
+
+/// Names land in libvirt, bridge, LV and file names: keep them to a safe alphabet.
+fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            key.to_string(),
+            format!(
+                "invalid name {name:?}: use 1 to 32 lowercase letters, digits and '-', starting with a letter"
+            ),
+        ))
+    }
+}
+
+fn format_toml_error(
+    label: &str,
+    text: &str,
+    key: Option<&str>,
+    err: &toml::de::Error,
+) -> String {
+    let (line, col) = err
+        .span()
+        .map(|span| line_col(text, span.start))
+        .unwrap_or((0, 0));
+    let key = key
+        .filter(|k| !k.is_empty() && *k != ".")
+        .map(|k| format!("{k}: "))
+        .unwrap_or_default();
+    let message = err.message().trim();
+    if line == 0 {
+        format!("{label}: {key}{message}")
+    } else {
+        format!("{label}:{line}:{col}: {key}{message}")
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Best-effort line of a key path such as `vm[1].memory` in the text: the `[[vm]]` table
+/// with that index, then the key inside it.
+fn line_of_key(text: &str, key: &str) -> usize {
+    let mut parts = key.split('.');
+    let first = parts.next().unwrap_or_default();
+    let leaf = parts.last();
+    let (table, index) = match first.split_once('[') {
+        Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (first, None),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0;
+    if let Some(index) = index {
+        let header = format!("[[{table}]]");
+        let mut seen = 0;
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() == header {
+                if seen == index {
+                    start = i;
+                    break;
+                }
+                seen += 1;
+            }
+        }
+    }
+    let want = leaf.unwrap_or(first);
+    for (i, l) in lines.iter().enumerate().skip(start) {
+        let t = l.trim_start();
+        if let Some(rest) = t.strip_prefix(want)
+            && rest.trim_start().starts_with('=')
+        {
+            return i + 1;
+        }
+    }
+    start + 1
+}
+
+/// Load check for a path given on the command line, so errors say which flag it was.
+pub fn require_existing(flag: &str, path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(usage(format!("{flag} {}: no such file or directory", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Profile> {
+        Profile::parse(text, ProfileSource::File("t.toml".into()))
+    }
+
+    #[test]
+    fn every_built_in_profile_parses() {
+        for (name, text) in BUILT_IN {
+            let p = Profile::parse(text, ProfileSource::BuiltIn).unwrap();
+            assert_eq!(&p.name, name);
+        }
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = "name = \"x\"\n[[vm]]\nname = \"a\"\nmemory = \"lots\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.starts_with("t.toml:4:"), "{err}");
+        assert!(err.contains("vm[0].memory"), "{err}");
+        assert!(err.contains("lots"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = parse("name = \"x\"\ncolour = 1\n[[vm]]\nname = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("t.toml:2:"), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_vm_names_are_refused_at_their_line() {
+        let text = "name = \"x\"\n[[vm]]\nname = \"a\"\n[[vm]]\nname = \"a\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert_eq!(err, "t.toml:5: vm[1].name: duplicate VM name \"a\"");
+    }
+
+    #[test]
+    fn instances_expand_count() {
+        let p = parse("name = \"x\"\n[[vm]]\nname = \"node\"\ncount = 3\n[[vm]]\nname = \"db\"\n")
+            .unwrap();
+        let names: Vec<String> = p.instances().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["node1", "node2", "node3", "db"]);
+    }
+}
