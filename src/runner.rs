@@ -6,6 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use crate::ui;
 
@@ -16,6 +17,7 @@ pub struct Cmd {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
 }
 
 /// Why a command did not succeed.
@@ -28,6 +30,13 @@ pub enum ProcessError {
         cmdline: String,
         #[source]
         source: io::Error,
+    },
+    #[error("`{cmdline}` did not finish within {}s and was killed", .timeout.as_secs_f64())]
+    TimedOut {
+        cmdline: String,
+        timeout: Duration,
+        stdout: String,
+        stderr: String,
     },
     #[error("`{cmdline}` failed ({status}){}", stderr_tail(.stderr))]
     Failed {
@@ -75,7 +84,14 @@ impl Cmd {
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
+            timeout: None,
         }
+    }
+
+    /// Kill the command when it runs longer than this; it then fails with `TimedOut`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
@@ -133,7 +149,7 @@ impl Cmd {
             Some(bytes) => expr.stdin_bytes(bytes.clone()),
             None => expr.stdin_null(),
         };
-        let output: Output = expr.run().map_err(|source| {
+        let spawn_error = |source: io::Error| {
             if source.kind() == io::ErrorKind::NotFound {
                 ProcessError::NotFound {
                     cmdline: cmdline.clone(),
@@ -145,7 +161,26 @@ impl Cmd {
                     source,
                 }
             }
-        })?;
+        };
+        let output: Output = match self.timeout {
+            None => expr.run().map_err(spawn_error)?,
+            Some(timeout) => {
+                let handle = expr.start().map_err(spawn_error)?;
+                match handle.wait_timeout(timeout).map_err(spawn_error)? {
+                    Some(output) => output.clone(),
+                    None => {
+                        let _ = handle.kill();
+                        ui::debug(format_args!("  killed after {}s", timeout.as_secs_f64()));
+                        return Err(ProcessError::TimedOut {
+                            cmdline,
+                            timeout,
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        });
+                    }
+                }
+            }
+        };
         let captured = Captured {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -230,6 +265,18 @@ mod tests {
         let err = Cmd::new("lab-no-such-program-xyz").run().unwrap_err();
         assert!(err.is_not_found());
         assert!(err.to_string().contains("lab-no-such-program-xyz is not installed"));
+    }
+
+    #[test]
+    fn a_command_past_its_timeout_is_killed() {
+        let started = std::time::Instant::now();
+        let err = Cmd::new("sleep")
+            .arg("30")
+            .timeout(Duration::from_millis(200))
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, ProcessError::TimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
