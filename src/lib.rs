@@ -13,6 +13,7 @@ pub mod libvirt;
 pub mod profile;
 pub mod runner;
 pub mod size;
+pub mod subnet;
 pub mod ui;
 
 use cli::{Cli, Command};

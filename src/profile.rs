@@ -279,7 +279,10 @@ fn default_step_timeout() -> u64 {
 /// The profiles shipped inside the binary.
 pub const BUILT_IN: &[(&str, &str)] = &[
     ("smoke", include_str!("../profiles/smoke.toml")),
-    ("packstack-aio", include_str!("../profiles/packstack-aio.toml")),
+    (
+        "packstack-aio",
+        include_str!("../profiles/packstack-aio.toml"),
+    ),
     (
         "packstack-multinode",
         include_str!("../profiles/packstack-multinode.toml"),
@@ -349,9 +352,9 @@ impl Profile {
             usage(format_toml_error(&label, text, Some(&path), e.inner()))
         })?;
         profile.source = source;
-        profile
-            .validate(text)
-            .map_err(|(key, msg)| usage(format!("{label}:{}: {key}: {msg}", line_of_key(text, &key))))?;
+        profile.validate(text).map_err(|(key, msg)| {
+            usage(format!("{label}:{}: {key}: {msg}", line_of_key(text, &key)))
+        })?;
         Ok(profile)
     }
 
@@ -375,7 +378,13 @@ impl Profile {
                 return Err((key("vcpus"), "vcpus must be 1 or more".into()));
             }
             if vm.memory.bytes() < ByteSize::mib(64).bytes() {
-                return Err((key("memory"), format!("{} is too little memory for a VM (64MiB at least)", vm.memory)));
+                return Err((
+                    key("memory"),
+                    format!(
+                        "{} is too little memory for a VM (64MiB at least)",
+                        vm.memory
+                    ),
+                ));
             }
         }
         Ok(())
@@ -398,8 +407,10 @@ impl Profile {
 
     /// Total memory, vCPUs and provisioned disk of every VM plus the base.
     pub fn needs(&self) -> Needs {
-        let mut needs = Needs::default();
-        needs.disk = self.base.disk.bytes();
+        let mut needs = Needs {
+            disk: self.base.disk.bytes(),
+            ..Needs::default()
+        };
         for (_, vm) in self.instances() {
             needs.memory += vm.memory.bytes();
             needs.vcpus += u64::from(vm.vcpus);
@@ -443,12 +454,7 @@ fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
     }
 }
 
-fn format_toml_error(
-    label: &str,
-    text: &str,
-    key: Option<&str>,
-    err: &toml::de::Error,
-) -> String {
+fn format_toml_error(label: &str, text: &str, key: Option<&str>, err: &toml::de::Error) -> String {
     let (line, col) = err
         .span()
         .map(|span| line_col(text, span.start))
@@ -478,7 +484,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 fn line_of_key(text: &str, key: &str) -> usize {
     let mut parts = key.split('.');
     let first = parts.next().unwrap_or_default();
-    let leaf = parts.last();
+    let leaf = parts.next_back();
     let (table, index) = match first.split_once('[') {
         Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().ok()),
         None => (first, None),
@@ -515,7 +521,10 @@ pub fn require_existing(flag: &str, path: &Path) -> anyhow::Result<()> {
     if path.exists() {
         Ok(())
     } else {
-        Err(usage(format!("{flag} {}: no such file or directory", path.display())))
+        Err(usage(format!(
+            "{flag} {}: no such file or directory",
+            path.display()
+        )))
     }
 }
 

@@ -264,7 +264,10 @@ mod tests {
     fn missing_program_is_named() {
         let err = Cmd::new("lab-no-such-program-xyz").run().unwrap_err();
         assert!(err.is_not_found());
-        assert!(err.to_string().contains("lab-no-such-program-xyz is not installed"));
+        assert!(
+            err.to_string()
+                .contains("lab-no-such-program-xyz is not installed")
+        );
     }
 
     #[test]

@@ -33,9 +33,7 @@ impl ByteSize {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid size {0:?}: write a number with a unit, such as \"512MiB\", \"4GiB\" or \"60G\""
-)]
+#[error("invalid size {0:?}: write a number with a unit, such as \"512MiB\", \"4GiB\" or \"60G\"")]
 pub struct SizeError(pub String);
 
 impl FromStr for ByteSize {
@@ -84,7 +82,7 @@ impl fmt::Display for ByteSize {
         let b = self.0;
         for (unit, factor) in [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
             if b >= factor {
-                return if b % factor == 0 {
+                return if b.is_multiple_of(factor) {
                     write!(f, "{}{unit}", b / factor)
                 } else {
                     write!(f, "{:.1}{unit}", b as f64 / factor as f64)
@@ -147,7 +145,15 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_size() {
-        for text in ["lots", "", "G", "4 parsecs", "-1G", "1.2.3G", "99999999999T"] {
+        for text in [
+            "lots",
+            "",
+            "G",
+            "4 parsecs",
+            "-1G",
+            "1.2.3G",
+            "99999999999T",
+        ] {
             assert!(text.parse::<ByteSize>().is_err(), "{text}");
         }
     }

@@ -43,7 +43,10 @@ pub fn info(args: fmt::Arguments<'_>) {
 
 pub fn warn(args: fmt::Arguments<'_>) {
     if verbosity() >= 0 {
-        eprintln!("{} {args}", paint(Stream::Stderr, Style::Yellow, "warning:"));
+        eprintln!(
+            "{} {args}",
+            paint(Stream::Stderr, Style::Yellow, "warning:")
+        );
     }
 }
 
@@ -54,10 +57,13 @@ pub fn error(args: fmt::Arguments<'_>) {
 
 /// Write one JSON document to stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is not lab's failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

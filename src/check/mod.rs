@@ -126,7 +126,10 @@ impl Report {
                 out.push_str(&format!(
                     "  {} {}\n",
                     ui::paint(stream, c.status.style(), &format!("{}:", c.id)),
-                    c.fix.as_deref().unwrap_or_default().replace('\n', "\n      ")
+                    c.fix
+                        .as_deref()
+                        .unwrap_or_default()
+                        .replace('\n', "\n      ")
                 ));
             }
         }

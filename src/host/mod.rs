@@ -9,8 +9,8 @@ pub mod blockdev;
 pub mod cpu;
 pub mod kvm;
 pub mod lvm;
-pub mod memory;
 pub mod net;
+pub mod resources;
 pub mod throughput;
 pub mod tools;
 
@@ -36,9 +36,8 @@ impl Sysroot {
 
     /// A tree standing in for a machine; it must be an existing directory.
     pub fn at(dir: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(dir).map_err(|e| {
-            crate::error::usage(format!("--sysroot {}: {e}", dir.display()))
-        })?;
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| crate::error::usage(format!("--sysroot {}: {e}", dir.display())))?;
         if !meta.is_dir() {
             return Err(crate::error::usage(format!(
                 "--sysroot {}: not a directory",

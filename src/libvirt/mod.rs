@@ -1,1 +1,207 @@
-//! TODO
+//! The narrow seam to libvirt, over the `virt` crate.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use virt::connect::Connect;
+
+/// How to start the daemon, for every "cannot connect" message.
+pub const START_HINT: &str = "start libvirt: `systemctl enable --now libvirtd` (or, on \
+     systemd-less hosts, as root: `virtlogd -d && libvirtd -d`); a non-root user also \
+     needs to be in the `libvirt` group";
+
+/// An open libvirt connection (closed when dropped).
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+}
+
+/// A libvirt version number (major * 1_000_000 + minor * 1_000 + release) as text.
+pub fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1_000) % 1_000, v % 1_000)
+}
+
+impl Libvirt {
+    pub fn open(uri: &str) -> Result<Libvirt> {
+        crate::ui::debug(format_args!("libvirt: connecting to {uri}"));
+        let conn = Connect::open(Some(uri)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to libvirt at {uri}: {}; {START_HINT}",
+                e.message()
+            )
+        })?;
+        Ok(Libvirt {
+            conn,
+            uri: uri.to_string(),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn connect(&self) -> &Connect {
+        &self.conn
+    }
+
+    /// libvirt's own version and the hypervisor's (QEMU) version.
+    pub fn versions(&self) -> Result<(String, Option<String>)> {
+        let lib = self
+            .conn
+            .lib_version()
+            .context("asking libvirt its version")?;
+        let hyp = self.conn.hyp_version().ok().filter(|v| *v > 0);
+        Ok((version_string(lib), hyp.map(version_string)))
+    }
+
+    pub fn driver(&self) -> Result<String> {
+        self.conn.driver_type().context("asking libvirt its driver")
+    }
+
+    /// Every network libvirt knows, active or not, with its IPv4 subnets.
+    pub fn networks(&self) -> Result<Vec<NetworkInfo>> {
+        let nets = self
+            .conn
+            .list_all_networks(0)
+            .context("listing libvirt networks")?;
+        let mut out = Vec::new();
+        for net in nets {
+            let xml = net.xml_desc(0).context("reading a libvirt network's XML")?;
+            let mut info = NetworkInfo::from_xml(&xml)?;
+            info.active = net.is_active().unwrap_or(false);
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    /// Whether this connection may create bridges: start and stop a transient isolated
+    /// network with no address (no firewall rules, no DHCP), named so nothing else clashes.
+    pub fn can_create_bridges(&self) -> Result<(), String> {
+        let pid = std::process::id();
+        let xml = format!(
+            "<network><name>lab-probe-{pid}</name><bridge name='labprb{}'/></network>",
+            pid % 10_000_000
+        );
+        match self.conn.create_network_xml(&xml) {
+            Ok(net) => {
+                let _ = net.destroy();
+                Ok(())
+            }
+            Err(e) => Err(e.message().to_string()),
+        }
+    }
+}
+
+/// What lab needs to know of a libvirt network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub subnets: Vec<Ipv4Net>,
+    pub active: bool,
+}
+
+#[derive(Deserialize)]
+struct NetworkXml {
+    name: String,
+    #[serde(default)]
+    bridge: Option<BridgeXml>,
+    #[serde(default, rename = "ip")]
+    ips: Vec<IpXml>,
+}
+
+#[derive(Deserialize)]
+struct BridgeXml {
+    #[serde(rename = "@name")]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IpXml {
+    #[serde(rename = "@family")]
+    family: Option<String>,
+    #[serde(rename = "@address")]
+    address: Option<String>,
+    #[serde(rename = "@netmask")]
+    netmask: Option<String>,
+    #[serde(rename = "@prefix")]
+    prefix: Option<u8>,
+}
+
+impl NetworkInfo {
+    pub fn from_xml(xml: &str) -> Result<NetworkInfo> {
+        let parsed: NetworkXml =
+            quick_xml::de::from_str(xml).context("parsing a libvirt network's XML")?;
+        let subnets = parsed
+            .ips
+            .iter()
+            .filter(|ip| ip.family.as_deref().unwrap_or("ipv4") == "ipv4")
+            .filter_map(|ip| {
+                let addr: Ipv4Addr = ip.address.as_deref()?.parse().ok()?;
+                let prefix = match (ip.prefix, ip.netmask.as_deref()) {
+                    (Some(p), _) => p,
+                    (None, Some(mask)) => {
+                        u32::from(mask.parse::<Ipv4Addr>().ok()?).count_ones() as u8
+                    }
+                    (None, None) => 24,
+                };
+                Ipv4Net::new(addr, prefix).ok().map(|n| n.trunc())
+            })
+            .collect();
+        Ok(NetworkInfo {
+            name: parsed.name,
+            bridge: parsed.bridge.and_then(|b| b.name),
+            subnets,
+            active: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_xml_gives_name_bridge_and_subnets() {
+        let xml = "<network>
+  <name>default</name>
+  <uuid>8a6a7f4c-3f0e-4a8e-9d8e-6c0e2a4f1b11</uuid>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <mac address='52:54:00:12:34:56'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:1::1' prefix='64'/>
+  <ip address='10.9.8.1' prefix='23'/>
+</network>";
+        let info = NetworkInfo::from_xml(xml).unwrap();
+        assert_eq!(info.name, "default");
+        assert_eq!(info.bridge.as_deref(), Some("virbr0"));
+        assert_eq!(
+            info.subnets,
+            vec![
+                "192.168.122.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.9.8.0/23".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_are_decoded() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_022), "7.2.22");
+    }
+
+    #[test]
+    fn a_wrong_uri_says_how_to_start_libvirt() {
+        let err = Libvirt::open("qemu+unix:///system?socket=/nonexistent/lab-sock")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot connect to libvirt"), "{err}");
+        assert!(err.contains("libvirtd"), "{err}");
+    }
+}
