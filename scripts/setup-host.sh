@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 host (as root) for lab: system packages, the libvirt daemon, and with
+# --install, lab itself. Safe to run again: it installs what is missing and starts what is
+# not running.
+set -euo pipefail
+
+install_lab=0
+for arg in "$@"; do
+    case "$arg" in
+        --install) install_lab=1 ;;
+        -h|--help)
+            echo "usage: $0 [--install]   (as root; --install also builds and installs lab)"
+            exit 0 ;;
+        *) echo "$0: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "$0: run as root (sudo $0 $*)" >&2
+    exit 2
+fi
+
+# Debian package names. Fedora/CentOS equivalents, for reference:
+#   dnf install libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
+#       qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
+#       busybox kernel-core pkgconf-pkg-config gcc
+packages=(
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+    qemu-system-x86 dnsmasq-base iptables
+    lvm2 thin-provisioning-tools
+    busybox-static linux-image-amd64
+    iproute2 kmod util-linux e2fsprogs cpio
+    gcc
+)
+
+if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # qemu-system-x86 first: on hosts carrying a newer qemu-utils from backports, apt must
+    # be free to swap it for the one that matches qemu-system.
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+    apt-get install -y -q --no-install-recommends qemu-utils
+elif command -v dnf >/dev/null; then
+    dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
+        qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
+        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs
+else
+    echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
+    exit 1
+fi
+
+# libvirtd: systemd starts it where systemd runs; elsewhere (containers, CI guests) start the
+# monolithic daemon and its log daemon by hand.
+if [ -d /run/systemd/system ]; then
+    systemctl enable --now libvirtd.service virtlogd.socket
+else
+    # The package scripts that create this user need systemd; libvirtd refuses to start
+    # without it.
+    getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+    getent group kvm >/dev/null || groupadd -r kvm
+    getent passwd libvirt-qemu >/dev/null ||
+        useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+    mkdir -p /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+    if ! { [ -f /run/virtlogd.pid ] && kill -0 "$(cat /run/virtlogd.pid)" 2>/dev/null; }; then
+        virtlogd -d -p /run/virtlogd.pid
+    fi
+    if ! { [ -f /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; }; then
+        libvirtd -d -p /run/libvirtd.pid
+    fi
+    for _ in $(seq 1 200); do
+        [ -S /run/libvirt/libvirt-sock ] && break
+        sleep 0.05
+    done
+    [ -S /run/libvirt/libvirt-sock ] || { echo "$0: libvirtd did not come up" >&2; exit 1; }
+fi
+
+if [ "$install_lab" -eq 1 ]; then
+    cd "$(dirname "$0")/.."
+    cargo install --locked --path . --root /usr/local
+fi
