@@ -10,9 +10,11 @@ pub mod commands;
 pub mod error;
 pub mod host;
 pub mod libvirt;
+pub mod names;
 pub mod profile;
 pub mod runner;
 pub mod size;
+pub mod state;
 pub mod subnet;
 pub mod ui;
 

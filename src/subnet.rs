@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::host::net::NetFacts;
+use crate::names::fnv1a;
 
 /// A network already in use on this host, and by what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -171,16 +172,6 @@ impl SubnetAllocator {
             prefix: self.prefix,
         })
     }
-}
-
-/// FNV-1a: tiny, stable across releases and platforms (unlike std's hasher).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 /// The gateway (first host) of a lab subnet: the bridge's address.

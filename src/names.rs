@@ -1,0 +1,124 @@
+//! Every name lab gives a resource, derived from the profile and VM names: deterministic,
+//! and valid everywhere it lands (libvirt domain and network names, Linux bridge names of 15
+//! characters at most, LV names and tags, file names).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// Prefix of everything lab names, so people see at a glance what is lab's.
+pub const PREFIX: &str = "lab";
+
+/// XML namespace of lab's ownership element in libvirt `<metadata>`.
+pub const XML_NAMESPACE: &str = "urn:lab:owner:1";
+/// Its prefix in the XML.
+pub const XML_PREFIX: &str = "lab";
+
+/// LVM tag every lab volume carries; a second tag names the profile.
+pub const LV_TAG: &str = "lab";
+
+/// Linux limits a network interface name to 15 bytes (IFNAMSIZ - 1).
+pub const BRIDGE_MAX: usize = 15;
+
+pub fn network(profile: &str) -> String {
+    format!("{PREFIX}-{profile}")
+}
+
+pub fn domain(profile: &str, vm: &str) -> String {
+    format!("{PREFIX}-{profile}-{vm}")
+}
+
+/// `lab-<profile>` when it fits in 15 bytes, else a readable head plus a hash of the whole
+/// name, so two long profile names never share a bridge.
+pub fn bridge(profile: &str) -> String {
+    let plain = format!("{PREFIX}-{profile}");
+    if plain.len() <= BRIDGE_MAX {
+        return plain;
+    }
+    let hash = format!("{:04x}", fnv1a(profile.as_bytes()) & 0xffff);
+    // "lab-" + head + "-" + 4 hex digits = 15
+    let head: String = profile
+        .chars()
+        .take(BRIDGE_MAX - PREFIX.len() - 2 - hash.len())
+        .collect();
+    format!("{PREFIX}-{}-{hash}", head.trim_end_matches('-'))
+}
+
+pub fn base_volume(profile: &str) -> String {
+    format!("{PREFIX}-{profile}-base")
+}
+
+pub fn clone_volume(profile: &str, vm: &str) -> String {
+    format!("{PREFIX}-{profile}-{vm}")
+}
+
+pub fn profile_tag(profile: &str) -> String {
+    format!("{PREFIX}-profile-{profile}")
+}
+
+/// A locally administered MAC in QEMU's 52:54:00 range, derived from profile and VM.
+pub fn mac(profile: &str, vm: &str) -> String {
+    let h = fnv1a(format!("{profile}/{vm}").as_bytes());
+    format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (h >> 16) & 0xff,
+        (h >> 8) & 0xff,
+        h & 0xff
+    )
+}
+
+/// The address of the `index`-th VM (0-based): .10, .11, ...; the gateway is .1 and the
+/// DHCP range for strangers sits above the VMs.
+pub fn vm_ip(subnet: Ipv4Net, index: usize) -> Option<Ipv4Addr> {
+    let host = 10u32 + index as u32;
+    let addr = u32::from(subnet.network()) + host;
+    let ip = Ipv4Addr::from(addr);
+    (subnet.contains(&ip) && ip != subnet.broadcast()).then_some(ip)
+}
+
+/// FNV-1a: tiny and stable across releases and platforms (unlike std's hasher).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_names_fit_and_stay_distinct() {
+        assert_eq!(bridge("smoke"), "lab-smoke");
+        let a = bridge("packstack-aio");
+        let b = bridge("packstack-multinode");
+        assert!(a.len() <= BRIDGE_MAX && b.len() <= BRIDGE_MAX, "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, bridge("packstack-aio"));
+        let long = bridge("a-very-long-profile-name-indeed-32");
+        assert_eq!(long.len(), BRIDGE_MAX, "{long}");
+        assert!(long.starts_with("lab-a-very-"), "{long}");
+    }
+
+    #[test]
+    fn macs_are_stable_and_local() {
+        let m = mac("smoke", "node1");
+        assert_eq!(m, mac("smoke", "node1"));
+        assert_ne!(m, mac("smoke", "node2"));
+        assert!(m.starts_with("52:54:00:"));
+        assert_eq!(m.len(), 17);
+    }
+
+    #[test]
+    fn vm_addresses_start_at_ten_and_stay_in_the_subnet() {
+        let net: Ipv4Net = "10.213.7.0/24".parse().unwrap();
+        assert_eq!(vm_ip(net, 0).unwrap().to_string(), "10.213.7.10");
+        assert_eq!(vm_ip(net, 244).unwrap().to_string(), "10.213.7.254");
+        assert_eq!(vm_ip(net, 245), None);
+        let small: Ipv4Net = "10.213.7.0/28".parse().unwrap();
+        assert_eq!(vm_ip(small, 5), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! What exists now: the libvirt objects and volumes on this host, each with lab's ownership
+//! mark when lab made it. Ownership lives in the resources themselves (a `<metadata>`
+//! element in lab's XML namespace, LVM tags, a marker beside image files), so there is no
+//! state file to drift.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ipnet::Ipv4Net;
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+use quick_xml::reader::NsReader;
+use serde::{Deserialize, Serialize};
+
+use crate::libvirt::{Libvirt, NetworkInfo};
+use crate::names;
+
+/// lab's mark on a resource: which profile (and VM) it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub profile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+impl Owner {
+    pub fn is(&self, profile: &str) -> bool {
+        self.profile == profile
+    }
+
+    /// The `<metadata>` child element lab puts into domains and networks.
+    pub fn to_xml(&self) -> String {
+        let mut attrs = format!("profile=\"{}\"", xml_escape(&self.profile));
+        if let Some(vm) = &self.vm {
+            attrs.push_str(&format!(" vm=\"{}\"", xml_escape(vm)));
+        }
+        format!(
+            "<{p}:owner xmlns:{p}=\"{ns}\" {attrs}/>",
+            p = names::XML_PREFIX,
+            ns = names::XML_NAMESPACE
+        )
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
+}
+
+/// lab's owner element anywhere in a libvirt XML document, found by namespace (whatever
+/// prefix the document uses), never by name.
+pub fn owner_from_xml(xml: &str) -> Option<Owner> {
+    let mut reader = NsReader::from_str(xml);
+    loop {
+        match reader.read_resolved_event() {
+            Ok((ResolveResult::Bound(ns), Event::Empty(e) | Event::Start(e)))
+                if ns.into_inner() == names::XML_NAMESPACE
+                    && e.local_name().into_inner() == "owner" =>
+            {
+                let mut profile = None;
+                let mut vm = None;
+                for attr in e.attributes().flatten() {
+                    let value = attr
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .ok()?
+                        .into_owned();
+                    match attr.key.local_name().into_inner() {
+                        "profile" => profile = Some(value),
+                        "vm" => vm = Some(value),
+                        _ => {}
+                    }
+                }
+                return Some(Owner {
+                    profile: profile?,
+                    vm,
+                });
+            }
+            Ok((_, Event::Eof)) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedDomain {
+    pub name: String,
+    pub owner: Option<Owner>,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedNetwork {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub subnets: Vec<Ipv4Net>,
+    pub owner: Option<Owner>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeRole {
+    Base,
+    Clone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedVolume {
+    /// LV name or image file name.
+    pub name: String,
+    pub location: String,
+    pub owner: Option<Owner>,
+    pub role: Option<VolumeRole>,
+}
+
+/// Everything lab looked at, once, before planning.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Observed {
+    pub domains: Vec<ObservedDomain>,
+    pub networks: Vec<ObservedNetwork>,
+    pub volumes: Vec<ObservedVolume>,
+}
+
+impl Observed {
+    pub fn domain(&self, name: &str) -> Option<&ObservedDomain> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+
+    pub fn network(&self, name: &str) -> Option<&ObservedNetwork> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// Read domains and networks from libvirt.
+    pub fn from_libvirt(lv: &Libvirt) -> Result<Observed> {
+        let conn = lv.connect();
+        let mut observed = Observed::default();
+        for dom in conn.list_all_domains(0).context("listing libvirt domains")? {
+            let name = dom.name().context("reading a domain's name")?;
+            let xml = dom
+                .xml_desc(0)
+                .with_context(|| format!("reading the XML of domain {name}"))?;
+            observed.domains.push(ObservedDomain {
+                owner: owner_from_xml(&xml),
+                running: dom.is_active().unwrap_or(false),
+                name,
+            });
+        }
+        for net in conn.list_all_networks(0).context("listing libvirt networks")? {
+            let xml = net.xml_desc(0).context("reading a network's XML")?;
+            let info = NetworkInfo::from_xml(&xml)?;
+            observed.networks.push(ObservedNetwork {
+                owner: owner_from_xml(&xml),
+                active: net.is_active().unwrap_or(false),
+                name: info.name,
+                bridge: info.bridge,
+                subnets: info.subnets,
+            });
+        }
+        Ok(observed)
+    }
+
+    /// Read lab's qcow2 images in `dir`: each image lab made has a marker file beside it.
+    pub fn add_image_dir(&mut self, dir: &Path) -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "qcow2") {
+                let marker = read_marker(&marker_path(&path));
+                found.push(ObservedVolume {
+                    name: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    location: path.display().to_string(),
+                    owner: marker.as_ref().map(|m| m.owner.clone()),
+                    role: marker.map(|m| m.role),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        self.volumes.extend(found);
+        Ok(())
+    }
+}
+
+/// The marker beside an image file that says it is lab's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub owner: Owner,
+    pub role: VolumeRole,
+}
+
+pub fn marker_path(image: &Path) -> PathBuf {
+    let mut name = image.file_name().unwrap_or_default().to_os_string();
+    name.push(".lab");
+    image.with_file_name(name)
+}
+
+fn read_marker(path: &Path) -> Option<Marker> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_round_trips_through_xml_whatever_the_prefix() {
+        let owner = Owner {
+            profile: "smoke".into(),
+            vm: Some("node1".into()),
+        };
+        let doc = format!("<domain><name>x</name><metadata>{}</metadata></domain>", owner.to_xml());
+        assert_eq!(owner_from_xml(&doc), Some(owner.clone()));
+        // libvirt may rewrite the prefix; the namespace is what counts.
+        let other = doc.replace("<lab:owner", "<x:owner").replace("xmlns:lab=", "xmlns:x=");
+        assert_eq!(owner_from_xml(&other), Some(owner));
+    }
+
+    #[test]
+    fn a_lookalike_in_another_namespace_is_not_lab_s() {
+        let doc = "<domain><metadata><o:owner xmlns:o='urn:someone-else' profile='smoke'/>\
+                   </metadata></domain>";
+        assert_eq!(owner_from_xml(doc), None);
+        assert_eq!(owner_from_xml("<network><name>lab-smoke</name></network>"), None);
+        assert_eq!(owner_from_xml("not xml <"), None);
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_xml() {
+        let owner = Owner {
+            profile: "a\"<b>&".into(),
+            vm: None,
+        };
+        assert_eq!(owner_from_xml(&format!("<d>{}</d>", owner.to_xml())), Some(owner));
+    }
+
+    #[test]
+    fn images_without_a_marker_are_not_lab_s() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("theirs.qcow2"), b"").unwrap();
+        let ours = dir.path().join("lab-smoke-base.qcow2");
+        std::fs::write(&ours, b"").unwrap();
+        let marker = Marker {
+            owner: Owner {
+                profile: "smoke".into(),
+                vm: None,
+            },
+            role: VolumeRole::Base,
+        };
+        std::fs::write(marker_path(&ours), serde_json::to_string(&marker).unwrap()).unwrap();
+        let mut observed = Observed::default();
+        observed.add_image_dir(dir.path()).unwrap();
+        assert_eq!(observed.volumes.len(), 2);
+        assert_eq!(observed.volumes[0].name, "lab-smoke-base.qcow2");
+        assert_eq!(observed.volumes[0].role, Some(VolumeRole::Base));
+        assert_eq!(observed.volumes[1].name, "theirs.qcow2");
+        assert_eq!(observed.volumes[1].owner, None);
+    }
+}
