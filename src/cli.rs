@@ -56,6 +56,10 @@ pub enum ColorChoice {
 pub enum Command {
     /// Is this laptop fit for a nested lab, and what to fix if not
     Check(CheckArgs),
+    /// Plan a lab, and bring it up (with --dry-run: print the plan, touch nothing)
+    Up(UpArgs),
+    /// List the profiles lab can find, and where each comes from
+    Profiles,
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -81,4 +85,16 @@ pub struct CheckArgs {
     /// Skip the storage throughput probe (about 3 seconds)
     #[arg(long)]
     pub no_throughput: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The profile: a name (searched) or a path to a .toml file
+    pub profile: String,
+    /// Print the plan and touch nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Read file-based host facts under DIR instead of / (KVM is then judged from files)
+    #[arg(long, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
 }

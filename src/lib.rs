@@ -9,8 +9,10 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod host;
+pub mod kickstart;
 pub mod libvirt;
 pub mod names;
+pub mod plan;
 pub mod profile;
 pub mod runner;
 pub mod size;
@@ -45,6 +47,8 @@ pub fn main_entry() -> ExitCode {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check(args) => commands::check(&cli.global, &args),
+        Command::Up(args) => commands::up(&cli.global, &args),
+        Command::Profiles => commands::profiles(&cli.global),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

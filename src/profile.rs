@@ -292,15 +292,19 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 /// The directories searched for a profile name, in order, before the built-in ones.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("profiles")];
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(config) = config {
+    if let Some(config) = config_home() {
         dirs.push(config.join("lab/profiles"));
     }
     dirs.push(PathBuf::from("/etc/lab/profiles"));
     dirs
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
 }
 
 /// A profile argument is a path when it has a slash or ends in `.toml`; else a name.
@@ -358,8 +362,9 @@ impl Profile {
         Ok(profile)
     }
 
-    /// Checks serde cannot express. The error is (key path, message).
-    fn validate(&self, _text: &str) -> Result<(), (String, String)> {
+    /// Checks serde cannot express. The error is (key path, message). Relative paths in
+    /// `[base]` are taken relative to the profile file and made absolute here.
+    fn validate(&mut self, _text: &str) -> Result<(), (String, String)> {
         check_name("name", &self.name)?;
         if self.vms.is_empty() {
             return Err(("vm".into(), "a profile needs at least one [[vm]]".into()));
@@ -368,11 +373,17 @@ impl Profile {
         for (i, vm) in self.vms.iter().enumerate() {
             let key = |field: &str| format!("vm[{i}].{field}");
             check_name(&key("name"), &vm.name)?;
-            if !seen.insert(vm.name.as_str()) {
-                return Err((key("name"), format!("duplicate VM name {:?}", vm.name)));
-            }
             if vm.count == 0 {
                 return Err((key("count"), "count must be 1 or more".into()));
+            }
+            if vm.count > 64 {
+                return Err((
+                    key("count"),
+                    format!(
+                        "count {} is more than a laptop lab holds (64 at most)",
+                        vm.count
+                    ),
+                ));
             }
             if vm.vcpus == 0 {
                 return Err((key("vcpus"), "vcpus must be 1 or more".into()));
@@ -386,8 +397,207 @@ impl Profile {
                     ),
                 ));
             }
+            if let Some(disk) = vm.disk
+                && disk.bytes() < ByteSize::mib(16).bytes()
+            {
+                return Err((
+                    key("disk"),
+                    format!("{disk} is too small a disk (16MiB at least)"),
+                ));
+            }
+            if vm.count == 1 {
+                if !seen.insert(vm.name.clone()) {
+                    return Err((key("name"), format!("duplicate VM name {:?}", vm.name)));
+                }
+            } else {
+                for n in 1..=vm.count {
+                    let instance = format!("{}{n}", vm.name);
+                    if !seen.insert(instance.clone()) {
+                        return Err((
+                            key("name"),
+                            format!(
+                                "VM name {instance:?} (from {:?} with count = {}) is used twice",
+                                vm.name, vm.count
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let roles: BTreeSet<&str> = self.vms.iter().filter_map(|v| v.role.as_deref()).collect();
+        for (i, step) in self.provision.iter().enumerate() {
+            let key = |field: &str| format!("provision[{i}].{field}");
+            if step.name.trim().is_empty() {
+                return Err((key("name"), "a provisioning step needs a name".into()));
+            }
+            if let Some(role) = &step.role
+                && !roles.contains(role.as_str())
+            {
+                return Err((key("role"), format!("no VM has role {role:?}")));
+            }
+            if let Some(vm) = &step.vm
+                && !seen.contains(vm)
+            {
+                return Err((key("vm"), format!("no VM is named {vm:?}")));
+            }
+            if step.timeout == 0 {
+                return Err((key("timeout"), "timeout must be 1 second or more".into()));
+            }
+        }
+        if let Some(domain) = &self.network.domain
+            && !valid_dns_name(domain)
+        {
+            return Err((
+                "network.domain".into(),
+                format!("{domain:?} is not a DNS domain name"),
+            ));
+        }
+        for (key, value) in [
+            ("storage.vg", &self.storage.vg),
+            ("storage.pool", &self.storage.pool),
+        ] {
+            if let Some(v) = value
+                && !valid_lvm_name(v)
+            {
+                return Err((
+                    key.into(),
+                    format!(
+                        "{v:?} is not an LVM name (letters, digits, + _ . -, not starting with -)"
+                    ),
+                ));
+            }
+        }
+        if self.storage.backend == StorageBackend::LvmThin
+            && (self.storage.vg.is_none() || self.storage.pool.is_none())
+        {
+            return Err((
+                "storage.backend".into(),
+                "lvm-thin needs storage.vg and storage.pool".into(),
+            ));
+        }
+        self.validate_base()
+    }
+
+    fn validate_base(&mut self) -> Result<(), (String, String)> {
+        let base_dir = match &self.source {
+            ProfileSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ProfileSource::BuiltIn => PathBuf::new(),
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() || base_dir.as_os_str().is_empty() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        let b = &mut self.base;
+        let sources = [b.kickstart.is_some(), b.image.is_some(), b.kernel.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if sources == 0 {
+            return Err((
+                "base".into(),
+                "say how the base is made: kickstart (with install), image, or kernel (direct boot)".into(),
+            ));
+        }
+        if sources > 1 {
+            return Err((
+                "base".into(),
+                "kickstart, image and kernel are alternatives: give one".into(),
+            ));
+        }
+        if let Some(ks) = &b.kickstart {
+            if crate::kickstart::find_template(ks).is_none() {
+                return Err((
+                    "base.kickstart".into(),
+                    format!(
+                        "no kickstart template {ks:?}: looked in {} and the built-in templates ({})",
+                        crate::kickstart::search_dirs()
+                            .iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        crate::kickstart::BUILT_IN
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            match b.install.as_deref() {
+                None => {
+                    return Err((
+                        "base.install".into(),
+                        "a kickstart install needs an install source: an ISO path or an install tree URL".into(),
+                    ));
+                }
+                Some(src) if !src.contains("://") => {
+                    let path = resolve(Path::new(src));
+                    if !path.is_file() {
+                        return Err((
+                            "base.install".into(),
+                            format!("install ISO {} does not exist", path.display()),
+                        ));
+                    }
+                    b.install = Some(path.display().to_string());
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(image) = &b.image {
+            let path = resolve(image);
+            if !path.is_file() {
+                return Err((
+                    "base.image".into(),
+                    format!("image {} does not exist", path.display()),
+                ));
+            }
+            b.image = Some(path);
+        }
+        for (key, value, special) in [
+            ("base.kernel", &mut b.kernel, "host"),
+            ("base.initrd", &mut b.initrd, "busybox"),
+        ] {
+            if let Some(v) = value.as_mut()
+                && v != special
+            {
+                let path = resolve(Path::new(v.as_str()));
+                if !path.is_file() {
+                    return Err((
+                        key.into(),
+                        format!("{} does not exist (or write {special:?})", path.display()),
+                    ));
+                }
+                *v = path.display().to_string();
+            }
+        }
+        if b.disk.bytes() < ByteSize::mib(16).bytes() {
+            return Err((
+                "base.disk".into(),
+                format!("{} is too small a disk (16MiB at least)", b.disk),
+            ));
         }
         Ok(())
+    }
+
+    /// "FILE:LINE" of a key path such as `network.subnet` or `vm[1].memory`, for errors
+    /// found after parsing (the line of the table when the key is not written).
+    pub fn locate(&self, key: &str) -> String {
+        match &self.source {
+            ProfileSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => format!("{}:{}", path.display(), line_of_key(&text, key)),
+                Err(_) => path.display().to_string(),
+            },
+            ProfileSource::BuiltIn => {
+                let text = BUILT_IN
+                    .iter()
+                    .find(|(n, _)| *n == self.name)
+                    .map_or("", |(_, t)| t);
+                format!("built-in profile {}:{}", self.name, line_of_key(text, key))
+            }
+        }
     }
 
     /// Every VM instance name, expanding `count` (name-1, name-2, ... when count > 1).
@@ -433,11 +643,22 @@ pub struct Needs {
     pub disk: u64,
 }
 
+/// Longest profile or VM name: lab derives libvirt, bridge, LV and file names from it.
+pub const NAME_MAX: usize = 32;
+
 /// Names land in libvirt, bridge, LV and file names: keep them to a safe alphabet.
 fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
+    if name.chars().count() > NAME_MAX {
+        return Err((
+            key.to_string(),
+            format!(
+                "name {name:?} is {} characters: lab derives libvirt, bridge and LV names from it, \
+                 so {NAME_MAX} at most",
+                name.chars().count()
+            ),
+        ));
+    }
+    let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -448,10 +669,34 @@ fn check_name(key: &str, name: &str) -> Result<(), (String, String)> {
         Err((
             key.to_string(),
             format!(
-                "invalid name {name:?}: use 1 to 32 lowercase letters, digits and '-', starting with a letter"
+                "invalid name {name:?}: use lowercase letters, digits and '-', starting with a \
+                 letter (it becomes part of libvirt, bridge, LV and file names)"
             ),
         ))
     }
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn valid_lvm_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 127
+        && !name.starts_with('-')
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+_.-".contains(c))
 }
 
 fn format_toml_error(label: &str, text: &str, key: Option<&str>, err: &toml::de::Error) -> String {

@@ -133,7 +133,10 @@ impl Observed {
     pub fn from_libvirt(lv: &Libvirt) -> Result<Observed> {
         let conn = lv.connect();
         let mut observed = Observed::default();
-        for dom in conn.list_all_domains(0).context("listing libvirt domains")? {
+        for dom in conn
+            .list_all_domains(0)
+            .context("listing libvirt domains")?
+        {
             let name = dom.name().context("reading a domain's name")?;
             let xml = dom
                 .xml_desc(0)
@@ -144,7 +147,10 @@ impl Observed {
                 name,
             });
         }
-        for net in conn.list_all_networks(0).context("listing libvirt networks")? {
+        for net in conn
+            .list_all_networks(0)
+            .context("listing libvirt networks")?
+        {
             let xml = net.xml_desc(0).context("reading a network's XML")?;
             let info = NetworkInfo::from_xml(&xml)?;
             observed.networks.push(ObservedNetwork {
@@ -214,10 +220,15 @@ mod tests {
             profile: "smoke".into(),
             vm: Some("node1".into()),
         };
-        let doc = format!("<domain><name>x</name><metadata>{}</metadata></domain>", owner.to_xml());
+        let doc = format!(
+            "<domain><name>x</name><metadata>{}</metadata></domain>",
+            owner.to_xml()
+        );
         assert_eq!(owner_from_xml(&doc), Some(owner.clone()));
         // libvirt may rewrite the prefix; the namespace is what counts.
-        let other = doc.replace("<lab:owner", "<x:owner").replace("xmlns:lab=", "xmlns:x=");
+        let other = doc
+            .replace("<lab:owner", "<x:owner")
+            .replace("xmlns:lab=", "xmlns:x=");
         assert_eq!(owner_from_xml(&other), Some(owner));
     }
 
@@ -226,7 +237,10 @@ mod tests {
         let doc = "<domain><metadata><o:owner xmlns:o='urn:someone-else' profile='smoke'/>\
                    </metadata></domain>";
         assert_eq!(owner_from_xml(doc), None);
-        assert_eq!(owner_from_xml("<network><name>lab-smoke</name></network>"), None);
+        assert_eq!(
+            owner_from_xml("<network><name>lab-smoke</name></network>"),
+            None
+        );
         assert_eq!(owner_from_xml("not xml <"), None);
     }
 
@@ -236,7 +250,10 @@ mod tests {
             profile: "a\"<b>&".into(),
             vm: None,
         };
-        assert_eq!(owner_from_xml(&format!("<d>{}</d>", owner.to_xml())), Some(owner));
+        assert_eq!(
+            owner_from_xml(&format!("<d>{}</d>", owner.to_xml())),
+            Some(owner)
+        );
     }
 
     #[test]

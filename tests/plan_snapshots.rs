@@ -1,0 +1,291 @@
+//! The plan of every shipped profile across host situations, as snapshots: a fresh host,
+//! the lab already up (nothing to do), one VM missing, the preferred subnet taken, KVM
+//! unusable, and (for the packstack profiles) a thin pool present.
+
+use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan};
+use lab::profile::{BUILT_IN, Profile, ProfileSource};
+use lab::state::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
+use lab::subnet::Taken;
+
+fn profile(name: &str) -> Profile {
+    let (_, text) = BUILT_IN.iter().find(|(n, _)| *n == name).unwrap();
+    Profile::parse(text, ProfileSource::BuiltIn).unwrap()
+}
+
+fn good_kvm() -> KvmVerdict {
+    KvmVerdict {
+        usable: true,
+        nested: true,
+        reason: "kvm_intel runs guests, nested=Y".into(),
+    }
+}
+
+/// A laptop on home Wi-Fi with libvirt's default network and someone else's VM.
+fn fresh_host() -> (HostFacts, Observed) {
+    let host = HostFacts {
+        kvm: good_kvm(),
+        taken: vec![Taken {
+            net: "192.168.1.0/24".parse().unwrap(),
+            what: "route via wlan0".into(),
+        }],
+        thin_pools: vec![],
+    };
+    let observed = Observed {
+        domains: vec![ObservedDomain {
+            name: "win11".into(),
+            owner: None,
+            running: true,
+        }],
+        networks: vec![ObservedNetwork {
+            name: "default".into(),
+            bridge: Some("virbr0".into()),
+            subnets: vec!["192.168.122.0/24".parse().unwrap()],
+            owner: None,
+            active: true,
+        }],
+        volumes: vec![],
+    };
+    (host, observed)
+}
+
+/// What the host looks like after `lab up` carried out `plan`.
+fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
+    let owner = |vm: &Option<String>| Owner {
+        profile: plan.profile.clone(),
+        vm: vm.clone(),
+    };
+    for a in &plan.actions {
+        match (a.object, a.op) {
+            (Object::Network, Op::Create) => observed.networks.push(ObservedNetwork {
+                name: a.name.clone(),
+                bridge: Some(plan.network.bridge.clone()),
+                subnets: vec![plan.network.subnet],
+                owner: Some(owner(&None)),
+                active: true,
+            }),
+            (Object::Base, Op::Build) | (Object::Disk, Op::Clone) => {
+                observed.volumes.push(ObservedVolume {
+                    name: a.name.clone(),
+                    location: plan.storage.location.clone(),
+                    owner: Some(owner(&a.vm)),
+                    role: Some(if a.object == Object::Base {
+                        VolumeRole::Base
+                    } else {
+                        VolumeRole::Clone
+                    }),
+                })
+            }
+            (Object::Domain, Op::Define) => observed.domains.push(ObservedDomain {
+                name: a.name.clone(),
+                owner: Some(owner(&a.vm)),
+                running: true,
+            }),
+            _ => {}
+        }
+    }
+    observed
+}
+
+fn changes(plan: &Plan) -> Vec<&Action> {
+    plan.actions.iter().collect()
+}
+
+const PROFILES: [&str; 3] = ["smoke", "packstack-aio", "packstack-multinode"];
+
+#[test]
+fn a_fresh_host_gets_everything_created() {
+    for name in PROFILES {
+        let (host, observed) = fresh_host();
+        let plan = plan::plan(&profile(name), &host, &observed).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        insta::assert_json_snapshot!(format!("{name}__fresh"), plan);
+    }
+}
+
+#[test]
+fn lab_already_up_plans_nothing() {
+    for name in PROFILES {
+        let (host, observed) = fresh_host();
+        let p = profile(name);
+        let first = plan::plan(&p, &host, &observed).unwrap();
+        let up = observed_after(&first, observed);
+        let second = plan::plan(&p, &host, &up).unwrap();
+        assert!(second.is_empty(), "{name}: {:#?}", changes(&second));
+        // Same subnet, same names, same addresses: the plan is stable.
+        assert_eq!(second.network.subnet, first.network.subnet);
+        assert_eq!(second.network.bridge, first.network.bridge);
+        assert!(
+            second.network.why_subnet.contains("already has"),
+            "{}",
+            second.network.why_subnet
+        );
+        assert_eq!(second.vms, first.vms);
+        insta::assert_json_snapshot!(format!("{name}__up"), second);
+    }
+}
+
+#[test]
+fn one_vm_missing_brings_back_that_vm_alone() {
+    for name in PROFILES {
+        let (host, observed) = fresh_host();
+        let p = profile(name);
+        let first = plan::plan(&p, &host, &observed).unwrap();
+        let mut up = observed_after(&first, observed);
+        let gone = first.vms.last().unwrap().clone();
+        up.domains.retain(|d| d.name != gone.domain);
+        up.volumes.retain(|v| v.name != gone.disk_volume);
+        let plan = plan::plan(&p, &host, &up).unwrap();
+        let touched: Vec<(Op, &str)> = plan
+            .actions
+            .iter()
+            .map(|a| (a.op, a.name.as_str()))
+            .collect();
+        assert_eq!(
+            touched,
+            vec![
+                (Op::Clone, gone.disk_volume.as_str()),
+                (Op::Define, gone.domain.as_str()),
+                (Op::Start, gone.domain.as_str()),
+            ],
+            "{name}"
+        );
+        insta::assert_json_snapshot!(format!("{name}__one_vm_missing"), plan);
+    }
+}
+
+#[test]
+fn a_taken_preferred_subnet_moves_the_lab_and_says_why() {
+    for name in PROFILES {
+        let (mut host, observed) = fresh_host();
+        let p = profile(name);
+        let preferred = plan::plan(&p, &host, &observed).unwrap().network.subnet;
+        host.taken.push(Taken {
+            net: preferred,
+            what: "VPN route via wg0 (WireGuard)".into(),
+        });
+        let plan = plan::plan(&p, &host, &observed).unwrap();
+        assert_ne!(plan.network.subnet, preferred, "{name}");
+        assert!(
+            plan.network.why_subnet.contains("wg0"),
+            "{}",
+            plan.network.why_subnet
+        );
+        insta::assert_json_snapshot!(format!("{name}__preferred_subnet_taken"), plan);
+    }
+}
+
+#[test]
+fn kvm_unusable_falls_back_to_emulation_with_a_warning() {
+    for name in PROFILES {
+        let (mut host, observed) = fresh_host();
+        host.kvm = KvmVerdict {
+            usable: false,
+            nested: false,
+            reason: "/dev/kvm exists but a standard guest never ran".into(),
+        };
+        let plan = plan::plan(&profile(name), &host, &observed).unwrap();
+        assert!(
+            plan.vms
+                .iter()
+                .all(|v| v.domain_type == "qemu" && v.cpu_mode == "maximum")
+        );
+        assert!(
+            plan.warnings[0].contains("TCG emulation"),
+            "{:?}",
+            plan.warnings
+        );
+        let nested = plan.vms.iter().filter(|v| v.nested).count();
+        assert_eq!(plan.warnings.len(), 1 + nested, "{:?}", plan.warnings);
+        insta::assert_json_snapshot!(format!("{name}__kvm_unusable"), plan);
+    }
+}
+
+#[test]
+fn an_existing_thin_pool_is_used_by_auto() {
+    for name in ["packstack-aio", "packstack-multinode"] {
+        let (mut host, observed) = fresh_host();
+        host.thin_pools.push(("vg_lab".into(), "lab-pool".into()));
+        let plan = plan::plan(&profile(name), &host, &observed).unwrap();
+        assert_eq!(plan.storage.location, "vg_lab/lab-pool");
+        assert!(plan.vms.iter().all(|v| !v.disk_volume.ends_with(".qcow2")));
+        insta::assert_json_snapshot!(format!("{name}__thin_pool"), plan);
+    }
+}
+
+#[test]
+fn nested_off_on_a_kvm_host_is_a_warning_per_nested_vm() {
+    let (mut host, observed) = fresh_host();
+    host.kvm.nested = false;
+    let plan = plan::plan(&profile("packstack-multinode"), &host, &observed).unwrap();
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+    assert!(plan.warnings[0].contains("lab check --fix"));
+    let cpu: Vec<&str> = plan.vms.iter().map(|v| v.cpu_mode.as_str()).collect();
+    assert_eq!(cpu, ["host-model", "host-passthrough", "host-passthrough"]);
+}
+
+#[test]
+fn foreign_objects_with_lab_s_names_are_refused_not_touched() {
+    let p = profile("smoke");
+    let (host, mut observed) = fresh_host();
+    observed.domains.push(ObservedDomain {
+        name: "lab-smoke-node2".into(),
+        owner: None,
+        running: false,
+    });
+    let err = plan::plan(&p, &host, &observed).unwrap_err();
+    assert!(
+        err.0.contains("lab-smoke-node2 exists and is not lab's"),
+        "{err}"
+    );
+
+    let (host, mut observed) = fresh_host();
+    observed.networks.push(ObservedNetwork {
+        name: "lab-smoke".into(),
+        bridge: Some("virbr9".into()),
+        subnets: vec![],
+        owner: Some(Owner {
+            profile: "someone-else".into(),
+            vm: None,
+        }),
+        active: true,
+    });
+    let err = plan::plan(&p, &host, &observed).unwrap_err();
+    assert!(
+        err.0.contains("network lab-smoke exists and is not lab's"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vms_dropped_from_the_profile_are_left_alone_and_said() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    up.domains.push(ObservedDomain {
+        name: "lab-smoke-node4".into(),
+        owner: Some(Owner {
+            profile: "smoke".into(),
+            vm: Some("node4".into()),
+        }),
+        running: true,
+    });
+    let plan = plan::plan(&p, &host, &up).unwrap();
+    assert!(plan.is_empty());
+    let kept = plan
+        .unchanged
+        .iter()
+        .find(|a| a.name == "lab-smoke-node4")
+        .unwrap();
+    assert!(kept.why.contains("no longer in the profile"));
+}
+
+#[test]
+fn the_plan_is_the_same_every_time() {
+    for name in PROFILES {
+        let (host, observed) = fresh_host();
+        let a = plan::plan(&profile(name), &host, &observed).unwrap();
+        let b = plan::plan(&profile(name), &host, &observed).unwrap();
+        assert_eq!(a, b);
+    }
+}
