@@ -1,0 +1,186 @@
+//! Every broken profile in tests/fixtures/profiles/bad gives one clear error naming the
+//! file, the line and the key, exits with status 2, and creates nothing.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn bad(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/profiles/bad")
+        .join(name)
+}
+
+/// (file, line, key, a piece of the message)
+const CORPUS: &[(&str, u32, &str, &str)] = &[
+    ("syntax-error.toml", 1, "", "invalid basic string"),
+    (
+        "unknown-key.toml",
+        8,
+        "vm[0].colour",
+        "unknown field `colour`",
+    ),
+    (
+        "wrong-type.toml",
+        8,
+        "vm[0].vcpus",
+        "invalid type: string \"two\"",
+    ),
+    (
+        "duplicate-vm.toml",
+        13,
+        "vm[2].name",
+        "duplicate VM name \"web\"",
+    ),
+    (
+        "count-collision.toml",
+        11,
+        "vm[1].name",
+        "duplicate VM name \"node2\"",
+    ),
+    ("name-with-space.toml", 1, "name", "invalid name \"my lab\""),
+    (
+        "name-with-quote.toml",
+        1,
+        "name",
+        "invalid name \"o'brien\"",
+    ),
+    (
+        "name-with-xml.toml",
+        7,
+        "vm[0].name",
+        "invalid name \"<b>web</b>\"",
+    ),
+    (
+        "name-with-shell.toml",
+        7,
+        "vm[0].name",
+        "invalid name \"web;rm -rf ~\"",
+    ),
+    ("name-too-long.toml", 1, "name", "is 41 characters"),
+    (
+        "memory-lots.toml",
+        8,
+        "vm[0].memory",
+        "invalid size \"lots\"",
+    ),
+    (
+        "count-zero.toml",
+        8,
+        "vm[0].count",
+        "count must be 1 or more",
+    ),
+    (
+        "subnet-host-bits.toml",
+        4,
+        "network.subnet",
+        "did you mean 10.20.30.0/24?",
+    ),
+    (
+        "kickstart-missing.toml",
+        4,
+        "base.kickstart",
+        "no kickstart template \"fedora-99.ks.j2\"",
+    ),
+    (
+        "iso-missing.toml",
+        5,
+        "base.install",
+        "CentOS-Stream-9-latest-x86_64-dvd1.iso does not exist",
+    ),
+    (
+        "provision-unknown-role.toml",
+        13,
+        "provision[0].role",
+        "no VM has role \"contoller\"",
+    ),
+    ("no-vm.toml", 1, "vm", "at least one [[vm]]"),
+    (
+        "lvm-thin-without-pool.toml",
+        4,
+        "storage.backend",
+        "needs storage.vg and storage.pool",
+    ),
+];
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_corpus_is_complete() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(bad(""))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = CORPUS.iter().map(|c| c.0.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        on_disk, listed,
+        "every broken profile has an expected error"
+    );
+}
+
+#[test]
+fn each_broken_profile_is_one_clear_error_and_changes_nothing() {
+    for (file, line, key, message) in CORPUS {
+        // A private copy in an empty directory, so "created nothing" can be seen.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file);
+        std::fs::copy(bad(file), &path).unwrap();
+        let before = files_under(dir.path());
+        for args in [
+            vec!["up", path.to_str().unwrap()],
+            vec!["up", path.to_str().unwrap(), "--dry-run", "--json"],
+            vec![
+                "check",
+                "--profile",
+                path.to_str().unwrap(),
+                "--no-throughput",
+            ],
+        ] {
+            let out = Command::cargo_bin("lab")
+                .unwrap()
+                .args(&args)
+                .current_dir(dir.path())
+                .env("XDG_CONFIG_HOME", dir.path())
+                .env("LAB_CONNECT", "test:///default")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8(out.stderr).unwrap();
+            assert_eq!(out.status.code(), Some(2), "{file} {args:?}: {stderr}");
+            assert!(out.stdout.is_empty(), "{file}: printed a result anyway");
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{file}: one error line, got {stderr}");
+            let at = format!("error: {}:{line}:", path.display());
+            assert!(
+                stderr.starts_with(&at),
+                "{file}: expected {at}, got {stderr}"
+            );
+            if !key.is_empty() {
+                assert!(
+                    stderr.contains(&format!(" {key}: ")),
+                    "{file}: key {key} in {stderr}"
+                );
+            }
+            assert!(stderr.contains(message), "{file}: {message} in {stderr}");
+            assert!(!stderr.contains("panicked"));
+        }
+        assert_eq!(
+            files_under(dir.path()),
+            before,
+            "{file}: something was created"
+        );
+    }
+}
