@@ -1,0 +1,207 @@
+//! `lab up --dry-run` through the binary: libvirt's test driver stands in for the daemon
+//! (it has someone else's network "default" on 192.168.122.0/24 and a domain "test"), host
+//! facts come from fixture trees.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn fixture(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn lab(args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("lab")
+        .unwrap()
+        .args(args)
+        .env("LAB_CONNECT", "test:///default")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn dry_run_prints_the_plan_as_data() {
+    let out = lab(&[
+        "up",
+        "smoke",
+        "--dry-run",
+        "--json",
+        "--sysroot",
+        &fixture("hosts/net-vpn-split"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["profile"], "smoke");
+    // The fixture's WireGuard route sits on smoke's preferred subnet.
+    assert_eq!(plan["network"]["subnet"], "10.213.167.0/24");
+    let ops: Vec<String> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["op"].as_str().unwrap(),
+                a["object"].as_str().unwrap(),
+                a["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create network lab-smoke",
+            "build base lab-smoke-base.qcow2",
+            "clone disk lab-smoke-node1.qcow2",
+            "define domain lab-smoke-node1",
+            "start domain lab-smoke-node1",
+            "clone disk lab-smoke-node2.qcow2",
+            "define domain lab-smoke-node2",
+            "start domain lab-smoke-node2",
+            "clone disk lab-smoke-node3.qcow2",
+            "define domain lab-smoke-node3",
+            "start domain lab-smoke-node3",
+        ]
+    );
+}
+
+#[test]
+fn dry_run_for_people_lists_actions_and_reasons() {
+    let out = lab(&[
+        "up",
+        "packstack-multinode",
+        "--dry-run",
+        "--sysroot",
+        &fixture("hosts/net-vpn-split"),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Will do:"), "{text}");
+    assert!(
+        text.contains("create  network  lab-packstack-multinode"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no thin pool vg_lab/lab-pool on this host"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_fixed_subnet_on_a_host_route_is_refused_with_file_line_and_key() {
+    let profile = fixture("profiles/fixed-lan-subnet.toml");
+    let out = lab(&[
+        "up",
+        &profile,
+        "--dry-run",
+        "--sysroot",
+        &fixture("hosts/net-vpn-split"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("{profile}:5: network.subnet: 192.168.1.0/24 collides with 192.168.1.0/24 (route via wlan0)")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_fixed_subnet_on_someone_else_s_libvirt_network_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("on-default.toml");
+    std::fs::write(
+        &path,
+        "name = \"on-default\"\n[network]\nsubnet = \"192.168.122.0/24\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+    )
+    .unwrap();
+    let out = lab(&[
+        "up",
+        path.to_str().unwrap(),
+        "--dry-run",
+        "--sysroot",
+        &fixture("hosts/net-vpn-split"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("libvirt network default"), "{stderr}");
+}
+
+#[test]
+fn up_without_dry_run_says_plainly_that_it_only_plans() {
+    let out = lab(&["up", "smoke", "--sysroot", &fixture("hosts/net-vpn-split")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--dry-run"), "{stderr}");
+}
+
+#[test]
+fn profiles_lists_shipped_and_local_profiles_with_their_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
+    std::fs::write(
+        dir.path().join("profiles/smoke.toml"),
+        "name = \"smoke\"\ndescription = \"my own smoke\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("profiles/broken.toml"), "name = \n").unwrap();
+    let out = Command::cargo_bin("lab")
+        .unwrap()
+        .args(["profiles", "--json"])
+        .current_dir(dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, String, bool, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap().to_string(),
+                e["shadowed"].as_bool().unwrap(),
+                e["error"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("broken".into(), "profiles/broken.toml".into(), false, true),
+            ("smoke".into(), "profiles/smoke.toml".into(), false, false),
+            ("smoke".into(), "built-in".into(), true, false),
+            ("packstack-aio".into(), "built-in".into(), false, false),
+            (
+                "packstack-multinode".into(),
+                "built-in".into(),
+                false,
+                false
+            ),
+        ]
+    );
+    // And the local one wins when asked for by name.
+    let out = Command::cargo_bin("lab")
+        .unwrap()
+        .args(["up", "smoke", "--dry-run", "--json", "--sysroot"])
+        .arg(fixture("hosts/net-vpn-split"))
+        .current_dir(dir.path())
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("LAB_CONNECT", "test:///default")
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["vms"].as_array().unwrap().len(), 1);
+}
