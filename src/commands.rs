@@ -33,8 +33,8 @@ pub fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<u8> {
     let report = check::run_all(&ctx);
     if global.json {
         ui::print_json(&report)?;
-    } else if ui::verbosity() >= 0 {
-        print!("{}", report.render(Stream::Stdout));
+    } else {
+        print!("{}", report.render(Stream::Stdout, ui::verbosity() < 0));
     }
     Ok(if report.failed() {
         exit::CHECK_FAILED

@@ -314,3 +314,28 @@ fn completions_are_printed_for_bash() {
     assert!(script.contains("_lab()"), "{script}");
     assert!(script.contains("--sysroot"));
 }
+
+#[test]
+fn quiet_shows_only_what_failed_and_the_table_otherwise() {
+    let root = sysroot("net-vpn-10-slash-8");
+    let run = |quiet: bool| {
+        let mut cmd = Command::cargo_bin("lab").unwrap();
+        if quiet {
+            cmd.arg("-q");
+        }
+        let out = cmd
+            .args(["check", "--no-throughput", "--color", "never", "--sysroot", &root])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let quiet = run(true);
+    assert!(quiet.contains("network.subnet"), "{quiet}");
+    assert!(quiet.contains("auto_range"), "{quiet}");
+    assert!(!quiet.contains(" pass "), "{quiet}");
+    assert!(!quiet.contains(" skip "), "{quiet}");
+    let full = run(false);
+    assert!(full.contains("libvirt.connect    skip"), "{full}");
+    assert!(full.lines().last().unwrap().contains("failed"), "{full}");
+}

@@ -108,10 +108,19 @@ impl Report {
         self.checks.iter().any(|c| c.status == Status::Fail)
     }
 
-    /// The human table, with each fix on its own indented line below its check.
-    pub fn render(&self, stream: Stream) -> String {
+    /// The human table, with each fix on its own indented line below its check. With
+    /// `only_failed`, just the failed checks and their fixes (`-q`).
+    pub fn render(&self, stream: Stream, only_failed: bool) -> String {
+        let shown: Vec<&Check> = self
+            .checks
+            .iter()
+            .filter(|c| !only_failed || c.status == Status::Fail)
+            .collect();
+        if shown.is_empty() {
+            return String::new();
+        }
         let mut table = Table::new(["check", "status", "finding"]);
-        for c in &self.checks {
+        for c in &shown {
             table.row(vec![
                 (c.id.clone(), Style::Plain),
                 (c.status.as_str().to_string(), c.status.style()),
@@ -119,7 +128,7 @@ impl Report {
             ]);
         }
         let mut out = table.render(stream);
-        let fixes: Vec<&Check> = self.checks.iter().filter(|c| c.fix.is_some()).collect();
+        let fixes: Vec<&&Check> = shown.iter().filter(|c| c.fix.is_some()).collect();
         if !fixes.is_empty() {
             out.push_str("\nTo fix:\n");
             for c in fixes {
@@ -132,6 +141,9 @@ impl Report {
                         .replace('\n', "\n      ")
                 ));
             }
+        }
+        if only_failed {
+            return out;
         }
         let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
         out.push_str(&format!(
