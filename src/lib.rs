@@ -17,6 +17,7 @@ pub mod profile;
 pub mod runner;
 pub mod size;
 pub mod state;
+pub mod storage;
 pub mod subnet;
 pub mod ui;
 

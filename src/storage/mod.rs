@@ -1,0 +1,78 @@
+//! Where VM disks come from: one interface, two backends. A base image is made once and
+//! sealed; each VM gets a clone of it in milliseconds (a thin snapshot, or a qcow2 overlay).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::size::ByteSize;
+use crate::state::ObservedVolume;
+
+pub mod qcow2;
+
+/// A disk lab made, as a domain will see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    pub name: String,
+    /// A file (qcow2) or a block device (`/dev/VG/LV`).
+    pub path: PathBuf,
+    /// The format libvirt is told: "qcow2" or "raw".
+    pub format: String,
+}
+
+/// A disk some running domain has open: never cloned from, snapshotted or compacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InUse {
+    pub domain: String,
+    pub path: PathBuf,
+}
+
+/// Space used on the host by a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub virtual_size: u64,
+    /// Bytes the host really holds for it (file allocation, or thin data in use).
+    pub allocated: u64,
+}
+
+/// The operations `lab up`, `reset`, `down` and `trim` need from storage.
+pub trait Storage {
+    /// "qcow2 in DIR" or "thin pool VG/POOL", for messages.
+    fn describe(&self) -> String;
+
+    /// Every volume in this storage, lab's (with owner and role) and others.
+    fn observe(&self) -> Result<Vec<ObservedVolume>>;
+
+    /// A new, empty base of `size` for `profile`, to be filled by a build and then sealed.
+    fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume>;
+
+    /// A base made from an existing image (converted, never used in place).
+    fn import_base(&self, profile: &str, image: &std::path::Path) -> Result<Volume>;
+
+    /// Make the base read-only: from now on only clones change.
+    fn seal_base(&self, profile: &str) -> Result<()>;
+
+    /// The base of `profile`, when it exists.
+    fn base(&self, profile: &str) -> Result<Option<Volume>>;
+
+    /// A VM's disk as a clone of the base; refused when the base is in use.
+    fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume>;
+
+    /// Remove a VM's clone; only ever a volume that carries lab's mark for this profile.
+    fn remove_clone(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<()>;
+
+    /// Remove the base; only lab's, and never while a clone of it exists.
+    fn remove_base(&self, profile: &str) -> Result<()>;
+
+    fn usage(&self, volume: &Volume) -> Result<Usage>;
+}
+
+/// The domain holding `path` open, if any.
+pub fn user_of<'a>(path: &std::path::Path, in_use: &'a [InUse]) -> Option<&'a InUse> {
+    in_use.iter().find(|u| {
+        u.path == path
+            || (u.path.canonicalize().ok().is_some()
+                && u.path.canonicalize().ok() == path.canonicalize().ok())
+    })
+}

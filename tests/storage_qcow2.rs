@@ -1,0 +1,242 @@
+//! The qcow2 backend against the real qemu-img: bases, overlays, markers, refusals,
+//! compaction that keeps the backing file.
+
+use std::path::{Path, PathBuf};
+
+use lab::size::ByteSize;
+use lab::state::VolumeRole;
+use lab::storage::qcow2::{self, Qcow2Storage};
+use lab::storage::{InUse, Storage};
+
+fn qemu_io(path: &Path, cmd: &str) {
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-io {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn storage() -> (tempfile::TempDir, Qcow2Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Qcow2Storage::new(dir.path().join("images"));
+    (dir, s)
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn base_then_three_overlays_each_marked_and_backed_by_the_base() {
+    let (_t, s) = storage();
+    let base = s.create_base("demo", ByteSize::mib(64)).unwrap();
+    qemu_io(&base.path, "write -P 0xab 0 4M");
+    s.seal_base("demo").unwrap();
+    assert!(
+        std::fs::metadata(&base.path)
+            .unwrap()
+            .permissions()
+            .readonly()
+    );
+    for vm in ["a", "b", "c"] {
+        let v = s.clone_base("demo", vm, &[]).unwrap();
+        let info = qcow2::info(&v.path).unwrap();
+        assert_eq!(info.format, "qcow2");
+        assert_eq!(info.virtual_size, 64 << 20);
+        assert_eq!(
+            info.full_backing_filename.as_deref(),
+            Some(base.path.to_str().unwrap())
+        );
+        assert_eq!(info.backing_filename_format.as_deref(), Some("qcow2"));
+        // The overlay holds no data of its own yet.
+        assert!(s.usage(&v).unwrap().allocated < 1 << 20);
+    }
+    assert_eq!(
+        files(s.dir()),
+        [
+            "lab-demo-a.qcow2",
+            "lab-demo-a.qcow2.lab",
+            "lab-demo-b.qcow2",
+            "lab-demo-b.qcow2.lab",
+            "lab-demo-base.qcow2",
+            "lab-demo-base.qcow2.lab",
+            "lab-demo-c.qcow2",
+            "lab-demo-c.qcow2.lab",
+        ]
+    );
+    let observed = s.observe().unwrap();
+    let roles: Vec<(String, Option<VolumeRole>)> =
+        observed.iter().map(|v| (v.name.clone(), v.role)).collect();
+    assert_eq!(roles.len(), 4);
+    assert_eq!(
+        roles[2],
+        ("lab-demo-base.qcow2".into(), Some(VolumeRole::Base))
+    );
+    assert_eq!(roles[0].1, Some(VolumeRole::Clone));
+    assert_eq!(observed[0].owner.as_ref().unwrap().vm.as_deref(), Some("a"));
+}
+
+#[test]
+fn a_base_in_use_by_a_running_domain_is_never_cloned() {
+    let (_t, s) = storage();
+    let base = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    let busy = [InUse {
+        domain: "installer".into(),
+        path: base.path.clone(),
+    }];
+    let err = s.clone_base("demo", "a", &busy).unwrap_err().to_string();
+    assert!(err.contains("in use by running domain installer"), "{err}");
+    assert!(!s.dir().join("lab-demo-a.qcow2").exists());
+}
+
+#[test]
+fn nothing_of_anyone_else_is_touched() {
+    let (_t, s) = storage();
+    s.create_base("demo", ByteSize::mib(16)).unwrap();
+    // Someone else's file where a clone would go, without lab's marker.
+    let theirs = s.dir().join("lab-demo-a.qcow2");
+    std::fs::write(&theirs, b"precious").unwrap();
+    let err = s.clone_base("demo", "a", &[]).unwrap_err().to_string();
+    assert!(err.contains("not lab's"), "{err}");
+    let err = s.remove_clone("demo", "a", &[]).unwrap_err().to_string();
+    assert!(err.contains("not lab's: left alone"), "{err}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"precious");
+    // A clone of another profile is not this profile's to remove.
+    s.create_base("other", ByteSize::mib(16)).unwrap();
+    s.clone_base("other", "x", &[]).unwrap();
+    std::fs::rename(
+        s.dir().join("lab-other-x.qcow2"),
+        s.dir().join("lab-demo-x.qcow2"),
+    )
+    .unwrap();
+    std::fs::rename(
+        s.dir().join("lab-other-x.qcow2.lab"),
+        s.dir().join("lab-demo-x.qcow2.lab"),
+    )
+    .unwrap();
+    assert!(s.remove_clone("demo", "x", &[]).is_err());
+    assert!(s.dir().join("lab-demo-x.qcow2").exists());
+}
+
+#[test]
+fn the_base_outlives_its_clones_only() {
+    let (_t, s) = storage();
+    s.create_base("demo", ByteSize::mib(16)).unwrap();
+    s.clone_base("demo", "a", &[]).unwrap();
+    let err = s.remove_base("demo").unwrap_err().to_string();
+    assert!(err.contains("still has clones (lab-demo-a.qcow2)"), "{err}");
+    let busy = [InUse {
+        domain: "lab-demo-a".into(),
+        path: s.dir().join("lab-demo-a.qcow2"),
+    }];
+    assert!(
+        s.remove_clone("demo", "a", &busy)
+            .unwrap_err()
+            .to_string()
+            .contains("lab-demo-a")
+    );
+    s.remove_clone("demo", "a", &[]).unwrap();
+    s.remove_base("demo").unwrap();
+    assert!(files(s.dir()).is_empty());
+}
+
+#[test]
+fn compaction_gives_space_back_and_keeps_the_backing_file() {
+    let (_t, s) = storage();
+    let base = s.create_base("demo", ByteSize::mib(64)).unwrap();
+    qemu_io(&base.path, "write -P 0x11 0 8M");
+    s.seal_base("demo").unwrap();
+    let v = s.clone_base("demo", "a", &[]).unwrap();
+    qemu_io(&v.path, "write -P 0x22 16M 32M");
+    let before = s.usage(&v).unwrap().allocated;
+    assert!(before >= 32 << 20, "{before}");
+    // The guest deletes its data and TRIMs: the overlay's clusters become zero/unallocated.
+    qemu_io(&v.path, "discard 16M 32M");
+    let running = [InUse {
+        domain: "lab-demo-a".into(),
+        path: v.path.clone(),
+    }];
+    assert!(s.compact("demo", "a", &running).is_err());
+    let after = s.compact("demo", "a", &[]).unwrap().allocated;
+    assert!(
+        after < 2 << 20,
+        "compacted overlay still holds {after} bytes"
+    );
+    let info = qcow2::info(&v.path).unwrap();
+    assert_eq!(
+        info.full_backing_filename.as_deref(),
+        Some(base.path.to_str().unwrap())
+    );
+    // The base's data still shows through.
+    qemu_io(&v.path, "read -P 0x11 0 8M");
+}
+
+#[test]
+fn missing_or_corrupt_bases_are_named() {
+    let (_t, s) = storage();
+    let err = s.clone_base("demo", "a", &[]).unwrap_err().to_string();
+    assert!(err.contains("lab-demo-base.qcow2 is missing"), "{err}");
+    let base = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    // Damage the header.
+    std::fs::write(&base.path, b"QFI\xfbgarbage").unwrap();
+    let err = format!("{:#}", s.clone_base("demo", "a", &[]).unwrap_err());
+    assert!(err.contains("is damaged or not a qcow2 image"), "{err}");
+    assert!(!s.dir().join("lab-demo-a.qcow2").exists());
+}
+
+#[test]
+fn a_full_filesystem_is_refused_before_anything_is_made() {
+    let mnt = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mounting a small tmpfs (needs root, as CI is)"
+    );
+    let s = Qcow2Storage::new(mnt.path().join("images"));
+    let err = s
+        .create_base("demo", ByteSize::gib(1))
+        .unwrap_err()
+        .to_string();
+    let _ = std::process::Command::new("umount")
+        .arg(mnt.path())
+        .status();
+    assert!(err.contains("free"), "{err}");
+    assert!(err.contains("headroom"), "{err}");
+}
+
+#[test]
+fn importing_an_image_converts_a_copy() {
+    let (t, s) = storage();
+    let src = PathBuf::from(t.path()).join("vendor.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg("32M")
+        .status()
+        .unwrap();
+    assert!(out.success());
+    qemu_io(&src, "write -P 0x5a 0 1M");
+    let base = s.import_base("demo", &src).unwrap();
+    qemu_io(&base.path, "read -P 0x5a 0 1M");
+    assert!(src.exists(), "the source is left as it was");
+    let err = s.import_base("demo", &src).unwrap_err().to_string();
+    assert!(
+        err.contains("already exists (lab's, of profile demo)"),
+        "{err}"
+    );
+}
