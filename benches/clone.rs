@@ -41,7 +41,10 @@ fn main() {
         .prefix("lab-bench-clone-")
         .tempdir_in(&root)
         .expect("temporary directory");
-    println!("qcow2 clone benchmark in {} ({RUNS} runs each, median)", dir.path().display());
+    println!(
+        "qcow2 clone benchmark in {} ({RUNS} runs each, median)",
+        dir.path().display()
+    );
     println!(
         "{:>10}  {:>12}  {:>14}  {:>16}  {:>8}",
         "base", "data in base", "clone (qcow2)", "full copy (cp)", "ratio"

@@ -132,7 +132,7 @@ pub fn gather_host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         thin_pools.push((vg.clone(), pool.clone()));
     }
     HostFacts {
-        kvm: kvm_verdict(sysroot),
+        kvm: crate::check::kvm::verdict(sysroot),
         taken: subnet::taken_by_host(&net),
         thin_pools,
     }
@@ -224,7 +224,4 @@ pub fn profiles(global: &GlobalArgs) -> Result<u8> {
 // MERGE: replaced by the KVM and LVM areas.
 fn thin_pool_exists(_sysroot: &Sysroot, _vg: &str, _pool: &str) -> bool {
     false
-}
-fn kvm_verdict(_sysroot: &Sysroot) -> crate::plan::KvmVerdict {
-    crate::plan::KvmVerdict::default()
 }

@@ -816,7 +816,7 @@ mod tests {
 
     #[test]
     fn instances_expand_count() {
-        let p = parse("name = \"x\"\n[[vm]]\nname = \"node\"\ncount = 3\n[[vm]]\nname = \"db\"\n")
+        let p = parse("name = \"x\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"node\"\ncount = 3\n[[vm]]\nname = \"db\"\n")
             .unwrap();
         let names: Vec<String> = p.instances().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["node1", "node2", "node3", "db"]);

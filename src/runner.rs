@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ui;
 
@@ -32,12 +32,7 @@ pub enum ProcessError {
         source: io::Error,
     },
     #[error("`{cmdline}` did not finish within {}s and was killed", .timeout.as_secs_f64())]
-    TimedOut {
-        cmdline: String,
-        timeout: Duration,
-        stdout: String,
-        stderr: String,
-    },
+    TimedOut { cmdline: String, timeout: Duration },
     #[error("`{cmdline}` failed ({status}){}", stderr_tail(.stderr))]
     Failed {
         cmdline: String,
@@ -134,10 +129,7 @@ impl Cmd {
         words.join(" ")
     }
 
-    /// Run and capture, whatever the exit status; only a failure to start is an error.
-    pub fn capture(&self) -> Result<Captured, ProcessError> {
-        let cmdline = self.cmdline();
-        ui::debug(format_args!("$ {cmdline}"));
+    fn expression(&self) -> duct::Expression {
         let mut expr = duct::cmd(&self.program, &self.args)
             .stdout_capture()
             .stderr_capture()
@@ -145,55 +137,47 @@ impl Cmd {
         for (k, v) in &self.env {
             expr = expr.env(k, v);
         }
-        expr = match &self.stdin {
+        match &self.stdin {
             Some(bytes) => expr.stdin_bytes(bytes.clone()),
             None => expr.stdin_null(),
-        };
-        let spawn_error = |source: io::Error| {
-            if source.kind() == io::ErrorKind::NotFound {
-                ProcessError::NotFound {
-                    cmdline: cmdline.clone(),
-                    program: self.program.to_string_lossy().into_owned(),
-                }
-            } else {
-                ProcessError::Spawn {
-                    cmdline: cmdline.clone(),
-                    source,
-                }
-            }
-        };
-        let output: Output = match self.timeout {
-            None => expr.run().map_err(spawn_error)?,
-            Some(timeout) => {
-                let handle = expr.start().map_err(spawn_error)?;
-                match handle.wait_timeout(timeout).map_err(spawn_error)? {
-                    Some(output) => output.clone(),
-                    None => {
-                        let _ = handle.kill();
-                        ui::debug(format_args!("  killed after {}s", timeout.as_secs_f64()));
-                        return Err(ProcessError::TimedOut {
-                            cmdline,
-                            timeout,
-                            stdout: String::new(),
-                            stderr: String::new(),
-                        });
-                    }
-                }
-            }
-        };
-        let captured = Captured {
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            code: output.status.code(),
-        };
-        if !output.status.success() {
-            ui::debug(format_args!(
-                "  exited with {}: {}",
-                describe_status(&output.status),
-                captured.stderr.trim()
-            ));
         }
-        Ok(captured)
+    }
+
+    fn spawn_error(&self, source: io::Error) -> ProcessError {
+        if source.kind() == io::ErrorKind::NotFound {
+            ProcessError::NotFound {
+                cmdline: self.cmdline(),
+                program: self.program.to_string_lossy().into_owned(),
+            }
+        } else {
+            ProcessError::Spawn {
+                cmdline: self.cmdline(),
+                source,
+            }
+        }
+    }
+
+    /// Run and capture, whatever the exit status; only a failure to start is an error.
+    pub fn capture(&self) -> Result<Captured, ProcessError> {
+        match self.timeout {
+            None => {
+                ui::debug(format_args!("$ {}", self.cmdline()));
+                let output = self.expression().run().map_err(|e| self.spawn_error(e))?;
+                Ok(captured(&output))
+            }
+            Some(timeout) => self.start()?.wait_until(Instant::now() + timeout),
+        }
+    }
+
+    /// Start the command and return at once; wait for it with [`Running::wait_until`].
+    pub fn start(&self) -> Result<Running, ProcessError> {
+        ui::debug(format_args!("$ {}", self.cmdline()));
+        let handle = self.expression().start().map_err(|e| self.spawn_error(e))?;
+        Ok(Running {
+            handle,
+            cmd: self.clone(),
+            started: Instant::now(),
+        })
     }
 
     /// Run, requiring success; the error carries command line, exit status and stderr.
@@ -213,6 +197,57 @@ impl Cmd {
             })
         }
     }
+}
+
+/// A command that was started and not yet waited for. Dropping it leaves it running.
+pub struct Running {
+    handle: duct::Handle,
+    cmd: Cmd,
+    started: Instant,
+}
+
+impl Running {
+    /// Wait until `deadline`; a command still running then is killed, and its error says
+    /// how long it had.
+    pub fn wait_until(self, deadline: Instant) -> Result<Captured, ProcessError> {
+        let waited = self
+            .handle
+            .wait_deadline(deadline)
+            .map_err(|e| self.cmd.spawn_error(e))?;
+        match waited {
+            Some(output) => Ok(captured(output)),
+            None => {
+                let _ = self.handle.kill();
+                let timeout = deadline.saturating_duration_since(self.started);
+                ui::debug(format_args!("  killed after {:.2}s", timeout.as_secs_f64()));
+                Err(ProcessError::TimedOut {
+                    cmdline: self.cmd.cmdline(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// When the command was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+fn captured(output: &Output) -> Captured {
+    let captured = Captured {
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        code: output.status.code(),
+    };
+    if !output.status.success() {
+        ui::debug(format_args!(
+            "  exited with {}: {}",
+            describe_status(&output.status),
+            captured.stderr.trim()
+        ));
+    }
+    captured
 }
 
 impl fmt::Display for Cmd {

@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use super::{Check, CheckContext, Report};
+use super::{Check, CheckContext, Report, Status};
 use crate::host::Sysroot;
 use crate::host::cpu::{self, CpuInfo, Vendor};
 use crate::host::kvm::{
     self, BootOutcome, GuestBoot, GuestProbe, GuestRun, IoctlProbe, KvmFacts, KvmHost, KvmModule,
 };
+use crate::plan::KvmVerdict;
 
 /// The tiny ioctl guest halts within milliseconds; this only guards against a hang.
 const IOCTL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,6 +42,39 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
     }
     report.fact("cpu", &cpu);
     report.fact("kvm", &facts);
+}
+
+/// Whether lab's VMs get KVM here, from the same facts and verdicts as `lab check`. Under
+/// a sysroot, where nothing can be run, KVM counts as usable when the files show a vendor
+/// KVM module and the CPU flag.
+pub fn verdict(sysroot: &Sysroot) -> KvmVerdict {
+    let live = sysroot.is_live();
+    let cpu = cpu::read(sysroot);
+    let facts = gather(sysroot, live);
+    let [virt, device, run, nested] = evaluate(cpu.as_ref(), &facts, live);
+    let usable = if live {
+        run.status == Status::Pass
+    } else {
+        device.status == Status::Pass
+            && virt.status == Status::Pass
+            && facts.host.vendor_module().is_some()
+    };
+    let reason = [&run, &device, &virt]
+        .into_iter()
+        .find(|c| c.status == Status::Fail)
+        .map_or_else(|| run.summary.clone(), |c| c.summary.clone());
+    // The plan states the consequence itself.
+    let reason = reason
+        .split(" — ")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(&format!("; {CONSEQUENCE}"))
+        .to_string();
+    KvmVerdict {
+        usable,
+        nested: usable && nested.status == Status::Pass,
+        reason,
+    }
 }
 
 /// Read the files, and on the live machine open `/dev/kvm` and run the probes.
