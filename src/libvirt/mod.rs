@@ -1,5 +1,7 @@
 //! The narrow seam to libvirt, over the `virt` crate.
 
+pub mod xml;
+
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};

@@ -1,0 +1,383 @@
+//! libvirt XML from types: serde structs for the network and domain documents lab defines,
+//! serialized with quick-xml, so escaping is never a question.
+
+use serde::Serialize;
+
+use crate::names;
+
+/// `<metadata><lab:owner .../></metadata>`: lab's ownership mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    #[serde(rename = "lab:owner")]
+    pub owner: OwnerXml,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerXml {
+    #[serde(rename = "@xmlns:lab")]
+    pub xmlns: &'static str,
+    #[serde(rename = "@profile")]
+    pub profile: String,
+    #[serde(rename = "@vm", skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+impl Metadata {
+    pub fn owner(profile: &str, vm: Option<&str>) -> Self {
+        Metadata {
+            owner: OwnerXml {
+                xmlns: names::XML_NAMESPACE,
+                profile: profile.to_string(),
+                vm: vm.map(str::to_string),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename = "network")]
+pub struct NetworkXml {
+    pub name: String,
+    pub metadata: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+    pub bridge: Bridge,
+    pub domain: DnsDomain,
+    pub ip: Ip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Forward {
+    #[serde(rename = "@mode")]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bridge {
+    #[serde(rename = "@name")]
+    pub name: String,
+    #[serde(rename = "@stp")]
+    pub stp: &'static str,
+    #[serde(rename = "@delay")]
+    pub delay: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsDomain {
+    #[serde(rename = "@name")]
+    pub name: String,
+    /// Answer for the lab's domain locally, never forward it.
+    #[serde(rename = "@localOnly")]
+    pub local_only: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ip {
+    #[serde(rename = "@address")]
+    pub address: String,
+    #[serde(rename = "@prefix")]
+    pub prefix: u8,
+    pub dhcp: Dhcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dhcp {
+    pub range: Range,
+    #[serde(rename = "host", default)]
+    pub hosts: Vec<DhcpHost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Range {
+    #[serde(rename = "@start")]
+    pub start: String,
+    #[serde(rename = "@end")]
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpHost {
+    #[serde(rename = "@mac")]
+    pub mac: String,
+    #[serde(rename = "@name")]
+    pub name: String,
+    #[serde(rename = "@ip")]
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename = "domain")]
+pub struct DomainXml {
+    /// "kvm", or "qemu" for TCG emulation.
+    #[serde(rename = "@type")]
+    pub kind: String,
+    pub name: String,
+    pub metadata: Metadata,
+    pub memory: Memory,
+    pub vcpu: u32,
+    pub os: Os,
+    pub features: Features,
+    pub cpu: Cpu,
+    pub clock: Clock,
+    pub on_poweroff: &'static str,
+    pub on_reboot: &'static str,
+    pub on_crash: &'static str,
+    pub devices: Devices,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    #[serde(rename = "@unit")]
+    pub unit: &'static str,
+    #[serde(rename = "$text")]
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Os {
+    #[serde(rename = "type")]
+    pub kind: OsType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OsType {
+    #[serde(rename = "@arch")]
+    pub arch: &'static str,
+    #[serde(rename = "@machine")]
+    pub machine: &'static str,
+    #[serde(rename = "$text")]
+    pub value: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Boot {
+    #[serde(rename = "@dev")]
+    pub dev: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Features {
+    pub acpi: Empty,
+    pub apic: Empty,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Empty {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cpu {
+    #[serde(rename = "@mode")]
+    pub mode: String,
+    #[serde(rename = "@check", skip_serializing_if = "Option::is_none")]
+    pub check: Option<&'static str>,
+    #[serde(rename = "feature", default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<CpuFeature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuFeature {
+    #[serde(rename = "@policy")]
+    pub policy: &'static str,
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Clock {
+    #[serde(rename = "@offset")]
+    pub offset: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Devices {
+    #[serde(rename = "disk")]
+    pub disks: Vec<Disk>,
+    #[serde(rename = "interface")]
+    pub interfaces: Vec<Interface>,
+    pub serial: Serial,
+    pub channel: Channel,
+    pub rng: Rng,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Disk {
+    /// "file" or "block".
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@device")]
+    pub device: &'static str,
+    pub driver: DiskDriver,
+    pub source: DiskSource,
+    pub target: DiskTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskDriver {
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+    #[serde(rename = "@type")]
+    pub format: String,
+    /// "unmap": TRIM inside the guest reaches the image or the thin pool.
+    #[serde(rename = "@discard")]
+    pub discard: &'static str,
+    #[serde(rename = "@detect_zeroes")]
+    pub detect_zeroes: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskSource {
+    #[serde(rename = "@file", skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(rename = "@dev", skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiskTarget {
+    #[serde(rename = "@dev")]
+    pub dev: String,
+    #[serde(rename = "@bus")]
+    pub bus: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub mac: Mac,
+    pub source: NetSource,
+    pub model: Model,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mac {
+    #[serde(rename = "@address")]
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetSource {
+    #[serde(rename = "@network")]
+    pub network: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Model {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+/// The serial console, logged to a file lab reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Serial {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub source: LogSource,
+    pub target: SerialTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogSource {
+    #[serde(rename = "@path")]
+    pub path: String,
+    #[serde(rename = "@append")]
+    pub append: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SerialTarget {
+    #[serde(rename = "@port")]
+    pub port: u32,
+}
+
+/// The qemu guest agent's channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Channel {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub target: ChannelTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelTarget {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rng {
+    #[serde(rename = "@model")]
+    pub model: &'static str,
+    pub backend: RngBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RngBackend {
+    #[serde(rename = "@model")]
+    pub model: &'static str,
+    #[serde(rename = "$text")]
+    pub path: &'static str,
+}
+
+/// Serialize a document; the types above cannot fail to serialize.
+pub fn to_xml<T: Serialize>(doc: &T) -> String {
+    let mut out = String::new();
+    let mut ser = quick_xml::se::Serializer::new(&mut out);
+    ser.indent(' ', 2);
+    doc.serialize(ser).expect("lab's XML types always serialize");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_xml_carries_owner_and_escapes() {
+        let net = NetworkXml {
+            name: "lab-smoke".into(),
+            metadata: Metadata::owner("sm<o>ke", None),
+            forward: None,
+            bridge: Bridge {
+                name: "lab-smoke".into(),
+                stp: "on",
+                delay: 0,
+            },
+            domain: DnsDomain {
+                name: "smoke.lab".into(),
+                local_only: "yes",
+            },
+            ip: Ip {
+                address: "10.213.7.1".into(),
+                prefix: 24,
+                dhcp: Dhcp {
+                    range: Range {
+                        start: "10.213.7.100".into(),
+                        end: "10.213.7.254".into(),
+                    },
+                    hosts: vec![DhcpHost {
+                        mac: "52:54:00:00:00:01".into(),
+                        name: "node1".into(),
+                        ip: "10.213.7.10".into(),
+                    }],
+                },
+            },
+        };
+        let xml = to_xml(&net);
+        println!("{xml}");
+        assert!(xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"), "{xml}");
+        let owner = crate::state::owner_from_xml(&xml).unwrap();
+        assert_eq!(owner.profile, "sm<o>ke");
+        assert!(!xml.contains("<forward"));
+    }
+}
