@@ -244,11 +244,6 @@ fn classify_throughput(located: &Located, t: &Throughput) -> Check {
     if let Some(why) = &t.device_error {
         summary.push_str(&format!("; {why}, so a scratch file was measured instead"));
     }
-    if let Some(fs) = located.stacks.first().and_then(|s| s.fstype.as_deref())
-        && matches!(fs, "tmpfs" | "ramfs")
-    {
-        summary.push_str(&format!("; {fs} is memory, so this is not a disk's speed"));
-    }
     summary.push_str(&located.notes_suffix());
     match throughput_status(t.mb_per_s) {
         Status::Fail => Check::fail(

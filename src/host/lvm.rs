@@ -655,8 +655,7 @@ impl LvmSource {
     }
 }
 
-/// Run an LVM report command. A missing VG or LV exits 5 with an empty but valid report,
-/// which is an answer, not an error; output that is not a report is an error.
+/// Run an LVM report command and judge its output with [`judge_report`].
 fn report(lvm: &Path, command: &str, fields: &str, targets: &[&str]) -> anyhow::Result<String> {
     let out = lvm_cmd(lvm)
         .args([
@@ -671,15 +670,34 @@ fn report(lvm: &Path, command: &str, fields: &str, targets: &[&str]) -> anyhow::
         ])
         .args(targets.iter().copied())
         .capture()?;
-    if serde_json::from_str::<serde_json::Value>(&out.stdout).is_ok() {
-        Ok(out.stdout)
-    } else {
-        bail!(
-            "`lvm {command}` gave no report (exit {:?}): {}",
-            out.code,
-            out.stderr.trim()
-        )
+    judge_report(command, &out.stdout, &out.stderr, out.code)
+}
+
+/// A missing VG or LV exits 5 with an empty but valid report and says "not found" (or
+/// "Failed to find"): that is an answer. Any other failure, such as a user without root
+/// who gets an equally empty report because LVM could not take its lock, is an error:
+/// taking it for "no such VG" would be a lie.
+pub fn judge_report(
+    command: &str,
+    stdout: &str,
+    stderr: &str,
+    code: Option<i32>,
+) -> anyhow::Result<String> {
+    let parsed = serde_json::from_str::<serde_json::Value>(stdout).is_ok();
+    let absent = stderr.contains("not found") || stderr.contains("Failed to find");
+    if parsed && (code == Some(0) || absent) {
+        return Ok(stdout.to_string());
     }
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let status = match code {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".to_string(),
+    };
+    bail!("`lvm {command}` failed ({status}): {}", said.join("; "))
 }
 
 #[cfg(test)]
@@ -753,6 +771,35 @@ mod tests {
         );
         assert!(parse_vgs(&fixture("vgs-missing.json")).unwrap().is_empty());
         assert!(parse_pvs(&fixture("pvs-none.json")).unwrap().is_empty());
+    }
+
+    /// The exit status the capture recorded in the last line of a `.stderr` fixture.
+    fn captured(stem: &str) -> (String, String, Option<i32>) {
+        let stderr = fixture(&format!("{stem}.stderr"));
+        let code = stderr
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("exit status "))
+            .and_then(|c| c.parse().ok());
+        (fixture(&format!("{stem}.json")), stderr, code)
+    }
+
+    #[test]
+    fn not_found_is_an_answer_but_no_lock_is_an_error() {
+        for stem in ["vgs-missing", "lvs-vg-missing", "lvs-lv-missing"] {
+            let (out, err, code) = captured(stem);
+            assert_eq!(code, Some(5), "{stem}");
+            let json = judge_report("vgs", &out, &err, code).unwrap();
+            assert!(report_rows(&json, "vg").unwrap().is_empty());
+        }
+        let (out, err, code) = captured("vgs-non-root");
+        let e = judge_report("vgs", &out, &err, code)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exit status 5"), "{e}");
+        assert!(e.contains("Can't get lock for vg_lab"), "{e}");
+        assert!(judge_report("vgs", "", "", Some(0)).is_err());
+        assert!(judge_report("vgs", &fixture("vgs.json"), "", Some(0)).is_ok());
     }
 
     #[test]

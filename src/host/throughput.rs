@@ -132,7 +132,7 @@ pub fn probe(
             device_error.unwrap_or_else(|| "no device to read".to_string())
         );
     };
-    let mut result = scratch(dir, budget)?;
+    let mut result = scratch(dir, budget, true)?;
     result.device_error = device_error;
     result.probe_seconds = started.elapsed().as_secs_f64();
     Ok(result)
@@ -270,7 +270,8 @@ fn drop_cache(file: &File) {
     }
 }
 
-fn scratch(dir: &Path, budget: Duration) -> anyhow::Result<Throughput> {
+/// `try_direct` false takes the path of a filesystem that refuses `O_DIRECT`.
+fn scratch(dir: &Path, budget: Duration, try_direct: bool) -> anyhow::Result<Throughput> {
     let available =
         available_bytes(dir).with_context(|| format!("reading free space of {}", dir.display()))?;
     let Some(size) = scratch_size(available) else {
@@ -289,7 +290,12 @@ fn scratch(dir: &Path, budget: Duration) -> anyhow::Result<Throughput> {
         }
         opts.open(&path)
     };
-    let (mut file, direct) = match create(true) {
+    let first = if try_direct {
+        create(true)
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (mut file, direct) = match first {
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let f = create(false)
@@ -412,6 +418,16 @@ mod tests {
             "{}",
             t.describe()
         );
+    }
+
+    #[test]
+    fn without_o_direct_the_cache_is_dropped_and_the_method_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = scratch(dir.path(), Duration::from_millis(300), false).unwrap();
+        assert_eq!(t.method, Method::ScratchFadvise);
+        assert!(t.mb_per_s > 0.0);
+        assert!(t.describe().contains("posix_fadvise"), "{}", t.describe());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
