@@ -20,6 +20,7 @@ pub const WARN_BELOW_MB_S: f64 = 200.0;
 pub const FAIL_BELOW_MB_S: f64 = 50.0;
 
 const SSD_FIX: &str = "put the lab on an SSD: find a directory on one with `lab check --storage /path/on/ssd`, then set [storage] dir = \"/path/on/ssd\" in the profile (qcow2), or vg = \"<a VG on an SSD>\" (lvm-thin)";
+const TRIM_SSD_FIX: &str = "put the lab on an SSD that supports discard (TRIM): find a directory on one with `lab check --storage /path/on/ssd`, then set [storage] dir = \"/path/on/ssd\" in the profile (qcow2), or vg = \"<a VG on such an SSD>\" (lvm-thin)";
 
 /// What the storage target turned out to be.
 #[derive(Debug, Clone, Serialize)]
@@ -445,10 +446,7 @@ fn discard_fix(disks: &[&Disk]) -> String {
         } else if d.rotational == Some(true) {
             format!("{}: {SSD_FIX}", d.name)
         } else {
-            format!(
-                "{}: put the lab on an SSD that supports discard (TRIM): {SSD_FIX}",
-                d.name
-            )
+            format!("{}: {TRIM_SSD_FIX}", d.name)
         };
         if !fixes.contains(&fix) {
             fixes.push(fix);
@@ -678,6 +676,34 @@ mod tests {
                 c.summary
             );
         }
+    }
+
+    fn disk(name: &str, rotational: bool, driver: &str) -> Disk {
+        Disk {
+            name: name.into(),
+            dev: "8:0".into(),
+            rotational: Some(rotational),
+            discard_max_bytes: Some(0),
+            discard_granularity: Some(0),
+            model: None,
+            size_bytes: None,
+            driver: Some(driver.into()),
+        }
+    }
+
+    #[test]
+    fn the_discard_fix_depends_on_why_discard_is_missing() {
+        let fix = |d: Disk| discard_fix(&[&d]);
+        assert!(fix(disk("vdb", true, "virtio_blk")).contains("discard='unmap'"));
+        assert!(
+            fix(disk("sdc", false, "uas"))
+                .contains("/sys/block/sdc/device/scsi_disk/*/provisioning_mode")
+        );
+        assert_eq!(
+            fix(disk("sda", false, "sd")),
+            format!("sda: {TRIM_SSD_FIX}")
+        );
+        assert_eq!(fix(disk("sdb", true, "sd")), format!("sdb: {SSD_FIX}"));
     }
 
     #[test]

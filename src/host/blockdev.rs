@@ -546,6 +546,13 @@ fn walk(sysroot: &Sysroot, dir: &Path, depth: usize, stack: &mut BlockStack) {
         }
         return;
     }
+    if attr(dir, "dev").is_some_and(|d| d.starts_with("7:")) {
+        // Loop devices are major 7; one without loop/ has no file bound to it.
+        stack
+            .notes
+            .push(format!("{name} is a loop device with no backing file"));
+        return;
+    }
     let disk = read_disk(dir);
     if !stack
         .disks
@@ -837,6 +844,32 @@ mod tests {
             "{:?}",
             stack.notes
         );
+    }
+
+    #[test]
+    fn an_unbound_loop_device_is_no_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let loop_dir = root.join("sys/devices/virtual/block/loop3");
+        std::fs::create_dir_all(loop_dir.join("queue")).unwrap();
+        std::fs::write(loop_dir.join("dev"), "7:3\n").unwrap();
+        std::fs::write(loop_dir.join("queue/rotational"), "1\n").unwrap();
+        std::fs::create_dir_all(root.join("sys/class/block")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/virtual/block/loop3",
+            root.join("sys/class/block/loop3"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("sys/dev/block")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/virtual/block/loop3",
+            root.join("sys/dev/block/7:3"),
+        )
+        .unwrap();
+        let stack = resolve_path(&Sysroot::at(root).unwrap(), Path::new("/dev/loop3"));
+        assert!(stack.block_device);
+        assert!(stack.disks.is_empty(), "{stack:?}");
+        assert_eq!(stack.notes, ["loop3 is a loop device with no backing file"]);
     }
 
     #[test]
