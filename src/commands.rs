@@ -221,7 +221,10 @@ pub fn profiles(global: &GlobalArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-// MERGE: replaced by the KVM and LVM areas.
-fn thin_pool_exists(_sysroot: &Sysroot, _vg: &str, _pool: &str) -> bool {
-    false
+/// Whether `vg/pool` is a thin pool on the host the sysroot describes.
+fn thin_pool_exists(sysroot: &Sysroot, vg: &str, pool: &str) -> bool {
+    let source = crate::host::lvm::LvmSource::for_sysroot(sysroot);
+    source
+        .lvs(vg, pool)
+        .is_ok_and(|rows| crate::host::lvm::ThinPool::find(&rows, vg, pool).is_some())
 }

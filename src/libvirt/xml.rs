@@ -334,7 +334,8 @@ pub fn to_xml<T: Serialize>(doc: &T) -> String {
     let mut out = String::new();
     let mut ser = quick_xml::se::Serializer::new(&mut out);
     ser.indent(' ', 2);
-    doc.serialize(ser).expect("lab's XML types always serialize");
+    doc.serialize(ser)
+        .expect("lab's XML types always serialize");
     out
 }
 
@@ -375,7 +376,10 @@ mod tests {
         };
         let xml = to_xml(&net);
         println!("{xml}");
-        assert!(xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"), "{xml}");
+        assert!(
+            xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"),
+            "{xml}"
+        );
         let owner = crate::state::owner_from_xml(&xml).unwrap();
         assert_eq!(owner.profile, "sm<o>ke");
         assert!(!xml.contains("<forward"));
