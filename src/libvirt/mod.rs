@@ -192,6 +192,20 @@ mod tests {
     }
 
     #[test]
+    fn disk_sources_include_backing_files() {
+        let xml = "<domain><devices>
+  <disk type='file' device='disk'><source file='/img/vm.qcow2'/>
+    <backingStore type='file'><source file='/img/base.qcow2'/></backingStore></disk>
+  <disk type='block' device='disk'><source dev='/dev/vg/lv'/></disk>
+  <interface type='network'><source network='lab-x'/></interface>
+</devices></domain>";
+        assert_eq!(
+            disk_sources(xml),
+            ["/img/vm.qcow2", "/img/base.qcow2", "/dev/vg/lv"]
+        );
+    }
+
+    #[test]
     fn versions_are_decoded() {
         assert_eq!(version_string(9_000_000), "9.0.0");
         assert_eq!(version_string(7_002_022), "7.2.22");
@@ -206,4 +220,174 @@ mod tests {
         assert!(err.contains("cannot connect to libvirt"), "{err}");
         assert!(err.contains("libvirtd"), "{err}");
     }
+}
+
+/// Lifecycle of the objects lab defines. Every call names the object in its error.
+impl Libvirt {
+    /// Define a persistent network and start it.
+    pub fn define_network(&self, name: &str, xml: &str) -> Result<()> {
+        let net = self
+            .conn
+            .define_network_xml(xml)
+            .map_err(|e| anyhow::anyhow!("defining network {name}: {}", e.message()))?;
+        net.create()
+            .map_err(|e| anyhow::anyhow!("starting network {name}: {}", e.message()))?;
+        Ok(())
+    }
+
+    pub fn start_network(&self, name: &str) -> Result<()> {
+        let net = self
+            .conn
+            .lookup_network_by_name(name)
+            .map_err(|e| anyhow::anyhow!("looking up network {name}: {}", e.message()))?;
+        if !net.is_active().unwrap_or(false) {
+            net.create()
+                .map_err(|e| anyhow::anyhow!("starting network {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// Stop and undefine a network; one that is already gone is no error.
+    pub fn remove_network(&self, name: &str) -> Result<()> {
+        let Ok(net) = self.conn.lookup_network_by_name(name) else {
+            return Ok(());
+        };
+        if net.is_active().unwrap_or(false) {
+            net.destroy()
+                .map_err(|e| anyhow::anyhow!("stopping network {name}: {}", e.message()))?;
+        }
+        if net.is_persistent().unwrap_or(false) {
+            net.undefine()
+                .map_err(|e| anyhow::anyhow!("undefining network {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    pub fn define_domain(&self, name: &str, xml: &str) -> Result<()> {
+        self.conn
+            .define_domain_xml(xml)
+            .map_err(|e| anyhow::anyhow!("defining domain {name}: {}", e.message()))?;
+        Ok(())
+    }
+
+    pub fn start_domain(&self, name: &str) -> Result<()> {
+        let dom = self.domain(name)?;
+        if !dom.is_active().unwrap_or(false) {
+            dom.create()
+                .map_err(|e| anyhow::anyhow!("starting domain {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// Power a domain off at once (the lab's disks are disposable clones).
+    pub fn stop_domain(&self, name: &str) -> Result<()> {
+        let Ok(dom) = self.conn.lookup_domain_by_name(name) else {
+            return Ok(());
+        };
+        if dom.is_active().unwrap_or(false) {
+            dom.destroy()
+                .map_err(|e| anyhow::anyhow!("stopping domain {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// Stop and undefine a domain; one that is already gone is no error.
+    pub fn remove_domain(&self, name: &str) -> Result<()> {
+        self.stop_domain(name)?;
+        let Ok(dom) = self.conn.lookup_domain_by_name(name) else {
+            return Ok(());
+        };
+        let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+            | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+        dom.undefine_flags(flags)
+            .map_err(|e| anyhow::anyhow!("undefining domain {name}: {}", e.message()))?;
+        Ok(())
+    }
+
+    fn domain(&self, name: &str) -> Result<virt::domain::Domain> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(|e| anyhow::anyhow!("looking up domain {name}: {}", e.message()))
+    }
+
+    /// The running domain's numeric id (it changes only when the domain restarts).
+    pub fn domain_id(&self, name: &str) -> Option<u32> {
+        self.conn.lookup_domain_by_name(name).ok()?.id()
+    }
+
+    pub fn domain_running(&self, name: &str) -> bool {
+        self.conn
+            .lookup_domain_by_name(name)
+            .is_ok_and(|d| d.is_active().unwrap_or(false))
+    }
+
+    /// The IPv4 address libvirt's DHCP server leased to `mac` for `domain`.
+    pub fn lease(&self, domain: &str, mac: &str) -> Option<Ipv4Addr> {
+        let dom = self.conn.lookup_domain_by_name(domain).ok()?;
+        let ifaces = dom
+            .interface_addresses(virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+            .ok()?;
+        ifaces
+            .iter()
+            .filter(|i| {
+                i.hwaddr
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(mac))
+            })
+            .flat_map(|i| i.addrs.iter())
+            .find_map(|a| a.addr.parse().ok())
+    }
+
+    /// Disks that running domains hold open: never cloned from, removed or compacted.
+    pub fn disks_in_use(&self) -> Result<Vec<crate::storage::InUse>> {
+        let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
+        let mut out = Vec::new();
+        for dom in self
+            .conn
+            .list_all_domains(flags)
+            .context("listing running domains")?
+        {
+            let name = dom.name().unwrap_or_default();
+            let xml = dom.xml_desc(0).unwrap_or_default();
+            for path in disk_sources(&xml) {
+                out.push(crate::storage::InUse {
+                    domain: name.clone(),
+                    path: path.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every disk source (file or block device) in a domain's XML, backing files included.
+pub fn disk_sources(xml: &str) -> Vec<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = Vec::new();
+    let mut in_disk = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().into_inner() == "disk" => in_disk += 1,
+            Ok(Event::End(e)) if e.local_name().into_inner() == "disk" => {
+                in_disk = in_disk.saturating_sub(1)
+            }
+            Ok(Event::Empty(e) | Event::Start(e))
+                if in_disk > 0 && e.local_name().into_inner() == "source" =>
+            {
+                for attr in e.attributes().flatten() {
+                    let key = attr.key.local_name().into_inner();
+                    if (key == "file" || key == "dev")
+                        && let Ok(v) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    {
+                        out.push(v.into_owned());
+                    }
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
 }
