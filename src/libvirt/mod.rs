@@ -161,67 +161,6 @@ impl NetworkInfo {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn network_xml_gives_name_bridge_and_subnets() {
-        let xml = "<network>
-  <name>default</name>
-  <uuid>8a6a7f4c-3f0e-4a8e-9d8e-6c0e2a4f1b11</uuid>
-  <forward mode='nat'/>
-  <bridge name='virbr0' stp='on' delay='0'/>
-  <mac address='52:54:00:12:34:56'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
-  </ip>
-  <ip family='ipv6' address='fd00:1::1' prefix='64'/>
-  <ip address='10.9.8.1' prefix='23'/>
-</network>";
-        let info = NetworkInfo::from_xml(xml).unwrap();
-        assert_eq!(info.name, "default");
-        assert_eq!(info.bridge.as_deref(), Some("virbr0"));
-        assert_eq!(
-            info.subnets,
-            vec![
-                "192.168.122.0/24".parse::<Ipv4Net>().unwrap(),
-                "10.9.8.0/23".parse().unwrap()
-            ]
-        );
-    }
-
-    #[test]
-    fn disk_sources_include_backing_files() {
-        let xml = "<domain><devices>
-  <disk type='file' device='disk'><source file='/img/vm.qcow2'/>
-    <backingStore type='file'><source file='/img/base.qcow2'/></backingStore></disk>
-  <disk type='block' device='disk'><source dev='/dev/vg/lv'/></disk>
-  <interface type='network'><source network='lab-x'/></interface>
-</devices></domain>";
-        assert_eq!(
-            disk_sources(xml),
-            ["/img/vm.qcow2", "/img/base.qcow2", "/dev/vg/lv"]
-        );
-    }
-
-    #[test]
-    fn versions_are_decoded() {
-        assert_eq!(version_string(9_000_000), "9.0.0");
-        assert_eq!(version_string(7_002_022), "7.2.22");
-    }
-
-    #[test]
-    fn a_wrong_uri_says_how_to_start_libvirt() {
-        let err = Libvirt::open("qemu+unix:///system?socket=/nonexistent/lab-sock")
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("cannot connect to libvirt"), "{err}");
-        assert!(err.contains("libvirtd"), "{err}");
-    }
-}
-
 /// Lifecycle of the objects lab defines. Every call names the object in its error.
 impl Libvirt {
     /// Define a persistent network and start it.
@@ -390,4 +329,65 @@ pub fn disk_sources(xml: &str) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_xml_gives_name_bridge_and_subnets() {
+        let xml = "<network>
+  <name>default</name>
+  <uuid>8a6a7f4c-3f0e-4a8e-9d8e-6c0e2a4f1b11</uuid>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <mac address='52:54:00:12:34:56'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+  <ip family='ipv6' address='fd00:1::1' prefix='64'/>
+  <ip address='10.9.8.1' prefix='23'/>
+</network>";
+        let info = NetworkInfo::from_xml(xml).unwrap();
+        assert_eq!(info.name, "default");
+        assert_eq!(info.bridge.as_deref(), Some("virbr0"));
+        assert_eq!(
+            info.subnets,
+            vec![
+                "192.168.122.0/24".parse::<Ipv4Net>().unwrap(),
+                "10.9.8.0/23".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn disk_sources_include_backing_files() {
+        let xml = "<domain><devices>
+  <disk type='file' device='disk'><source file='/img/vm.qcow2'/>
+    <backingStore type='file'><source file='/img/base.qcow2'/></backingStore></disk>
+  <disk type='block' device='disk'><source dev='/dev/vg/lv'/></disk>
+  <interface type='network'><source network='lab-x'/></interface>
+</devices></domain>";
+        assert_eq!(
+            disk_sources(xml),
+            ["/img/vm.qcow2", "/img/base.qcow2", "/dev/vg/lv"]
+        );
+    }
+
+    #[test]
+    fn versions_are_decoded() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_022), "7.2.22");
+    }
+
+    #[test]
+    fn a_wrong_uri_says_how_to_start_libvirt() {
+        let err = Libvirt::open("qemu+unix:///system?socket=/nonexistent/lab-sock")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot connect to libvirt"), "{err}");
+        assert!(err.contains("libvirtd"), "{err}");
+    }
 }
