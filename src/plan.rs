@@ -381,7 +381,10 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
     };
     let has_volume = |name: &str, role: VolumeRole| {
         observed.volumes.iter().any(|v| {
-            v.name == name && v.role == Some(role) && v.owner.as_ref().is_some_and(|o| o.is(p))
+            v.name == name
+                && v.role == Some(role)
+                && v.sealed
+                && v.owner.as_ref().is_some_and(|o| o.is(p))
         })
     };
     let foreign_volume = |name: &str| {

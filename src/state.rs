@@ -110,6 +110,14 @@ pub struct ObservedVolume {
     pub location: String,
     pub owner: Option<Owner>,
     pub role: Option<VolumeRole>,
+    /// A base is sealed (read-only) once its build finished; an unsealed one is the
+    /// leftover of an interrupted build. Clones are always "sealed".
+    #[serde(default = "yes")]
+    pub sealed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Everything lab looked at, once, before planning.
@@ -183,6 +191,8 @@ impl Observed {
                         .unwrap_or_default(),
                     location: path.display().to_string(),
                     owner: marker.as_ref().map(|m| m.owner.clone()),
+                    sealed: marker.as_ref().is_none_or(|m| m.role != VolumeRole::Base)
+                        || std::fs::metadata(&path).is_ok_and(|m| m.permissions().readonly()),
                     role: marker.map(|m| m.role),
                 });
             }

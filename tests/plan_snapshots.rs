@@ -73,6 +73,7 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                     } else {
                         VolumeRole::Clone
                     }),
+                    sealed: true,
                 })
             }
             (Object::Domain, Op::Define) => observed.domains.push(ObservedDomain {
@@ -278,6 +279,22 @@ fn vms_dropped_from_the_profile_are_left_alone_and_said() {
         .find(|a| a.name == "lab-smoke-node4")
         .unwrap();
     assert!(kept.why.contains("no longer in the profile"));
+}
+
+#[test]
+fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    for v in &mut up.volumes {
+        if v.role == Some(VolumeRole::Base) {
+            v.sealed = false;
+        }
+    }
+    let plan = plan::plan(&p, &host, &up).unwrap();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    assert_eq!(ops, [(Op::Build, Object::Base)]);
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn base_then_three_overlays_each_marked_and_backed_by_the_base() {
 fn a_base_in_use_by_a_running_domain_is_never_cloned() {
     let (_t, s) = storage();
     let base = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    s.seal_base("demo").unwrap();
     let busy = [InUse {
         domain: "installer".into(),
         path: base.path.clone(),
@@ -104,6 +105,7 @@ fn a_base_in_use_by_a_running_domain_is_never_cloned() {
 fn nothing_of_anyone_else_is_touched() {
     let (_t, s) = storage();
     s.create_base("demo", ByteSize::mib(16)).unwrap();
+    s.seal_base("demo").unwrap();
     // Someone else's file where a clone would go, without lab's marker.
     let theirs = s.dir().join("lab-demo-a.qcow2");
     std::fs::write(&theirs, b"precious").unwrap();
@@ -114,6 +116,7 @@ fn nothing_of_anyone_else_is_touched() {
     assert_eq!(std::fs::read(&theirs).unwrap(), b"precious");
     // A clone of another profile is not this profile's to remove.
     s.create_base("other", ByteSize::mib(16)).unwrap();
+    s.seal_base("other").unwrap();
     s.clone_base("other", "x", &[]).unwrap();
     std::fs::rename(
         s.dir().join("lab-other-x.qcow2"),
@@ -133,6 +136,7 @@ fn nothing_of_anyone_else_is_touched() {
 fn the_base_outlives_its_clones_only() {
     let (_t, s) = storage();
     s.create_base("demo", ByteSize::mib(16)).unwrap();
+    s.seal_base("demo").unwrap();
     s.clone_base("demo", "a", &[]).unwrap();
     let err = s.remove_base("demo").unwrap_err().to_string();
     assert!(err.contains("still has clones (lab-demo-a.qcow2)"), "{err}");
@@ -188,7 +192,8 @@ fn missing_or_corrupt_bases_are_named() {
     let err = s.clone_base("demo", "a", &[]).unwrap_err().to_string();
     assert!(err.contains("lab-demo-base.qcow2 is missing"), "{err}");
     let base = s.create_base("demo", ByteSize::mib(16)).unwrap();
-    // Damage the header.
+    s.seal_base("demo").unwrap();
+    // Damage the header (root writes through the read-only bit).
     std::fs::write(&base.path, b"QFI\xfbgarbage").unwrap();
     let err = format!("{:#}", s.clone_base("demo", "a", &[]).unwrap_err());
     assert!(err.contains("is damaged or not a qcow2 image"), "{err}");
@@ -234,9 +239,28 @@ fn importing_an_image_converts_a_copy() {
     let base = s.import_base("demo", &src).unwrap();
     qemu_io(&base.path, "read -P 0x5a 0 1M");
     assert!(src.exists(), "the source is left as it was");
+    s.seal_base("demo").unwrap();
     let err = s.import_base("demo", &src).unwrap_err().to_string();
     assert!(
         err.contains("already exists (lab's, of profile demo)"),
         "{err}"
     );
+}
+
+#[test]
+fn an_unsealed_base_left_by_an_interrupted_build_is_replaced_not_cloned() {
+    let (_t, s) = storage();
+    let first = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    qemu_io(&first.path, "write -P 0x01 0 1M");
+    // Interrupted here: never sealed.
+    assert_eq!(s.base("demo").unwrap(), None);
+    let err = s.clone_base("demo", "a", &[]).unwrap_err().to_string();
+    assert!(err.contains("unfinished (not sealed)"), "{err}");
+    let again = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    assert_eq!(again.path, first.path);
+    // A new, empty image: the half-written data is gone.
+    qemu_io(&again.path, "read -P 0x00 0 1M");
+    s.seal_base("demo").unwrap();
+    assert!(s.base("demo").unwrap().is_some());
+    s.clone_base("demo", "a", &[]).unwrap();
 }

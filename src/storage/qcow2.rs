@@ -120,6 +120,21 @@ impl Qcow2Storage {
         Ok(())
     }
 
+    /// A base of lab's that is still writable was left by an interrupted build: it is
+    /// removed so the build can start again. A sealed base, or anyone else's file, stays.
+    fn clear_unsealed_base(path: &Path, profile: &str) -> Result<()> {
+        let writable = std::fs::metadata(path).is_ok_and(|m| !m.permissions().readonly());
+        if writable && Self::is_ours(path, profile, VolumeRole::Base) {
+            crate::ui::debug(format_args!(
+                "removing {}: an unsealed base left by an interrupted build",
+                path.display()
+            ));
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing unfinished base {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Refuse to write over anything: a path that exists is either lab's (an error the
     /// caller reports) or someone else's (never touched).
     fn refuse_existing(path: &Path) -> Result<()> {
@@ -190,21 +205,24 @@ impl Storage for Qcow2Storage {
 
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume> {
         let path = self.base_path(profile);
+        Self::clear_unsealed_base(&path, profile)?;
         Self::refuse_existing(&path)?;
         self.ensure_dir()?;
         self.ensure_space(0, &format!("base image {}", path.display()))?;
+        // The mark goes first: whatever an interruption leaves behind is recognisably lab's.
+        Self::write_marker(&path, profile, None, VolumeRole::Base)?;
         Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&path)
             .arg(size.bytes().to_string())
             .run()
             .with_context(|| format!("creating base image {}", path.display()))?;
-        Self::write_marker(&path, profile, None, VolumeRole::Base)?;
         Ok(volume(names::base_volume(profile), path))
     }
 
     fn import_base(&self, profile: &str, image: &Path) -> Result<Volume> {
         let path = self.base_path(profile);
+        Self::clear_unsealed_base(&path, profile)?;
         Self::refuse_existing(&path)?;
         let src = info(image)?;
         self.ensure_dir()?;
@@ -222,8 +240,8 @@ impl Storage for Qcow2Storage {
             let _ = std::fs::remove_file(&tmp);
             return Err(e).with_context(|| format!("importing {}", image.display()));
         }
-        std::fs::rename(&tmp, &path)?;
         Self::write_marker(&path, profile, None, VolumeRole::Base)?;
+        std::fs::rename(&tmp, &path)?;
         Ok(volume(names::base_volume(profile), path))
     }
 
@@ -242,9 +260,11 @@ impl Storage for Qcow2Storage {
             .with_context(|| format!("making {} read-only", path.display()))
     }
 
+    /// The sealed base; an unsealed one is no base yet.
     fn base(&self, profile: &str) -> Result<Option<Volume>> {
         let path = self.base_path(profile);
-        Ok(Self::is_ours(&path, profile, VolumeRole::Base)
+        let sealed = std::fs::metadata(&path).is_ok_and(|m| m.permissions().readonly());
+        Ok((sealed && Self::is_ours(&path, profile, VolumeRole::Base))
             .then(|| volume(names::base_volume(profile), path)))
     }
 
@@ -274,16 +294,14 @@ impl Storage for Qcow2Storage {
         let path = self.clone_path(profile, vm);
         Self::refuse_existing(&path)?;
         self.ensure_space(0, &format!("clone {}", path.display()))?;
+        // The mark goes first: whatever an interruption leaves behind is recognisably lab's.
+        Self::write_marker(&path, profile, Some(vm), VolumeRole::Clone)?;
         Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(&base)
             .arg(&path)
             .run()
             .with_context(|| format!("cloning {} for {vm}", base.display()))?;
-        if let Err(e) = Self::write_marker(&path, profile, Some(vm), VolumeRole::Clone) {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
         Ok(volume(names::clone_volume(profile, vm), path))
     }
 
