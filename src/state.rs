@@ -112,12 +112,7 @@ pub struct ObservedVolume {
     pub role: Option<VolumeRole>,
     /// A base is sealed (read-only) once its build finished; an unsealed one is the
     /// leftover of an interrupted build. Clones are always "sealed".
-    #[serde(default = "yes")]
     pub sealed: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Everything lab looked at, once, before planning.

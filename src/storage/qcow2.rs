@@ -282,6 +282,12 @@ impl Storage for Qcow2Storage {
                 base.display()
             );
         }
+        if self.base(profile)?.is_none() {
+            bail!(
+                "base image {} is unfinished (not sealed): lab up builds it again",
+                base.display()
+            );
+        }
         if let Some(u) = user_of(&base, in_use) {
             bail!(
                 "base image {} is in use by running domain {}: a qcow2 image is never \
