@@ -29,7 +29,7 @@ packages=(
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
     busybox-static linux-image-amd64
-    iproute2 kmod util-linux e2fsprogs cpio
+    iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     gcc
 )
 
@@ -43,7 +43,7 @@ if command -v apt-get >/dev/null; then
 elif command -v dnf >/dev/null; then
     dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs
+        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd
 else
     echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
     exit 1

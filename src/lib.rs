@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod host;
+pub mod initramfs;
 pub mod kickstart;
 pub mod libvirt;
 pub mod names;

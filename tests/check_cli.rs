@@ -324,7 +324,14 @@ fn quiet_shows_only_what_failed_and_the_table_otherwise() {
             cmd.arg("-q");
         }
         let out = cmd
-            .args(["check", "--no-throughput", "--color", "never", "--sysroot", &root])
+            .args([
+                "check",
+                "--no-throughput",
+                "--color",
+                "never",
+                "--sysroot",
+                &root,
+            ])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(3));
