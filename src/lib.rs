@@ -12,6 +12,7 @@ pub mod host;
 pub mod initramfs;
 pub mod kickstart;
 pub mod libvirt;
+pub mod lock;
 pub mod names;
 pub mod plan;
 pub mod profile;

@@ -1157,3 +1157,55 @@ mod tests {
         assert_eq!(lvm2_fix(&root), "apt install lvm2 thin-provisioning-tools");
     }
 }
+
+#[cfg(test)]
+mod real_capture_tests {
+    //! The pool checks on `lvs` output captured from a real, active thin pool in the TCG
+    //! guest harness (tests/fixtures/lvm/guest-*.json).
+    use super::*;
+    use crate::check::Status;
+    use crate::host::lvm::{ThinPool, parse_lvs};
+
+    fn pool(file: &str) -> ThinPool {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/lvm")
+            .join(file);
+        let rows = parse_lvs(&std::fs::read_to_string(path).unwrap()).unwrap();
+        ThinPool::find(&rows, "vg_lab", "lab-pool").unwrap()
+    }
+
+    #[test]
+    fn fill_levels_of_a_real_pool_give_pass_warn_fail() {
+        for (file, status, pct) in [
+            ("guest-lvs-pool-00.json", Status::Pass, "data 0.0%"),
+            ("guest-lvs-pool-50.json", Status::Pass, "data 50.0%"),
+            ("guest-lvs-pool-85.json", Status::Warn, "data 85.1%"),
+            ("guest-lvs-pool-97.json", Status::Fail, "data 97.1%"),
+        ] {
+            let p = pool(file);
+            assert!(p.active, "{file}");
+            let c = pool_fill_check("lvm.thin-pool-fill", &p, None);
+            assert_eq!(c.status, status, "{file}: {}", c.summary);
+            assert!(c.summary.contains(pct), "{file}: {}", c.summary);
+            if status != Status::Pass {
+                assert!(c.fix.as_deref().unwrap().contains("lvextend"), "{file}");
+            }
+        }
+    }
+
+    #[test]
+    fn discard_modes_of_a_real_pool() {
+        let passdown = pool("guest-lvs-pool-50.json");
+        assert_eq!(
+            pool_discards_check("x", &passdown, true).status,
+            Status::Pass
+        );
+        let nopassdown = pool("guest-lvs-pool-nopassdown.json");
+        assert_eq!(
+            pool_discards_check("x", &nopassdown, true).status,
+            Status::Warn
+        );
+        let ignore = pool("guest-lvs-pool-ignore.json");
+        assert_eq!(pool_discards_check("x", &ignore, true).status, Status::Fail);
+    }
+}

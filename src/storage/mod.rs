@@ -37,7 +37,7 @@ pub struct Usage {
 }
 
 /// The operations `lab up`, `reset`, `down` and `trim` need from storage.
-pub trait Storage {
+pub trait Storage: Send + Sync {
     /// "qcow2 in DIR" or "thin pool VG/POOL", for messages.
     fn describe(&self) -> String;
 
@@ -55,6 +55,9 @@ pub trait Storage {
 
     /// The base of `profile`, when it exists.
     fn base(&self, profile: &str) -> Result<Option<Volume>>;
+
+    /// A VM's existing clone, when there is one of lab's.
+    fn clone_volume(&self, profile: &str, vm: &str) -> Result<Option<Volume>>;
 
     /// A VM's disk as a clone of the base; refused when the base is in use.
     fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume>;

@@ -268,6 +268,14 @@ impl Storage for Qcow2Storage {
             .then(|| volume(names::base_volume(profile), path)))
     }
 
+    fn clone_volume(&self, profile: &str, vm: &str) -> Result<Option<Volume>> {
+        let path = self.clone_path(profile, vm);
+        Ok(
+            (path.exists() && Self::is_ours(&path, profile, VolumeRole::Clone))
+                .then(|| volume(names::clone_volume(profile, vm), path)),
+        )
+    }
+
     fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume> {
         let base = self.base_path(profile);
         if !base.exists() {
