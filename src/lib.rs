@@ -18,6 +18,7 @@ pub mod plan;
 pub mod profile;
 pub mod runner;
 pub mod size;
+pub mod smoke;
 pub mod state;
 pub mod storage;
 pub mod subnet;

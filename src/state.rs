@@ -101,6 +101,8 @@ pub struct ObservedNetwork {
 pub enum VolumeRole {
     Base,
     Clone,
+    /// A kernel or initramfs lab boots VMs with directly (the smoke profile's).
+    Boot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

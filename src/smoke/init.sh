@@ -1,0 +1,108 @@
+#!/bin/sh
+# /init of a smoke VM: lab's busybox initramfs booted with the host's kernel.
+# It loads the drivers /etc/lab/modules lists, takes a DHCP lease, mounts its disk clone,
+# writes its name there, prints one LAB-READY line on the console and stays up. Every
+# failure is a LAB-ERROR line, and the LAB-READY line still comes, so lab never waits for
+# a VM that has already given up. PID 1 must never exit: the kernel would panic.
+
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export PATH
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /run /tmp /data
+# The console the kernel named (console=ttyS0), whether or not the archive had a node.
+exec </dev/console >/dev/console 2>&1
+
+vm=
+profile=
+# Words from /proc/cmdline are split on purpose but never globbed.
+set -f
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        lab.vm=*) vm=${word#lab.vm=} ;;
+        lab.profile=*) profile=${word#lab.profile=} ;;
+    esac
+done
+set +f
+
+fail() {
+    echo "LAB-ERROR vm=${vm:-?} $*"
+}
+
+# A tool's error output on one line, so it stays inside its LAB-ERROR line.
+oneline() {
+    tr '\n' ' ' <"$1"
+}
+
+[ -n "$vm" ] || fail "no lab.vm= on the kernel command line"
+hostname "${vm:-lab}"
+
+# In dependency order, one "PATH required|optional" per line.
+while read -r module need; do
+    [ -n "$module" ] || continue
+    if ! insmod "$module" 2>/tmp/insmod.err && [ "$need" != optional ]; then
+        fail "insmod $module: $(oneline /tmp/insmod.err)"
+    fi
+done </etc/lab/modules
+
+# Drivers probe their devices asynchronously: wait up to $2 tenths of a second for $1.
+wait_for() {
+    n=0
+    while [ ! -e "$1" ] && [ "$n" -lt "$2" ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    [ -e "$1" ]
+}
+
+first_nic() {
+    for dev in /sys/class/net/*; do
+        [ -e "$dev" ] && [ "${dev##*/}" != lo ] && { echo "${dev##*/}"; return; }
+    done
+}
+
+ip link set lo up
+n=0
+nic=$(first_nic)
+while [ -z "$nic" ] && [ "$n" -lt 100 ]; do
+    sleep 0.1
+    n=$((n + 1))
+    nic=$(first_nic)
+done
+
+addr=none
+if [ -z "$nic" ]; then
+    fail "no network interface: virtio_net found no device"
+elif udhcpc -i "$nic" -s /etc/udhcpc/default.script -x "hostname:${vm:-lab}" \
+        -t 15 -T 1 -n >/run/udhcpc.log 2>&1 && [ -s /run/lab-ip ]; then
+    # udhcpc stays in the background and renews the lease.
+    addr=$(cat /run/lab-ip)
+else
+    fail "no DHCP lease on $nic: $(tail -n 3 /run/udhcpc.log | tr '\n' ' ')"
+fi
+
+disk=missing
+if ! wait_for /dev/vda 100; then
+    fail "no disk /dev/vda: virtio_blk found no device"
+elif ! mount -t ext4 /dev/vda /data 2>/tmp/mount.err; then
+    fail "mounting /dev/vda on /data: $(oneline /tmp/mount.err)"
+elif [ ! -f /data/lab-base ]; then
+    fail "/data/lab-base is missing: /dev/vda is not a clone of lab's base"
+elif [ -n "$profile" ] && ! grep -qx "profile=$profile" /data/lab-base; then
+    # Someone else's disk: left as it is.
+    fail "/dev/vda is the base of another profile: $(head -n 1 /data/lab-base)"
+elif ! echo "$vm" >/data/lab-vm 2>/tmp/write.err; then
+    fail "writing /data/lab-vm: $(oneline /tmp/write.err)"
+else
+    # On the virtual disk (journal included) before lab hears the VM is ready.
+    sync
+    disk=ok
+fi
+
+echo "LAB-READY vm=${vm:-?} ip=$addr disk=$disk"
+
+while :; do
+    sleep 86400
+done
