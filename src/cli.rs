@@ -58,6 +58,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Plan a lab, and bring it up (with --dry-run: print the plan, touch nothing)
     Up(UpArgs),
+    /// What lab owns: per profile, its VMs, addresses, state and disk use
+    Status(StatusArgs),
+    /// Put VMs back to pristine: stop, drop the clone, clone the base again, start
+    Reset(ResetArgs),
+    /// Remove what lab made for a profile, and nothing else
+    Down(DownArgs),
     /// List the profiles lab can find, and where each comes from
     Profiles,
     /// Print a shell completion script
@@ -97,4 +103,33 @@ pub struct UpArgs {
     /// Read file-based host facts under DIR instead of / (KVM is then judged from files)
     #[arg(long, value_name = "DIR")]
     pub sysroot: Option<PathBuf>,
+    /// Seconds each VM may take from start to ready
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this profile (a name); all of lab's labs when omitted
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VMs to reset (all of the profile's when omitted)
+    pub vms: Vec<String>,
+    /// Seconds each VM may take from start to ready
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// Remove the base image (and boot files) too
+    #[arg(long)]
+    pub purge: bool,
 }

@@ -4,14 +4,20 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::check::{self, CheckContext, StorageTarget};
-use crate::cli::{CheckArgs, GlobalArgs, UpArgs};
+use std::time::{Duration, Instant};
+
+use crate::apply;
+use crate::cli::{CheckArgs, DownArgs, GlobalArgs, ResetArgs, StatusArgs, UpArgs};
 use crate::error::{exit, usage};
 use crate::host::Sysroot;
 use crate::host::net::NetFacts;
 use crate::libvirt::Libvirt;
+use crate::lock::HostLock;
 use crate::plan::{self, HostFacts};
 use crate::profile::{self, Profile, StorageBackend};
 use crate::state::Observed;
+use crate::storage::Storage;
+use crate::storage::qcow2::Qcow2Storage;
 use crate::subnet;
 use crate::ui::{self, Stream, Style, Table};
 
@@ -89,15 +95,9 @@ fn storage_target(
     })
 }
 
-/// `lab up PROFILE [--dry-run]`: observe, plan, and (later) apply.
-pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
-    let profile = Profile::load(&args.profile)?;
-    let sysroot = match &args.sysroot {
-        Some(dir) => Sysroot::at(dir)?,
-        None => Sysroot::live(),
-    };
-    let lv = Libvirt::open(&global.connect)?;
-    let mut observed = Observed::from_libvirt(&lv)?;
+/// Everything `lab up` looks at before planning, looked at once.
+fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
+    let mut observed = Observed::from_libvirt(lv)?;
     observed
         .add_image_dir(&profile.storage.dir)
         .with_context(|| {
@@ -106,20 +106,328 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 profile.storage.dir.display()
             )
         })?;
+    Ok(observed)
+}
+
+/// The storage a plan chose.
+fn storage_for(plan: &plan::Plan) -> Result<Box<dyn Storage>> {
+    match plan.storage.backend {
+        plan::Backend::Qcow2 => Ok(Box::new(Qcow2Storage::new(&plan.storage.location))),
+        plan::Backend::LvmThin => anyhow::bail!(
+            "thin pool {}: this version of lab clones into qcow2 overlays only; set [storage] backend = \"qcow2\"",
+            plan.storage.location
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct UpReport<'a> {
+    profile: &'a str,
+    network: &'a plan::NetworkPlan,
+    vms: Vec<apply::VmState>,
+    warnings: &'a [String],
+    timings_ms: Timings,
+}
+
+#[derive(Serialize, Default)]
+struct Timings {
+    observe_and_plan: u64,
+    apply: u64,
+    total: u64,
+}
+
+/// `lab up PROFILE [--dry-run]`: observe, plan, apply.
+pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
+    let started = Instant::now();
+    let profile = Profile::load(&args.profile)?;
+    let sysroot = match &args.sysroot {
+        Some(dir) => Sysroot::at(dir)?,
+        None => Sysroot::live(),
+    };
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab up {}", profile.name))?)
+    };
+    let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&sysroot, &profile);
     let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
-    if global.json {
-        ui::print_json(&plan)?;
-    } else if ui::verbosity() >= 0 {
-        print!("{}", plan::render(&plan));
-    }
+    let planned = started.elapsed();
     if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render(&plan));
+        }
         return Ok(exit::OK);
     }
-    anyhow::bail!(
-        "this version of lab plans labs but does not apply plans yet: run `lab up {} --dry-run`",
-        args.profile
-    )
+    for w in &plan.warnings {
+        ui::warn(format_args!("{w}"));
+    }
+    if plan.is_empty() {
+        ui::info(format_args!(
+            "{}: nothing to do, the lab is up",
+            profile.name
+        ));
+    } else {
+        ui::info(format_args!(
+            "{}: {} step{} to do",
+            profile.name,
+            plan.actions.len(),
+            if plan.actions.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let storage = storage_for(&plan)?;
+    let env = apply::Env {
+        lv: &lv,
+        storage: storage.as_ref(),
+        profile: &profile,
+        dir: profile.storage.dir.clone(),
+        ready_timeout: Duration::from_secs(args.timeout),
+    };
+    let applying = Instant::now();
+    let vms = apply::apply(&plan, &env)?;
+    let report = UpReport {
+        profile: &profile.name,
+        network: &plan.network,
+        vms,
+        warnings: &plan.warnings,
+        timings_ms: Timings {
+            observe_and_plan: planned.as_millis() as u64,
+            apply: applying.elapsed().as_millis() as u64,
+            total: started.elapsed().as_millis() as u64,
+        },
+    };
+    if global.json {
+        ui::print_json(&report)?;
+    } else {
+        print!("{}", vm_table(&report.vms));
+        println!(
+            "network {} on {} ({}), {}",
+            plan.network.name,
+            plan.network.bridge,
+            plan.network.subnet,
+            match plan.network.mode {
+                crate::profile::NetMode::Isolated => "isolated",
+                crate::profile::NetMode::Nat => "NAT",
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn vm_table(vms: &[apply::VmState]) -> String {
+    let mut t = Table::new(["vm", "ip", "state", "console"]);
+    for v in vms {
+        t.row(vec![
+            (v.name.clone(), Style::Plain),
+            (v.ip.clone().unwrap_or_else(|| "-".into()), Style::Plain),
+            (
+                v.state.clone(),
+                if v.state == "running" {
+                    Style::Green
+                } else {
+                    Style::Yellow
+                },
+            ),
+            (v.console.clone(), Style::Plain),
+        ]);
+    }
+    t.render(Stream::Stdout)
+}
+
+#[derive(Serialize)]
+struct StatusVm {
+    name: String,
+    domain: String,
+    state: String,
+    ip: Option<String>,
+    disk: Option<String>,
+    disk_allocated: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StatusLab {
+    profile: String,
+    network: Option<String>,
+    network_active: bool,
+    vms: Vec<StatusVm>,
+}
+
+/// `lab status [PROFILE]`: what lab owns, grouped by profile.
+pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
+    let lv = Libvirt::open(&global.connect)?;
+    let observed = Observed::from_libvirt(&lv)?;
+    let mut labs: std::collections::BTreeMap<String, StatusLab> = Default::default();
+    let wanted = |p: &str| args.profile.as_deref().is_none_or(|w| w == p);
+    for n in &observed.networks {
+        if let Some(o) = n.owner.as_ref().filter(|o| wanted(&o.profile)) {
+            let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
+                profile: o.profile.clone(),
+                network: None,
+                network_active: false,
+                vms: vec![],
+            });
+            lab.network = Some(n.name.clone());
+            lab.network_active = n.active;
+        }
+    }
+    for d in &observed.domains {
+        let Some(o) = d.owner.as_ref().filter(|o| wanted(&o.profile)) else {
+            continue;
+        };
+        let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
+            profile: o.profile.clone(),
+            network: None,
+            network_active: false,
+            vms: vec![],
+        });
+        let vm = o.vm.clone().unwrap_or_else(|| d.name.clone());
+        let disk = lv.domain_disks(&d.name).into_iter().next();
+        let mac = crate::names::mac(&o.profile, &vm);
+        lab.vms.push(StatusVm {
+            ip: if d.running {
+                lv.lease(&d.name, &mac).map(|ip| ip.to_string())
+            } else {
+                None
+            },
+            disk_allocated: disk
+                .as_deref()
+                .and_then(|p| crate::storage::qcow2::allocated_bytes(std::path::Path::new(p)).ok()),
+            disk,
+            state: if d.running { "running" } else { "shut off" }.into(),
+            domain: d.name.clone(),
+            name: vm,
+        });
+    }
+    let labs: Vec<StatusLab> = labs.into_values().collect();
+    if global.json {
+        ui::print_json(&labs)?;
+        return Ok(exit::OK);
+    }
+    if labs.is_empty() {
+        ui::info(format_args!(
+            "lab owns nothing{} on {}",
+            args.profile
+                .as_deref()
+                .map(|p| format!(" for profile {p}"))
+                .unwrap_or_default(),
+            global.connect
+        ));
+        return Ok(exit::OK);
+    }
+    for lab in &labs {
+        println!(
+            "{}: network {} ({})",
+            lab.profile,
+            lab.network.as_deref().unwrap_or("-"),
+            if lab.network_active {
+                "active"
+            } else {
+                "inactive"
+            }
+        );
+        let mut t = Table::new(["vm", "state", "ip", "disk use", "disk"]);
+        for v in &lab.vms {
+            t.row(vec![
+                (v.name.clone(), Style::Plain),
+                (
+                    v.state.clone(),
+                    if v.state == "running" {
+                        Style::Green
+                    } else {
+                        Style::Yellow
+                    },
+                ),
+                (v.ip.clone().unwrap_or_else(|| "-".into()), Style::Plain),
+                (
+                    v.disk_allocated
+                        .map(|b| crate::size::ByteSize(b).to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    Style::Plain,
+                ),
+                (v.disk.clone().unwrap_or_else(|| "-".into()), Style::Plain),
+            ]);
+        }
+        print!("{}", t.render(Stream::Stdout));
+    }
+    Ok(exit::OK)
+}
+
+/// `lab reset PROFILE [VM...]`: each VM back to a fresh clone of the base, in parallel.
+pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
+    let profile = Profile::load(&args.profile)?;
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = HostLock::acquire(&format!("lab reset {}", profile.name))?;
+    let observed = observe(&lv, &profile)?;
+    let host = gather_host_facts(&Sysroot::live(), &profile);
+    let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
+    let targets: Vec<&plan::VmPlan> = if args.vms.is_empty() {
+        plan.vms.iter().collect()
+    } else {
+        let mut t = Vec::new();
+        for name in &args.vms {
+            match plan.vms.iter().find(|v| &v.name == name) {
+                Some(v) => t.push(v),
+                None => {
+                    return Err(usage(format!(
+                        "profile {} has no VM {name:?}: its VMs are {}",
+                        profile.name,
+                        plan.vms
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        t
+    };
+    for v in &targets {
+        if observed.domain(&v.domain).is_none() {
+            return Err(usage(format!(
+                "{} is not up (no domain {}): run `lab up {}` first",
+                v.name, v.domain, profile.name
+            )));
+        }
+    }
+    let storage = storage_for(&plan)?;
+    let env = apply::Env {
+        lv: &lv,
+        storage: storage.as_ref(),
+        profile: &profile,
+        dir: profile.storage.dir.clone(),
+        ready_timeout: Duration::from_secs(args.timeout),
+    };
+    let vms = apply::reset(&plan, &env, &targets)?;
+    if global.json {
+        ui::print_json(&vms)?;
+    } else {
+        print!("{}", vm_table(&vms));
+    }
+    Ok(exit::OK)
+}
+
+/// `lab down PROFILE [--purge]`: remove lab's domains, network and clones for the profile
+/// (and with --purge its base and boot files); nothing without lab's mark is touched.
+pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
+    let profile = Profile::load(&args.profile)?;
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = HostLock::acquire(&format!("lab down {}", profile.name))?;
+    let observed = observe(&lv, &profile)?;
+    let removed = apply::down(&lv, &profile, &observed, args.purge)?;
+    if global.json {
+        ui::print_json(&removed)?;
+    } else if removed.is_empty() {
+        println!("{}: lab owns nothing of this profile", profile.name);
+    } else {
+        for r in &removed {
+            println!("removed {r}");
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// What the planner needs to know of the host.

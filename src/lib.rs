@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
+pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -53,6 +54,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => commands::check(&cli.global, &args),
         Command::Up(args) => commands::up(&cli.global, &args),
         Command::Profiles => commands::profiles(&cli.global),
+        Command::Status(args) => commands::status(&cli.global, &args),
+        Command::Reset(args) => commands::reset(&cli.global, &args),
+        Command::Down(args) => commands::down(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

@@ -206,7 +206,16 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
 
     // Subnet: the host's networks and every libvirt network but this lab's own.
     let own_subnets: Vec<Ipv4Net> = own_net.map(|n| n.subnets.clone()).unwrap_or_default();
-    let mut taken = host.taken.clone();
+    // The host's route to the lab's own bridge, and the bridge's address, are the lab.
+    let mut taken: Vec<Taken> = host
+        .taken
+        .iter()
+        .filter(|t| match &t.iface {
+            Some(iface) => own_net.is_none() || *iface != bridge,
+            None => !own_subnets.iter().any(|s| s.contains(&t.net.network())),
+        })
+        .cloned()
+        .collect();
     for n in observed.networks.iter().filter(|n| n.name != net_name) {
         let what = match &n.bridge {
             Some(b) => format!("libvirt network {} on {b}", n.name),
@@ -215,6 +224,7 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
         taken.extend(n.subnets.iter().map(|net| Taken {
             net: *net,
             what: what.clone(),
+            iface: None,
         }));
     }
     let (subnet, why_subnet) = match profile.network.subnet {

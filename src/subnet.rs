@@ -15,6 +15,9 @@ use crate::names::fnv1a;
 pub struct Taken {
     pub net: Ipv4Net,
     pub what: String,
+    /// The interface a route goes through, when it is a route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
 }
 
 impl fmt::Display for Taken {
@@ -43,6 +46,7 @@ pub fn taken_by_host(facts: &NetFacts) -> Vec<Taken> {
         taken.push(Taken {
             net: route.dest,
             what,
+            iface: Some(route.iface.clone()),
         });
     }
     for addr in &facts.local_addrs {
@@ -51,6 +55,7 @@ pub fn taken_by_host(facts: &NetFacts) -> Vec<Taken> {
             taken.push(Taken {
                 net,
                 what: format!("host address {addr}"),
+                iface: None,
             });
         }
     }
@@ -192,6 +197,7 @@ mod tests {
         Taken {
             net: net(s),
             what: what.into(),
+            iface: None,
         }
     }
 
@@ -238,8 +244,14 @@ mod tests {
         assert_eq!(
             taken_by_host(&facts),
             vec![
-                taken("192.168.1.0/24", "route via wlan0"),
-                taken("10.0.0.0/8", "VPN route via tun0 (tun/tap)"),
+                Taken {
+                    iface: Some("wlan0".into()),
+                    ..taken("192.168.1.0/24", "route via wlan0")
+                },
+                Taken {
+                    iface: Some("tun0".into()),
+                    ..taken("10.0.0.0/8", "VPN route via tun0 (tun/tap)")
+                },
                 taken("100.64.3.2/32", "host address 100.64.3.2"),
             ]
         );

@@ -27,6 +27,7 @@ fn fresh_host() -> (HostFacts, Observed) {
         taken: vec![Taken {
             net: "192.168.1.0/24".parse().unwrap(),
             what: "route via wlan0".into(),
+            iface: Some("wlan0".into()),
         }],
         thin_pools: vec![],
     };
@@ -163,6 +164,7 @@ fn a_taken_preferred_subnet_moves_the_lab_and_says_why() {
         host.taken.push(Taken {
             net: preferred,
             what: "VPN route via wg0 (WireGuard)".into(),
+            iface: Some("wg0".into()),
         });
         let plan = plan::plan(&p, &host, &observed).unwrap();
         assert_ne!(plan.network.subnet, preferred, "{name}");
@@ -295,6 +297,36 @@ fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
     let plan = plan::plan(&p, &host, &up).unwrap();
     let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)]);
+}
+
+#[test]
+fn the_lab_s_own_bridge_route_and_address_are_no_collision() {
+    let p = profile("smoke");
+    let (mut host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let up = observed_after(&first, observed);
+    // What the kernel shows once the lab's network is up.
+    host.taken.push(Taken {
+        net: first.network.subnet,
+        what: format!("route via {}", first.network.bridge),
+        iface: Some(first.network.bridge.clone()),
+    });
+    host.taken.push(Taken {
+        net: ipnet::Ipv4Net::from(first.network.gateway),
+        what: format!("host address {}", first.network.gateway),
+        iface: None,
+    });
+    let again = plan::plan(&p, &host, &up).unwrap();
+    assert_eq!(again.network.subnet, first.network.subnet);
+    assert!(again.is_empty(), "{:?}", again.actions);
+    // Someone else's route on the same subnet is a collision all the same.
+    host.taken.push(Taken {
+        net: first.network.subnet,
+        what: "VPN route via tun0".into(),
+        iface: Some("tun0".into()),
+    });
+    let moved = plan::plan(&p, &host, &up);
+    assert!(moved.is_err(), "the lab's network now collides with a VPN");
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub fn taken_by_libvirt(uri: &str) -> Result<Vec<Taken>, String> {
             n.subnets.into_iter().map(move |net| Taken {
                 net,
                 what: what.clone(),
+                iface: None,
             })
         })
         .collect())

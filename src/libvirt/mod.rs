@@ -278,6 +278,16 @@ impl Libvirt {
             .find_map(|a| a.addr.parse().ok())
     }
 
+    /// The disk sources of one domain (its own disk first, then backing files).
+    pub fn domain_disks(&self, name: &str) -> Vec<String> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .ok()
+            .and_then(|d| d.xml_desc(0).ok())
+            .map(|xml| disk_sources(&xml))
+            .unwrap_or_default()
+    }
+
     /// Disks that running domains hold open: never cloned from, removed or compacted.
     pub fn disks_in_use(&self) -> Result<Vec<crate::storage::InUse>> {
         let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
@@ -300,29 +310,38 @@ impl Libvirt {
     }
 }
 
-/// Every disk source (file or block device) in a domain's XML, backing files included.
+/// The image each disk of a domain writes to (file or block device). Backing files are
+/// left out: a running domain only reads them, so a base behind running clones may still be
+/// cloned.
 pub fn disk_sources(xml: &str) -> Vec<String> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut out = Vec::new();
-    let mut in_disk = 0usize;
+    // Element names from the document root down to the current element.
+    let mut path: Vec<String> = Vec::new();
+    let mut take = |e: &quick_xml::events::BytesStart<'_>, path: &[String]| {
+        let parent = path.last().map(String::as_str);
+        if e.local_name().into_inner() != "source" || parent != Some("disk") {
+            return;
+        }
+        for attr in e.attributes().flatten() {
+            let key = attr.key.local_name().into_inner();
+            if (key == "file" || key == "dev")
+                && let Ok(v) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            {
+                out.push(v.into_owned());
+            }
+        }
+    };
     loop {
         match reader.read_event() {
-            Ok(Event::Start(e)) if e.local_name().into_inner() == "disk" => in_disk += 1,
-            Ok(Event::End(e)) if e.local_name().into_inner() == "disk" => {
-                in_disk = in_disk.saturating_sub(1)
+            Ok(Event::Start(e)) => {
+                take(&e, &path);
+                path.push(e.local_name().into_inner().to_string());
             }
-            Ok(Event::Empty(e) | Event::Start(e))
-                if in_disk > 0 && e.local_name().into_inner() == "source" =>
-            {
-                for attr in e.attributes().flatten() {
-                    let key = attr.key.local_name().into_inner();
-                    if (key == "file" || key == "dev")
-                        && let Ok(v) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                    {
-                        out.push(v.into_owned());
-                    }
-                }
+            Ok(Event::Empty(e)) => take(&e, &path),
+            Ok(Event::End(_)) => {
+                path.pop();
             }
             Ok(Event::Eof) | Err(_) => break,
             _ => {}
@@ -362,17 +381,14 @@ mod tests {
     }
 
     #[test]
-    fn disk_sources_include_backing_files() {
+    fn disk_sources_are_the_images_domains_write() {
         let xml = "<domain><devices>
   <disk type='file' device='disk'><source file='/img/vm.qcow2'/>
     <backingStore type='file'><source file='/img/base.qcow2'/></backingStore></disk>
   <disk type='block' device='disk'><source dev='/dev/vg/lv'/></disk>
   <interface type='network'><source network='lab-x'/></interface>
 </devices></domain>";
-        assert_eq!(
-            disk_sources(xml),
-            ["/img/vm.qcow2", "/img/base.qcow2", "/dev/vg/lv"]
-        );
+        assert_eq!(disk_sources(xml), ["/img/vm.qcow2", "/dev/vg/lv"]);
     }
 
     #[test]

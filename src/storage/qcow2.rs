@@ -13,6 +13,9 @@ use crate::runner::Cmd;
 use crate::size::ByteSize;
 use crate::state::{Marker, Observed, ObservedVolume, Owner, VolumeRole, marker_path};
 
+/// lab's directory of unfinished images inside the image directory.
+const PARTIAL_DIR: &str = ".lab-partial";
+
 /// Free space kept on the filesystem beyond what a new image needs up front.
 const MIN_FREE: u64 = 64 * 1024 * 1024;
 
@@ -65,6 +68,37 @@ impl Qcow2Storage {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where an image is written before it is renamed into place: lab's own directory of
+    /// unfinished files, one name per process, so a killed run's leftover never collides
+    /// with the next run and `lab down` can clear it.
+    fn partial_path(&self, final_path: &Path) -> Result<PathBuf> {
+        let dir = self.dir.join(PARTIAL_DIR);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let name = final_path.file_name().unwrap_or_default().to_string_lossy();
+        Ok(dir.join(format!("{name}.{}", std::process::id())))
+    }
+
+    /// Remove unfinished files of `profile` left by interrupted runs.
+    pub fn clear_partial(&self, profile: &str) -> Result<Vec<PathBuf>> {
+        let dir = self.dir.join(PARTIAL_DIR);
+        let prefix = format!("{}-{profile}-", names::PREFIX);
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(removed);
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(e.path());
+            }
+        }
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        Ok(removed)
     }
 
     fn base_path(&self, profile: &str) -> PathBuf {
@@ -169,8 +203,7 @@ impl Qcow2Storage {
             );
         }
         let base = self.base_path(profile);
-        let tmp = path.with_extension("qcow2.compacting");
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = self.partial_path(&path)?;
         let result = Cmd::new("qemu-img")
             .args(["convert", "-O", "qcow2", "-B"])
             .arg(&base)
@@ -230,7 +263,7 @@ impl Storage for Qcow2Storage {
             src.actual_size.unwrap_or(src.virtual_size),
             &format!("importing {}", image.display()),
         )?;
-        let tmp = path.with_extension("qcow2.importing");
+        let tmp = self.partial_path(&path)?;
         let result = Cmd::new("qemu-img")
             .args(["convert", "-O", "qcow2", "-f", &src.format])
             .arg(image)
