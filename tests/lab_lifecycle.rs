@@ -18,6 +18,8 @@ struct Lab {
     dir: tempfile::TempDir,
     profile: PathBuf,
     name: String,
+    /// Someone else's objects the test made; removed at the end whatever happened.
+    foreign: std::cell::RefCell<Vec<(&'static str, String)>>,
 }
 
 impl Lab {
@@ -39,7 +41,12 @@ impl Lab {
             ),
         )
         .unwrap();
-        Lab { dir, profile, name }
+        Lab {
+            dir,
+            profile,
+            name,
+            foreign: Default::default(),
+        }
     }
 
     fn images(&self) -> PathBuf {
@@ -111,6 +118,9 @@ impl Drop for Lab {
         let _ = self
             .cmd(&["down", self.profile.to_str().unwrap(), "--purge"])
             .output();
+        for (undefine, name) in self.foreign.borrow().iter() {
+            let _ = virsh(&[undefine, name]);
+        }
     }
 }
 
@@ -187,6 +197,9 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
     )
     .unwrap();
     assert!(virsh(&["net-define", net_xml.to_str().unwrap()]).0);
+    lab.foreign
+        .borrow_mut()
+        .push(("net-undefine", foreign_net.clone()));
     let dom_xml = lab.dir.path().join("foreign-dom.xml");
     std::fs::write(
         &dom_xml,
@@ -197,6 +210,9 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
     )
     .unwrap();
     assert!(virsh(&["define", dom_xml.to_str().unwrap()]).0);
+    lab.foreign
+        .borrow_mut()
+        .push(("undefine", foreign_dom.clone()));
 
     // 1. Killed while building the base, then while defining the second VM: each next
     //    `lab up` completes the lab.
@@ -330,7 +346,4 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-
-    assert!(virsh(&["undefine", &foreign_dom]).0);
-    assert!(virsh(&["net-undefine", &foreign_net]).0);
 }
