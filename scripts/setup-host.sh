@@ -33,15 +33,26 @@ packages=(
     gcc
 )
 
+# A package mirror that does not answer once is tried again.
+retry() {
+    local n
+    for n in 1 2 3 4 5; do
+        "$@" && return 0
+        echo "$0: attempt $n of '$*' failed; trying again in $((n * 5)) s" >&2
+        sleep $((n * 5))
+    done
+    "$@"
+}
+
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    retry apt-get update -qq
     # qemu-system-x86 first: on hosts carrying a newer qemu-utils from backports, apt must
     # be free to swap it for the one that matches qemu-system.
-    apt-get install -y -q --no-install-recommends "${packages[@]}"
-    apt-get install -y -q --no-install-recommends qemu-utils
+    retry apt-get install -y -q --no-install-recommends "${packages[@]}"
+    retry apt-get install -y -q --no-install-recommends qemu-utils
 elif command -v dnf >/dev/null; then
-    dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
+    retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
         busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd
 else

@@ -37,6 +37,29 @@ pub struct VmState {
     pub ip: Option<String>,
     pub state: String,
     pub console: String,
+    /// Milliseconds this run spent on each step of the VM (0: nothing to do).
+    pub timings_ms: VmTimings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VmTimings {
+    pub disk: u64,
+    pub define: u64,
+    pub start: u64,
+    pub ready: u64,
+}
+
+/// Milliseconds spent on the lab-wide steps of `apply`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LabTimings {
+    pub network: u64,
+    pub boot_files: u64,
+    pub base: u64,
+    pub vms: u64,
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
 }
 
 /// Where a VM's serial console is logged.
@@ -72,9 +95,57 @@ fn done(what: &Action) {
     ));
 }
 
+/// The user libvirt runs QEMU as, when it is a separate one (Debian: libvirt-qemu,
+/// Fedora: qemu): it must be able to reach every image, console log and kernel lab writes.
+fn qemu_user() -> Option<(String, u32)> {
+    for name in ["libvirt-qemu", "qemu"] {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: getpwnam with a valid C string; the result is read at once.
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if !pw.is_null() {
+            // SAFETY: pw is non-null and points to a valid passwd entry.
+            return Some((name.to_string(), unsafe { (*pw).pw_uid }));
+        }
+    }
+    None
+}
+
+/// Refuse, before anything is made, a directory QEMU could not reach: a home directory of
+/// mode 0700 is the usual case. lab does not change the permissions of directories it did
+/// not make; it says which one and how.
+pub fn preflight_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((user, uid)) = qemu_user() else {
+        return Ok(());
+    };
+    let existing = crate::host::resources::nearest_existing(dir);
+    let mut at = existing.canonicalize().unwrap_or(existing);
+    loop {
+        if let Ok(meta) = std::fs::metadata(&at) {
+            let others_search = meta.mode() & 0o001 != 0;
+            if !others_search && meta.uid() != uid {
+                bail!(
+                    "QEMU runs as {user} and could not reach {}: {} is mode {:o}; \
+                     run `chmod o+x {}` or set [storage] dir to a directory such as /var/lib/lab/images",
+                    dir.display(),
+                    at.display(),
+                    meta.mode() & 0o7777,
+                    at.display()
+                );
+            }
+        }
+        if !at.pop() {
+            return Ok(());
+        }
+    }
+}
+
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
-pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
+pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
+    preflight_dir(&env.dir)?;
+    let mut timings = LabTimings::default();
     // Network first: domains need it to start.
+    let t = Instant::now();
     for a in plan.actions.iter().filter(|a| a.object == Object::Network) {
         step(a);
         match a.op {
@@ -87,8 +158,10 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
         }
         done(a);
     }
+    timings.network = ms(t);
 
     // Boot files (direct boot) are made, or found unchanged, on every run.
+    let t = Instant::now();
     let boot = if direct_boot(env.profile) {
         std::fs::create_dir_all(&env.dir)
             .with_context(|| format!("creating {}", env.dir.display()))?;
@@ -96,12 +169,16 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
     } else {
         None
     };
+    timings.boot_files = ms(t);
 
+    let t = Instant::now();
     for a in plan.actions.iter().filter(|a| a.object == Object::Base) {
         step(a);
         build_base(env)?;
         done(a);
     }
+    timings.base = ms(t);
+    let t = Instant::now();
 
     let in_use = env.lv.disks_in_use()?;
     let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -150,7 +227,8 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }
-    Ok(states)
+    timings.vms = ms(t);
+    Ok((states, timings))
 }
 
 /// Build the base the profile describes, seal it.
@@ -188,15 +266,18 @@ fn bring_up(
     let console = console_log(&env.dir, &vm.domain);
     let mine = |a: &&Action| a.vm.as_deref() == Some(vm.name.as_str());
     let mut disk: Option<Volume> = None;
+    let mut timings = VmTimings::default();
     for a in plan.actions.iter().filter(mine) {
         step(a);
         bar.set_message(format!("{} {}", a.op, a.object));
+        let t = Instant::now();
         match (a.op, a.object) {
             (Op::Clone, Object::Disk) => {
                 disk = Some(
                     env.storage
                         .clone_base(&env.profile.name, &vm.name, in_use)?,
                 );
+                timings.disk = ms(t);
             }
             (Op::Define, Object::Domain) => {
                 let disk = match &disk {
@@ -214,20 +295,27 @@ fn bring_up(
                     &console,
                 ));
                 env.lv.define_domain(&vm.domain, &doc)?;
+                timings.define = ms(t);
             }
-            (Op::Start, Object::Domain) => env.lv.start_domain(&vm.domain)?,
+            (Op::Start, Object::Domain) => {
+                env.lv.start_domain(&vm.domain)?;
+                timings.start = ms(t);
+            }
             _ => {}
         }
         done(a);
     }
     bar.set_message("waiting until ready");
+    let t = Instant::now();
     let ip = wait_ready(env, vm, &console, boot.is_some())?;
+    timings.ready = ms(t);
     Ok(VmState {
         name: vm.name.clone(),
         domain: vm.domain.clone(),
         ip: Some(ip),
         state: "running".into(),
         console: console.display().to_string(),
+        timings_ms: timings,
     })
 }
 
@@ -300,6 +388,7 @@ pub fn console_tail(console: &Path) -> String {
 /// `lab reset`: each target VM stopped, its clone dropped and made again from the base,
 /// started, and waited for, all at once.
 pub fn reset(plan: &Plan, env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
+    preflight_dir(&env.dir)?;
     for vm in targets {
         ui::debug(format_args!("lab: stop domain {}", vm.domain));
         env.lv.stop_domain(&vm.domain)?;
@@ -318,19 +407,27 @@ pub fn reset(plan: &Plan, env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmSt
                 let boot = boot.as_ref();
                 s.spawn(move || {
                     let p = &env.profile.name;
+                    let mut timings = VmTimings::default();
                     ui::debug(format_args!("lab: reset disk of {}", vm.name));
+                    let t = Instant::now();
                     env.storage.remove_clone(p, &vm.name, in_use)?;
                     env.storage.clone_base(p, &vm.name, in_use)?;
+                    timings.disk = ms(t);
                     ui::debug(format_args!("lab: start domain {}", vm.domain));
+                    let t = Instant::now();
                     env.lv.start_domain(&vm.domain)?;
+                    timings.start = ms(t);
                     let console = console_log(&env.dir, &vm.domain);
+                    let t = Instant::now();
                     let ip = wait_ready(env, vm, &console, boot.is_some())?;
+                    timings.ready = ms(t);
                     Ok(VmState {
                         name: vm.name.clone(),
                         domain: vm.domain.clone(),
                         ip: Some(ip),
                         state: "running".into(),
                         console: console.display().to_string(),
+                        timings_ms: timings,
                     })
                 })
             })
@@ -446,6 +543,7 @@ fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<S
         if is_boot && purge && file.exists() {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
             let _ = std::fs::remove_file(smoke::digest_path(&file));
+            let _ = std::fs::remove_file(smoke::inputs_path(&file));
             removed.push(format!("boot file {}", file.display()));
         }
         if !file.exists() {
@@ -454,4 +552,34 @@ fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<S
     }
     removed.sort();
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_qemu_cannot_reach_is_refused_naming_the_culprit() {
+        use std::os::unix::fs::PermissionsExt;
+        if qemu_user().is_none() {
+            // libvirt's packages create this user; setup-host.sh makes sure it exists.
+            panic!("no libvirt-qemu or qemu user on this machine");
+        }
+        let top = tempfile::tempdir().unwrap();
+        let private = top.path().join("home");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let images = private.join("labs/images");
+        let err = preflight_dir(&images).unwrap_err().to_string();
+        assert!(err.contains("is mode 700"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "chmod o+x {}",
+                private.canonicalize().unwrap().display()
+            )),
+            "{err}"
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        preflight_dir(&images).unwrap();
+    }
 }

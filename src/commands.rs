@@ -132,7 +132,8 @@ struct UpReport<'a> {
 #[derive(Serialize, Default)]
 struct Timings {
     observe_and_plan: u64,
-    apply: u64,
+    #[serde(flatten)]
+    lab: apply::LabTimings,
     total: u64,
 }
 
@@ -186,8 +187,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         dir: profile.storage.dir.clone(),
         ready_timeout: Duration::from_secs(args.timeout),
     };
-    let applying = Instant::now();
-    let vms = apply::apply(&plan, &env)?;
+    let (vms, lab_timings) = apply::apply(&plan, &env)?;
     let report = UpReport {
         profile: &profile.name,
         network: &plan.network,
@@ -195,7 +195,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         warnings: &plan.warnings,
         timings_ms: Timings {
             observe_and_plan: planned.as_millis() as u64,
-            apply: applying.elapsed().as_millis() as u64,
+            lab: lab_timings,
             total: started.elapsed().as_millis() as u64,
         },
     };
@@ -440,7 +440,7 @@ pub fn gather_host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         thin_pools.push((vg.clone(), pool.clone()));
     }
     HostFacts {
-        kvm: crate::check::kvm::verdict(sysroot),
+        kvm: crate::check::kvm::verdict_cached(sysroot),
         taken: subnet::taken_by_host(&net),
         thin_pools,
     }

@@ -27,7 +27,7 @@ pub struct HostFacts {
 }
 
 /// Whether guests get KVM, from the same probes as `lab check`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct KvmVerdict {
     /// KVM really runs a standard guest.
     pub usable: bool,

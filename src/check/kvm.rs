@@ -31,6 +31,12 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
     let cpu = cpu::read(ctx.sysroot);
     let mut facts = gather(ctx.sysroot, live);
     let mut checks = evaluate(cpu.as_ref(), &facts, live);
+    if live {
+        remember(
+            &cache_key(ctx.sysroot),
+            &verdict_from(&facts, &checks, live),
+        );
+    }
     if ctx.fix
         && let Some(fixed) = fix_nested(ctx.sysroot, &facts.host, live)
     {
@@ -51,7 +57,12 @@ pub fn verdict(sysroot: &Sysroot) -> KvmVerdict {
     let live = sysroot.is_live();
     let cpu = cpu::read(sysroot);
     let facts = gather(sysroot, live);
-    let [virt, device, run, nested] = evaluate(cpu.as_ref(), &facts, live);
+    let checks = evaluate(cpu.as_ref(), &facts, live);
+    verdict_from(&facts, &checks, live)
+}
+
+fn verdict_from(facts: &KvmFacts, checks: &[Check; 4], live: bool) -> KvmVerdict {
+    let [virt, device, run, nested] = checks;
     let usable = if live {
         run.status == Status::Pass
     } else {
@@ -74,6 +85,80 @@ pub fn verdict(sysroot: &Sysroot) -> KvmVerdict {
         usable,
         nested: usable && nested.status == Status::Pass,
         reason,
+    }
+}
+
+/// [`verdict`], remembered until the machine reboots or its KVM modules change: the probe
+/// boots QEMU twice, which `lab up` should not pay on every run. `lab check` always probes
+/// afresh and refreshes what is remembered. Under a sysroot nothing is remembered.
+pub fn verdict_cached(sysroot: &Sysroot) -> KvmVerdict {
+    if !sysroot.is_live() {
+        return verdict(sysroot);
+    }
+    let key = cache_key(sysroot);
+    let path = cache_path();
+    if let Some(cached) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<CachedVerdict>(&t).ok())
+        .filter(|c| c.key == key)
+    {
+        crate::ui::debug(format_args!("KVM verdict remembered in {}", path.display()));
+        return cached.verdict;
+    }
+    let v = verdict(sysroot);
+    remember(&key, &v);
+    v
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedVerdict {
+    key: String,
+    verdict: KvmVerdict,
+}
+
+fn cache_path() -> std::path::PathBuf {
+    std::env::var_os("LAB_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/run/lab"))
+        .join("kvm-verdict.json")
+}
+
+/// What the verdict depends on: this boot, the KVM modules and their nested option, lab.
+fn cache_key(sysroot: &Sysroot) -> String {
+    let mut key = String::new();
+    for file in [
+        "/proc/sys/kernel/random/boot_id",
+        "/sys/module/kvm_intel/parameters/nested",
+        "/sys/module/kvm_amd/parameters/nested",
+        "/sys/module/kvm/refcnt",
+    ] {
+        let value = if file.ends_with("refcnt") {
+            // Loaded or not; the count itself changes with every VM.
+            sysroot.exists(file).to_string()
+        } else {
+            sysroot.read_attr(file).unwrap_or_default()
+        };
+        key.push_str(&format!("{file}={value};"));
+    }
+    key.push_str(&format!("dev_kvm={};", sysroot.exists("/dev/kvm")));
+    key.push_str(concat!("lab=", env!("CARGO_PKG_VERSION")));
+    key
+}
+
+fn remember(key: &str, v: &KvmVerdict) {
+    let path = cache_path();
+    let doc = CachedVerdict {
+        key: key.to_string(),
+        verdict: v.clone(),
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(text) = serde_json::to_string(&doc) {
+        let tmp = path.with_extension(format!("json.{}", std::process::id()));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
     }
 }
 
