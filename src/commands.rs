@@ -106,6 +106,17 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
                 profile.storage.dir.display()
             )
         })?;
+    if let Some(vg) = &profile.storage.vg {
+        // A VG that does not exist holds nothing of lab's; LVM that cannot answer is an
+        // error only when the profile insists on a thin pool.
+        match crate::host::lvm::LvmSource::for_sysroot(&Sysroot::live()).vg_lvs(vg) {
+            Ok(rows) => observed.add_lvs(&rows),
+            Err(e) if profile.storage.backend == StorageBackend::LvmThin => {
+                return Err(e.context(format!("reading the LVs of volume group {vg}")));
+            }
+            Err(e) => ui::debug(format_args!("LVs of {vg} not read: {e:#}")),
+        }
+    }
     Ok(observed)
 }
 

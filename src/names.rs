@@ -56,6 +56,16 @@ pub fn profile_tag(profile: &str) -> String {
     format!("{PREFIX}-profile-{profile}")
 }
 
+/// LVM tag naming the VM a clone belongs to.
+pub fn vm_tag(vm: &str) -> String {
+    format!("{PREFIX}-vm-{vm}")
+}
+
+/// LVM tag naming a volume's role: `lab-role-base` or `lab-role-clone`.
+pub fn role_tag(role: &str) -> String {
+    format!("{PREFIX}-role-{role}")
+}
+
 /// A locally administered MAC in QEMU's 52:54:00 range, derived from profile and VM.
 pub fn mac(profile: &str, vm: &str) -> String {
     let h = fnv1a(format!("{profile}/{vm}").as_bytes());

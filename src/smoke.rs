@@ -1053,7 +1053,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 6, "no temporary file is left: {names:?}");
+        assert_eq!(names.len(), 7, "no temporary file is left: {names:?}");
 
         // Same inputs: nothing is written.
         let (k, i) = (inode(&boot.kernel), inode(&boot.initrd));

@@ -200,6 +200,43 @@ impl Observed {
     }
 }
 
+impl Observed {
+    /// lab's thin volumes among an LVM report: ownership and role come from LVM tags
+    /// (`lab`, `lab-profile-P`, `lab-vm-V`, `lab-role-base|clone`); a base is sealed once
+    /// it is read-only (`lv_attr` permission `r`). An LV without the `lab` tag is listed
+    /// with no owner, so the planner never touches it.
+    pub fn add_lvs(&mut self, rows: &[crate::host::lvm::LvRow]) {
+        for row in rows.iter().filter(|r| r.segtype == "thin") {
+            let tag = |prefix: &str| {
+                row.lv_tags
+                    .iter()
+                    .find_map(|t| t.strip_prefix(prefix).map(str::to_string))
+            };
+            let ours = row.lv_tags.iter().any(|t| t == names::LV_TAG);
+            let owner = ours
+                .then(|| tag("lab-profile-"))
+                .flatten()
+                .map(|profile| Owner {
+                    profile,
+                    vm: tag("lab-vm-"),
+                });
+            let role = owner.as_ref().and(match tag("lab-role-").as_deref() {
+                Some("base") => Some(VolumeRole::Base),
+                Some("clone") => Some(VolumeRole::Clone),
+                _ => None,
+            });
+            let read_only = row.lv_attr.chars().nth(1) == Some('r');
+            self.volumes.push(ObservedVolume {
+                name: row.lv_name.clone(),
+                location: format!("{}/{}", row.vg_name, row.lv_name),
+                sealed: role != Some(VolumeRole::Base) || read_only,
+                owner,
+                role,
+            });
+        }
+    }
+}
+
 /// The marker beside an image file that says it is lab's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
@@ -261,6 +298,55 @@ mod tests {
             owner_from_xml(&format!("<d>{}</d>", owner.to_xml())),
             Some(owner)
         );
+    }
+
+    #[test]
+    fn thin_volumes_are_lab_s_by_their_tags() {
+        use crate::host::lvm::parse_lvs;
+        // Captured from a real thin pool in the TCG guest harness: tags "lab,lab-profile-demo".
+        let text = include_str!("../tests/fixtures/lvm/guest-lvs-pool-50.json");
+        let mut rows = parse_lvs(text).unwrap();
+        let mut observed = Observed::default();
+        observed.add_lvs(&rows);
+        let names: Vec<&str> = observed.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["lab-demo-base", "lab-demo-db1", "lab-demo-web1"],
+            "the pool itself is no volume"
+        );
+        assert!(
+            observed
+                .volumes
+                .iter()
+                .all(|v| v.owner.as_ref().is_some_and(|o| o.is("demo")))
+        );
+        // Without role tags lab does not claim a role for them.
+        assert!(observed.volumes.iter().all(|v| v.role.is_none()));
+
+        // Tagged as lab writes them now: base read-only, clones with their VM.
+        rows[0].lv_tags = vec![
+            "lab".into(),
+            "lab-profile-demo".into(),
+            "lab-role-base".into(),
+        ];
+        rows[0].lv_attr = "Vri-a-t---".into();
+        rows[2].lv_tags = vec![
+            "lab".into(),
+            "lab-profile-demo".into(),
+            "lab-role-clone".into(),
+            "lab-vm-web1".into(),
+        ];
+        // Someone else's LV with lab-like tags but without the `lab` tag.
+        rows[1].lv_tags = vec!["lab-profile-demo".into()];
+        let mut observed = Observed::default();
+        observed.add_lvs(&rows);
+        let base = &observed.volumes[0];
+        assert_eq!((base.role, base.sealed), (Some(VolumeRole::Base), true));
+        assert_eq!(observed.volumes[1].owner, None);
+        let clone = &observed.volumes[2];
+        assert_eq!(clone.role, Some(VolumeRole::Clone));
+        assert_eq!(clone.owner.as_ref().unwrap().vm.as_deref(), Some("web1"));
+        assert_eq!(clone.location, "vg_lab/lab-demo-web1");
     }
 
     #[test]

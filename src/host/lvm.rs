@@ -592,6 +592,21 @@ impl LvmSource {
         }
     }
 
+    /// Every LV of `vg` (empty when the VG does not exist).
+    pub fn vg_lvs(&self, vg: &str) -> anyhow::Result<Vec<LvRow>> {
+        match self {
+            LvmSource::Live { lvm } => parse_lvs(&report(lvm, "lvs", LVS_FIELDS, &[vg])?),
+            LvmSource::Recorded(rec) => {
+                let json = rec.read("lvs.json")?.unwrap_or_default();
+                Ok(parse_lvs(&json)?
+                    .into_iter()
+                    .filter(|r| r.vg_name == vg)
+                    .collect())
+            }
+            LvmSource::Unavailable(why) => bail!("{why}"),
+        }
+    }
+
     /// Rows of `vg/lv` (empty when either does not exist).
     pub fn lvs(&self, vg: &str, lv: &str) -> anyhow::Result<Vec<LvRow>> {
         match self {
