@@ -369,12 +369,31 @@ fn inputs_fingerprint(kernel: &Path, modules_dir: &Path, busybox: &Path) -> Stri
         Err(_) => format!("{} missing\n", p.display()),
     };
     let scripts = crate::names::fnv1a(format!("{INIT_SCRIPT}\0{DHCP_SCRIPT}").as_bytes());
+    // Every file of the modules tree by size and mtime: a few thousand stat calls, a few
+    // milliseconds, and no module can change unseen.
+    let mut tree = String::new();
+    let mut dirs = vec![modules_dir.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(d) = dirs.pop() {
+        let Ok(read) = fs::read_dir(&d) else { continue };
+        for e in read.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else {
+                entries.push((e.path(), m.size(), m.mtime(), m.mtime_nsec()));
+            }
+        }
+    }
+    entries.sort();
+    for (p, size, mtime, nsec) in entries {
+        tree.push_str(&format!("{} {size} {mtime}.{nsec}\n", p.display()));
+    }
     format!(
-        "{}{}{}{}scripts {scripts:016x} lab {}\n",
+        "{}{}modules {:016x}\nscripts {scripts:016x} lab {}\n",
         stamp(kernel),
         stamp(busybox),
-        stamp(&modules_dir.join("modules.dep")),
-        stamp(&modules_dir.join("modules.builtin")),
+        crate::names::fnv1a(tree.as_bytes()),
         env!("CARGO_PKG_VERSION")
     )
 }
