@@ -46,11 +46,27 @@ retry() {
 
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    retry apt-get update -qq
-    # qemu-system-x86 first: on hosts carrying a newer qemu-utils from backports, apt must
-    # be free to swap it for the one that matches qemu-system.
-    retry apt-get install -y -q --no-install-recommends "${packages[@]}"
-    retry apt-get install -y -q --no-install-recommends qemu-utils
+    # Only what is missing: a package already there is left at its version.
+    missing() {
+        local p
+        for p in "$@"; do
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+                echo "$p"
+        done
+    }
+    updated=0
+    mapfile -t need < <(missing "${packages[@]}")
+    if [ "${#need[@]}" -gt 0 ]; then
+        retry apt-get update -qq
+        updated=1
+        # qemu-system-x86 first: on hosts carrying a newer qemu-utils from backports, apt
+        # must be free to swap it for the one that matches qemu-system.
+        retry apt-get install -y -q --no-install-recommends "${need[@]}"
+    fi
+    if [ -n "$(missing qemu-utils)" ]; then
+        [ "$updated" -eq 1 ] || retry apt-get update -qq
+        retry apt-get install -y -q --no-install-recommends qemu-utils
+    fi
 elif command -v dnf >/dev/null; then
     retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
