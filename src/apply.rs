@@ -216,6 +216,13 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
             .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
             .collect()
     });
+    let states = all_or_errors(results)?;
+    timings.vms = ms(t);
+    Ok((states, timings))
+}
+
+/// Every VM's state, or one error listing every VM that failed.
+fn all_or_errors(results: Vec<Result<VmState>>) -> Result<Vec<VmState>> {
     let mut states = Vec::new();
     let mut errors = Vec::new();
     for r in results {
@@ -227,8 +234,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }
-    timings.vms = ms(t);
-    Ok((states, timings))
+    Ok(states)
 }
 
 /// Build the base the profile describes, seal it.
@@ -387,7 +393,7 @@ pub fn console_tail(console: &Path) -> String {
 
 /// `lab reset`: each target VM stopped, its clone dropped and made again from the base,
 /// started, and waited for, all at once.
-pub fn reset(plan: &Plan, env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
+pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
     preflight_dir(&env.dir)?;
     for vm in targets {
         ui::debug(format_args!("lab: stop domain {}", vm.domain));
@@ -437,19 +443,7 @@ pub fn reset(plan: &Plan, env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmSt
             .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
             .collect()
     });
-    let _ = plan;
-    let mut states = Vec::new();
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok(s) => states.push(s),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("\n"));
-    }
-    Ok(states)
+    all_or_errors(results)
 }
 
 /// `lab down`: lab's domains, network and clones of the profile (with `purge`, its base and

@@ -412,7 +412,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         dir: profile.storage.dir.clone(),
         ready_timeout: Duration::from_secs(args.timeout),
     };
-    let vms = apply::reset(&plan, &env, &targets)?;
+    let vms = apply::reset(&env, &targets)?;
     if global.json {
         ui::print_json(&vms)?;
     } else {
