@@ -347,3 +347,52 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_vm_not_ready_in_time_is_named_with_what_lab_waited_for_and_its_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("w{}", std::process::id() % 100_000);
+    let profile = dir.path().join("slow.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "name = \"{name}\"\n[network]\nauto_range = \"10.250.0.0/16\"\n\
+             [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
+             [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"64MiB\"\n\
+             [[vm]]\nname = \"slow\"\nmemory = \"256MiB\"\n",
+            dir.path().join("images").display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(LAB)
+            .args(args)
+            .env("LAB_CONNECT", "qemu:///system")
+            .env("LAB_LOCK", dir.path().join("lab.lock"))
+            .output()
+            .unwrap()
+    };
+    // An emulated guest needs several seconds; one second is never enough.
+    let out = run(&["up", profile.to_str().unwrap(), "--timeout", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let down = run(&["down", profile.to_str().unwrap(), "--purge"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("slow: not ready after 1 s: waited for"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a DHCP lease for 52:54:00:") || stderr.contains("its ready line"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("lab-{name}-slow.console.log")),
+        "the message names the console log: {stderr}"
+    );
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!virsh(&["dominfo", &format!("lab-{name}-slow")]).0);
+}
