@@ -138,14 +138,6 @@ fn a_fixed_subnet_on_someone_else_s_libvirt_network_is_refused() {
 }
 
 #[test]
-fn up_without_dry_run_says_plainly_that_it_only_plans() {
-    let out = lab(&["up", "smoke", "--sysroot", &fixture("hosts/net-vpn-split")]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("--dry-run"), "{stderr}");
-}
-
-#[test]
 fn profiles_lists_shipped_and_local_profiles_with_their_origin() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
