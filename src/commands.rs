@@ -312,7 +312,10 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             name: vm,
         });
     }
-    let labs: Vec<StatusLab> = labs.into_values().collect();
+    let mut labs: Vec<StatusLab> = labs.into_values().collect();
+    for lab in &mut labs {
+        lab.vms.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     if global.json {
         ui::print_json(&labs)?;
         return Ok(exit::OK);
