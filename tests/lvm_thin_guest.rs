@@ -6,6 +6,7 @@
 //! runs is logged on the console too, as at `-v`.
 //!
 //! It always runs and fails (never skips) when the guest does not boot or a step fails.
+//! About 75 s on a 2-core machine: some 140 LVM commands at 0.3 to 1 s each under TCG.
 //! `LAB_GUEST_CONSOLE=1` prints the whole console.
 
 #[path = "support/guest.rs"]
