@@ -44,6 +44,12 @@ pub fn bridge(profile: &str) -> String {
     format!("{PREFIX}-{}-{hash}", head.trim_end_matches('-'))
 }
 
+/// The libvirt storage pool (type `logical`) lab defines over a volume group, so that
+/// `virsh vol-list` and virt-manager show lab's thin volumes.
+pub fn storage_pool(vg: &str) -> String {
+    format!("{PREFIX}-{vg}")
+}
+
 pub fn base_volume(profile: &str) -> String {
     format!("{PREFIX}-{profile}-base")
 }

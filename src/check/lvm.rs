@@ -2,7 +2,7 @@
 //! SSD. Without lvm2 lab falls back to qcow2 overlays, so most findings are warnings unless
 //! the profile demands `backend = "lvm-thin"`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -291,7 +291,7 @@ fn issue_discards_check(ctx: &CheckContext<'_>, facts: &mut LvmFacts) -> Check {
         );
     }
     let path = lvmlocal_path(sysroot);
-    if let Err(e) = write_issue_discards(&path) {
+    if let Err(e) = lvm::write_issue_discards(&path) {
         return Check::warn(
             ID,
             format!(
@@ -337,27 +337,6 @@ fn issue_discards_check(ctx: &CheckContext<'_>, facts: &mut LvmFacts) -> Check {
             ),
         ),
     }
-}
-
-/// Write `issue_discards = 1` into lvmlocal.conf through a temporary file and a rename, so
-/// an interrupted write never leaves LVM a half file; the original mode is kept.
-fn write_issue_discards(path: &Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let old = match std::fs::read_to_string(path) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
-    };
-    let new = lvm::set_issue_discards(old.as_deref().unwrap_or(""));
-    let dir = path.parent().context("lvmlocal.conf has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(".lvmlocal.conf.lab-tmp");
-    std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
 }
 
 fn gib_ceil(bytes: f64) -> u64 {
@@ -715,6 +694,7 @@ mod tests {
     use super::*;
     use crate::check::{Status, StorageTarget};
     use crate::profile::{Profile, ProfileSource};
+    use std::path::Path;
 
     fn fixture_dir(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1165,6 +1145,7 @@ mod real_capture_tests {
     use super::*;
     use crate::check::Status;
     use crate::host::lvm::{ThinPool, parse_lvs};
+    use std::path::Path;
 
     fn pool(file: &str) -> ThinPool {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -20,6 +20,9 @@ use crate::runner::Cmd;
 pub const LVS_FIELDS: &str = "lv_name,vg_name,lv_attr,segtype,lv_size,lv_metadata_size,data_percent,metadata_percent,discards,lv_uuid,lv_tags";
 pub const VGS_FIELDS: &str = "vg_name,vg_uuid,vg_size,vg_free,pv_count,lv_count";
 pub const PVS_FIELDS: &str = "pv_name,vg_name,pv_size,pv_free,pv_uuid";
+/// [`LVS_FIELDS`] plus what the thin backend needs to tell lab's volumes from others: the
+/// pool a thin LV lives in and the origin a snapshot was taken of.
+pub const THIN_LVS_FIELDS: &str = "lv_name,vg_name,lv_attr,segtype,lv_size,lv_metadata_size,data_percent,metadata_percent,discards,lv_uuid,lv_tags,pool_lv,origin";
 
 /// LVM scans every block device; on a laptop with a sleeping USB disk that can take a
 /// while, but never this long.
@@ -44,12 +47,27 @@ pub struct LvRow {
     pub discards: Option<String>,
     pub lv_uuid: String,
     pub lv_tags: Vec<String>,
+    /// The thin pool of a thin LV (only when the report asked for `pool_lv`).
+    pub pool_lv: Option<String>,
+    /// The LV a snapshot was taken of (only when the report asked for `origin`).
+    pub origin: Option<String>,
 }
 
 impl LvRow {
     /// `lv_attr` character 5 is the state: `a` active.
     pub fn is_active(&self) -> bool {
         self.lv_attr.chars().nth(4) == Some('a')
+    }
+
+    /// `lv_attr` character 2 is the permission: `r` read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.lv_attr.chars().nth(1) == Some('r')
+    }
+
+    /// `lv_attr` character 10 is `k` when LVM skips the LV on normal activation (thin
+    /// snapshots get this flag: only `-K` activates them).
+    pub fn skips_activation(&self) -> bool {
+        self.lv_attr.chars().nth(9) == Some('k')
     }
 }
 
@@ -143,6 +161,8 @@ pub fn parse_lvs(json: &str) -> anyhow::Result<Vec<LvRow>> {
                 .filter(|t| !t.is_empty())
                 .map(str::to_string)
                 .collect(),
+            pool_lv: opt_text(&row, "pool_lv"),
+            origin: opt_text(&row, "origin"),
         });
     }
     Ok(out)
@@ -314,7 +334,7 @@ pub fn installed(sysroot: &Sysroot, name: &str) -> Option<PathBuf> {
 }
 
 /// LVM tools with the environment lab always gives them.
-fn lvm_cmd(program: &Path) -> Cmd {
+pub fn lvm_cmd(program: &Path) -> Cmd {
     // LVM warns on every inherited descriptor, which is noise in a captured stderr.
     Cmd::new(program)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
@@ -367,13 +387,22 @@ pub fn config_dir(sysroot: &Sysroot) -> PathBuf {
 /// full`, pointed at the sysroot's `/etc/lvm` by `LVM_SYSTEM_DIR` when not live. Without any
 /// config file `--type full` fails, so LVM's default is read with `--type default`.
 pub fn issue_discards(sysroot: &Sysroot) -> anyhow::Result<IssueDiscards> {
+    read_issue_discards(&config_dir(sysroot), !sysroot.is_live())
+}
+
+/// [`issue_discards`] of the LVM configuration directory `dir` (what `LVM_SYSTEM_DIR`
+/// names), for a configuration other than the machine's own.
+pub fn issue_discards_in(dir: &Path) -> anyhow::Result<IssueDiscards> {
+    read_issue_discards(dir, true)
+}
+
+fn read_issue_discards(dir: &Path, set_system_dir: bool) -> anyhow::Result<IssueDiscards> {
     let lvmconfig = host_program("lvmconfig")
         .ok_or_else(|| anyhow!("lvmconfig is not installed on this machine"))?;
-    let dir = config_dir(sysroot);
     let has_config = dir.join("lvm.conf").is_file() || dir.join("lvmlocal.conf").is_file();
     let mut cmd = lvm_cmd(&lvmconfig);
-    if !sysroot.is_live() {
-        cmd = cmd.env("LVM_SYSTEM_DIR", &dir);
+    if set_system_dir {
+        cmd = cmd.env("LVM_SYSTEM_DIR", dir);
     }
     let kind = if has_config { "full" } else { "default" };
     let out = cmd
@@ -388,13 +417,30 @@ pub fn issue_discards(sysroot: &Sysroot) -> anyhow::Result<IssueDiscards> {
     })?;
     Ok(IssueDiscards {
         value,
-        config_dir: if sysroot.is_live() {
-            PathBuf::from("/etc/lvm")
-        } else {
-            dir
-        },
+        config_dir: dir.to_path_buf(),
         built_in_default: !has_config,
     })
+}
+
+/// Write `issue_discards = 1` into an `lvmlocal.conf` (made when missing) with
+/// [`set_issue_discards`], through a temporary file and a rename, so an interrupted write
+/// never leaves LVM a half file; the original mode is kept.
+pub fn write_issue_discards(path: &Path) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    let new = set_issue_discards(old.as_deref().unwrap_or(""));
+    let dir = path.parent().context("lvmlocal.conf has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(".lvmlocal.conf.lab-tmp");
+    std::fs::write(&tmp, new).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 /// Set `devices { issue_discards = 1 }` in an `lvmlocal.conf` text, keeping everything

@@ -310,6 +310,151 @@ impl Libvirt {
     }
 }
 
+/// What lab needs to know of a libvirt storage pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoragePoolInfo {
+    pub name: String,
+    /// `dir`, `logical`, ...
+    pub kind: String,
+    /// `<source><name>`: the volume group of a logical pool.
+    pub source_name: Option<String>,
+    pub target_path: Option<String>,
+    pub active: bool,
+}
+
+#[derive(Deserialize)]
+struct StoragePoolXml {
+    #[serde(rename = "@type")]
+    kind: String,
+    name: String,
+    #[serde(default)]
+    source: Option<PoolSourceXml>,
+    #[serde(default)]
+    target: Option<PoolTargetXml>,
+}
+
+#[derive(Deserialize)]
+struct PoolSourceXml {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PoolTargetXml {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl StoragePoolInfo {
+    pub fn from_xml(xml: &str) -> Result<StoragePoolInfo> {
+        let parsed: StoragePoolXml =
+            quick_xml::de::from_str(xml).context("parsing a libvirt storage pool's XML")?;
+        Ok(StoragePoolInfo {
+            name: parsed.name,
+            kind: parsed.kind,
+            source_name: parsed.source.and_then(|s| s.name),
+            target_path: parsed.target.and_then(|t| t.path),
+            active: false,
+        })
+    }
+}
+
+/// Storage pools: lab defines one of type `logical` over a volume group so libvirt's tools
+/// show its thin volumes. Never `build` or `delete`: for a logical pool those would create
+/// or remove the volume group itself.
+impl Libvirt {
+    /// Every storage pool libvirt knows, active or not.
+    pub fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>> {
+        let pools = self
+            .conn
+            .list_all_storage_pools(0)
+            .context("listing libvirt storage pools")?;
+        let mut out = Vec::new();
+        for pool in pools {
+            let xml = pool
+                .xml_desc(0)
+                .context("reading a libvirt storage pool's XML")?;
+            let mut info = StoragePoolInfo::from_xml(&xml)?;
+            info.active = pool.is_active().unwrap_or(false);
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    fn storage_pool(&self, name: &str) -> Result<virt::storage_pool::StoragePool> {
+        self.conn
+            .lookup_storage_pool_by_name(name)
+            .map_err(|e| anyhow::anyhow!("looking up storage pool {name}: {}", e.message()))
+    }
+
+    /// Define a persistent storage pool, start it and mark it to start with libvirt. When it
+    /// cannot start it is undefined again: a failure leaves nothing behind.
+    pub fn define_storage_pool(&self, name: &str, xml: &str) -> Result<()> {
+        let pool = self
+            .conn
+            .define_storage_pool_xml(xml, 0)
+            .map_err(|e| anyhow::anyhow!("defining storage pool {name}: {}", e.message()))?;
+        let started = pool
+            .create(0)
+            .map_err(|e| anyhow::anyhow!("starting storage pool {name}: {}", e.message()))
+            .and_then(|()| {
+                pool.set_autostart(true).map(|_| ()).map_err(|e| {
+                    anyhow::anyhow!("marking storage pool {name} autostart: {}", e.message())
+                })
+            });
+        if let Err(e) = started {
+            if pool.is_active().unwrap_or(false) {
+                let _ = pool.destroy();
+            }
+            let _ = pool.undefine();
+            return Err(e.context(format!("storage pool {name} was not kept")));
+        }
+        Ok(())
+    }
+
+    pub fn start_storage_pool(&self, name: &str) -> Result<()> {
+        let pool = self.storage_pool(name)?;
+        if !pool.is_active().unwrap_or(false) {
+            pool.create(0)
+                .map_err(|e| anyhow::anyhow!("starting storage pool {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// Have libvirt read the pool's volumes again (it lists them from a cache).
+    pub fn refresh_storage_pool(&self, name: &str) -> Result<()> {
+        self.storage_pool(name)?
+            .refresh(0)
+            .map_err(|e| anyhow::anyhow!("refreshing storage pool {name}: {}", e.message()))
+    }
+
+    /// The names of an active pool's volumes.
+    pub fn storage_volumes(&self, name: &str) -> Result<Vec<String>> {
+        let mut names = self.storage_pool(name)?.list_volumes().map_err(|e| {
+            anyhow::anyhow!("listing volumes of storage pool {name}: {}", e.message())
+        })?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Stop and undefine a storage pool (its volumes stay where they are); one that is
+    /// already gone is no error.
+    pub fn remove_storage_pool(&self, name: &str) -> Result<()> {
+        let Ok(pool) = self.conn.lookup_storage_pool_by_name(name) else {
+            return Ok(());
+        };
+        if pool.is_active().unwrap_or(false) {
+            pool.destroy()
+                .map_err(|e| anyhow::anyhow!("stopping storage pool {name}: {}", e.message()))?;
+        }
+        if pool.is_persistent().unwrap_or(false) {
+            pool.undefine()
+                .map_err(|e| anyhow::anyhow!("undefining storage pool {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+}
+
 /// The image each disk of a domain writes to (file or block device). Backing files are
 /// left out: a running domain only reads them, so a base behind running clones may still be
 /// cloned.

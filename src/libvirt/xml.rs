@@ -334,6 +334,52 @@ pub struct RngBackend {
     pub path: &'static str,
 }
 
+/// A libvirt storage pool of type `logical` over a volume group. libvirt lists the VG's
+/// active LVs, thin volumes included, as the pool's volumes. Defining it changes nothing in
+/// the VG; lab never asks libvirt to build or delete it (that would make or remove the VG).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename = "pool")]
+pub struct StoragePoolXml {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    pub name: String,
+    pub source: PoolSource,
+    pub target: PoolTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolSource {
+    /// The volume group's name.
+    pub name: String,
+    pub format: PoolFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolFormat {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolTarget {
+    pub path: String,
+}
+
+/// lab's pool over `vg`: named [`names::storage_pool`], its volumes under `/dev/VG`.
+pub fn logical_pool_for(vg: &str) -> StoragePoolXml {
+    StoragePoolXml {
+        kind: "logical",
+        name: names::storage_pool(vg),
+        source: PoolSource {
+            name: vg.to_string(),
+            format: PoolFormat { kind: "lvm2" },
+        },
+        target: PoolTarget {
+            path: format!("/dev/{vg}"),
+        },
+    }
+}
+
 /// The lab network of a plan: isolated (no `<forward>`) or NAT, a DHCP range for
 /// strangers and a fixed lease per VM (its MAC, its address, its name in DNS).
 pub fn network_for(plan: &Plan) -> NetworkXml {
@@ -607,5 +653,19 @@ mod tests {
         let owner = crate::state::owner_from_xml(&xml).unwrap();
         assert_eq!(owner.profile, "sm<o>ke");
         assert!(!xml.contains("<forward"));
+    }
+
+    #[test]
+    fn a_logical_pool_names_its_volume_group() {
+        let xml = to_xml(&logical_pool_for("vg_lab"));
+        assert_eq!(
+            xml,
+            "<pool type=\"logical\">\n  <name>lab-vg_lab</name>\n  <source>\n    <name>vg_lab</name>\n    \
+             <format type=\"lvm2\"/>\n  </source>\n  <target>\n    <path>/dev/vg_lab</path>\n  </target>\n</pool>"
+        );
+        let info = crate::libvirt::StoragePoolInfo::from_xml(&xml).unwrap();
+        assert_eq!(info.name, "lab-vg_lab");
+        assert_eq!(info.kind, "logical");
+        assert_eq!(info.source_name.as_deref(), Some("vg_lab"));
     }
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::size::ByteSize;
 use crate::state::ObservedVolume;
 
+pub mod lvm_thin;
 pub mod qcow2;
 
 /// A disk lab made, as a domain will see it.

@@ -1,0 +1,894 @@
+//! The LVM thin backend for real. This kernel has no device-mapper, so the test boots a
+//! throwaway TCG guest (tests/support/guest.rs) with a scratch disk and runs this very test
+//! binary inside it: the ignored test `in_guest` drives `LvmThinStorage` step by step and
+//! reports over the serial console (LAB-STEP, LAB-DATA lines); the host-side test asserts
+//! on what it reported. lab's library is linked in, so every LVM command line the backend
+//! runs is logged on the console too, as at `-v`.
+//!
+//! It always runs and fails (never skips) when the guest does not boot or a step fails.
+//! About 75 s on a 2-core machine: some 140 LVM commands at 0.3 to 1 s each under TCG.
+//! `LAB_GUEST_CONSOLE=1` prints the whole console.
+
+#[path = "support/guest.rs"]
+mod guest;
+
+use std::time::{Duration, Instant};
+
+use guest::{DiskFormat, Guest, GuestRun};
+use serde_json::Value;
+
+/// Set in the guest only: `in_guest` refuses to run without it (it takes /dev/vda).
+const GUEST_ENV: &str = "LAB_THIN_GUEST";
+const VG: &str = "vg_lab";
+const POOL: &str = "lab-pool";
+const PROFILE: &str = "demo";
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+/// Small, so the fill threshold is reached by writing about 100 MiB (writes are slow
+/// under TCG).
+const POOL_SIZE: u64 = 128 * MIB;
+/// Written into and deleted from a snapshot's ext4 before fstrim: 25% of the pool.
+const WRITE: u64 = 32 * MIB;
+/// The base sizes whose clone time is measured (virtual: the pool is over-provisioned).
+const TIMED_GIB: [u64; 3] = [1, 10, 100];
+const TIMED_RUNS: usize = 3;
+/// The imported base image's virtual size (twice the pool: thin volumes may
+/// over-provision), room enough for the filler clone to pass the threshold.
+const BASE_SIZE: u64 = 256 * MIB;
+const HELLO: &str = "hello from lab's base image\n";
+
+#[test]
+fn lvm_thin_backend_in_a_tcg_guest() {
+    let started = Instant::now();
+    // This binary without its debug information (a tenth of the size): a smaller
+    // initramfs boots faster.
+    let work = tempfile::tempdir().unwrap();
+    let exe = work.path().join("lvm_thin_guest");
+    lab::runner::Cmd::new("objcopy")
+        .arg("--strip-debug")
+        .arg(std::env::current_exe().expect("the test binary's path"))
+        .arg(&exe)
+        .run()
+        .expect("objcopy (binutils, installed with gcc)");
+    let exe = exe.to_str().expect("a UTF-8 path").to_string();
+    let script = format!(
+        "export {GUEST_ENV}=1\n{} in_guest --exact --ignored --nocapture --test-threads=1\n",
+        lab::runner::quote(&exe)
+    );
+    let run = Guest::new(script)
+        .lvm_thin()
+        .ext4()
+        .executables(&["lvmconfig", "qemu-img", &exe])
+        .disk(2 * GIB, DiskFormat::Raw)
+        .memory_mib(1024)
+        .timeout(Duration::from_secs(600))
+        .run();
+    run.assert_ok();
+    for name in [
+        "vg",
+        "pool-create",
+        "issue-discards",
+        "base-image",
+        "base-import",
+        "base-seal",
+        "clone-web1",
+        "clone-web2",
+        "clone-db1",
+        "deactivate-db1",
+        "clone-volume-db1",
+        "trim",
+        "clone-filler",
+        "fill",
+        "remove-filler",
+        "by-hand",
+        "remove-clones",
+        "remove-base",
+        "end",
+    ] {
+        assert!(run.step(name).ok, "step {name}: {}", run.step(name).detail);
+    }
+
+    check_bad_input(&run);
+    check_pool(&run);
+    check_base(&run);
+    check_snapshots(&run);
+    check_trim(&run);
+    check_threshold(&run);
+    check_removal(&run);
+    check_commands_are_logged(&run);
+    let times = clone_times(&run);
+    eprintln!(
+        "thin snapshot clone (LvmThinStorage::clone_base: lvs + lvcreate -s -K) in a TCG guest, \
+         median of {TIMED_RUNS}: {}; boot to script {:?}, QEMU {:?}, whole test {:?}, \
+         initramfs {} MiB",
+        times
+            .iter()
+            .map(|(gib, ms)| format!("{gib} GiB base {ms:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        run.boot_to_script,
+        run.qemu_time,
+        started.elapsed(),
+        run.initramfs_bytes / MIB,
+    );
+}
+
+/// A refusal the guest reported: its message, and whether the VG's LVs stayed the same.
+fn refusal(run: &GuestRun, name: &str) -> String {
+    let v = run.data_json(name);
+    let error = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} was not refused: {v}"))
+        .to_string();
+    assert_eq!(
+        v["unchanged"], true,
+        "{name}: the refusal changed the LVs: {v}"
+    );
+    error
+}
+
+fn assert_has(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
+fn check_bad_input(run: &GuestRun) {
+    assert_has(
+        &refusal(run, "bad-vg-create-pool"),
+        &[
+            "cannot create thin pool vg_missing/lab-pool",
+            "volume group vg_missing does not exist",
+        ],
+    );
+    assert_has(
+        &refusal(run, "bad-vg-clone"),
+        &["volume group vg_missing does not exist"],
+    );
+    assert_has(
+        &refusal(run, "bad-pool-clone"),
+        &[
+            "thin pool vg_lab/lab-pool does not exist",
+            "lvcreate --type thin-pool",
+        ],
+    );
+    assert_has(
+        &refusal(run, "bad-pool-create-base"),
+        &["thin pool vg_lab/lab-pool does not exist"],
+    );
+    assert_has(
+        &refusal(run, "pool-exists"),
+        &[
+            "cannot create thin pool vg_lab/lab-pool",
+            "already exists (a thin pool)",
+        ],
+    );
+    assert_has(
+        &refusal(run, "clone-without-base"),
+        &["base vg_lab/lab-demo-base is missing"],
+    );
+    assert_has(
+        &refusal(run, "import-missing-image"),
+        &["base image /tmp/no-such-image.qcow2 does not exist"],
+    );
+}
+
+fn check_pool(run: &GuestRun) {
+    let pool = run.data_json("pool");
+    assert_eq!(pool["vg"], VG);
+    assert_eq!(pool["name"], POOL);
+    assert_eq!(pool["discards"], "passdown");
+    assert_eq!(pool["active"], true);
+    assert_eq!(pool["size"], POOL_SIZE);
+    let lvs = run.data_json("pool-lvs");
+    let row = &lvs["report"][0]["lv"][0];
+    assert_eq!(row["discards"], "passdown", "{lvs}");
+    assert_eq!(
+        row["zero"], "zero",
+        "zeroing of new pool blocks is on: {lvs}"
+    );
+    let discards = run.data_json("issue-discards");
+    assert_eq!(discards["before"], 0, "{discards}");
+    assert_eq!(discards["after"], 1, "{discards}");
+    assert_has(
+        discards["lvmlocal"].as_str().unwrap(),
+        &["issue_discards = 1"],
+    );
+}
+
+fn check_base(run: &GuestRun) {
+    let unsealed = run.data_json("base-unsealed");
+    assert_eq!(
+        unsealed["base"],
+        Value::Null,
+        "an unsealed base is no base: {unsealed}"
+    );
+    assert_has(
+        &refusal(run, "clone-unsealed"),
+        &["base vg_lab/lab-demo-base is unfinished (not sealed)"],
+    );
+    let base = run.data_json("base");
+    assert_eq!(base["path"], "/dev/vg_lab/lab-demo-base");
+    let row = &base["row"];
+    assert_eq!(row["segtype"], "thin");
+    assert_eq!(row["pool_lv"], POOL);
+    assert_eq!(
+        row["lv_tags"],
+        serde_json::json!(["lab", "lab-profile-demo", "lab-role-base"])
+    );
+    let attr = row["lv_attr"].as_str().unwrap();
+    assert_eq!(&attr[1..2], "r", "sealed: read-only ({attr})");
+    assert_eq!(&attr[4..5], "a", "active ({attr})");
+    // 256 MiB virtual, and only the image's data written: the zeros of the image are
+    // skipped (a mostly empty ext4 holds a few MiB).
+    assert_eq!(row["lv_size"], BASE_SIZE);
+    let written: f64 = row["data_percent"].as_f64().unwrap();
+    assert!(
+        written > 0.0 && written < 10.0,
+        "base data_percent {written}"
+    );
+    assert!(
+        base["write_error"].is_string(),
+        "a write to the sealed base went through: {base}"
+    );
+}
+
+fn check_snapshots(run: &GuestRun) {
+    let clones = run.data_json("clones");
+    for vm in ["web1", "web2", "db1"] {
+        let c = &clones[vm];
+        let row = &c["row"];
+        assert_eq!(c["path"], format!("/dev/vg_lab/lab-demo-{vm}"));
+        assert_eq!(c["block_device"], true, "{vm}: {c}");
+        assert_eq!(c["ext4_magic"], true, "{vm} shows the base's ext4: {c}");
+        assert_eq!(row["origin"], "lab-demo-base", "{vm}");
+        assert_eq!(row["pool_lv"], POOL);
+        assert_eq!(
+            row["lv_tags"],
+            serde_json::json!([
+                "lab",
+                "lab-profile-demo",
+                "lab-role-clone",
+                format!("lab-vm-{vm}")
+            ]),
+        );
+        let attr = row["lv_attr"].as_str().unwrap();
+        assert_eq!(&attr[1..2], "w", "{vm} writable ({attr})");
+        assert_eq!(&attr[4..5], "a", "{vm} activated with -K ({attr})");
+        assert_eq!(
+            &attr[9..10],
+            "k",
+            "{vm} keeps the activation-skip flag ({attr})"
+        );
+    }
+    assert_has(
+        &refusal(run, "clone-base-in-use"),
+        &["base vg_lab/lab-demo-base is in use by running domain lab-demo-builder"],
+    );
+    assert_has(
+        &refusal(run, "clone-exists"),
+        &["vg_lab/lab-demo-web1 already exists (lab's"],
+    );
+    // Deactivated as after a reboot (normal activation skips it), then back with -K.
+    let inactive = run.data_json("db1-inactive");
+    assert_eq!(
+        &inactive["lv_attr"].as_str().unwrap()[4..5],
+        "-",
+        "{inactive}"
+    );
+    let back = run.data_json("db1-reactivated");
+    assert_eq!(
+        &back["row"]["lv_attr"].as_str().unwrap()[4..5],
+        "a",
+        "{back}"
+    );
+    assert_eq!(back["block_device"], true, "{back}");
+
+    let observed = run.data_json("observe");
+    let find = |name: &str| {
+        observed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not observed: {observed}"))
+            .clone()
+    };
+    let base = find("lab-demo-base");
+    assert_eq!(
+        (base["role"].as_str(), base["sealed"].as_bool()),
+        (Some("base"), Some(true))
+    );
+    let web1 = find("lab-demo-web1");
+    assert_eq!(web1["role"], "clone");
+    assert_eq!(web1["owner"]["profile"], PROFILE);
+    assert_eq!(web1["owner"]["vm"], "web1");
+    assert_eq!(web1["location"], "vg_lab/lab-demo-web1");
+}
+
+fn check_trim(run: &GuestRun) {
+    let t = run.data_json("trim");
+    assert_eq!(t["hello"], HELLO, "web1 carries the base's file: {t}");
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}"));
+    let (before, written, deleted, trimmed) =
+        (f("before"), f("written"), f("deleted"), f("trimmed"));
+    // 64 MiB of a 256 MiB pool is 25 points.
+    let share = WRITE as f64 / POOL_SIZE as f64 * 100.0;
+    assert!(
+        written - before > share * 0.9,
+        "writing {WRITE} bytes: {before}% -> {written}%"
+    );
+    assert!(
+        deleted > written - 2.0,
+        "deleting alone gave the blocks back: {written}% -> {deleted}%"
+    );
+    assert!(
+        deleted - trimmed > share * 0.9,
+        "fstrim gave back too little: {deleted}% -> {trimmed}%"
+    );
+    assert!(
+        trimmed - before < share / 2.0,
+        "most of the write came back: {before}% before, {trimmed}% after fstrim"
+    );
+    assert_has(t["fstrim"].as_str().unwrap(), &["trimmed"]);
+    // usage() reads the same growth on the clone itself.
+    let grown = t["usage_written"].as_u64().unwrap() - t["usage_before"].as_u64().unwrap();
+    assert!(grown >= WRITE * 9 / 10, "usage grew by {grown}");
+}
+
+fn check_threshold(run: &GuestRun) {
+    let filled = run.data_json("filled");
+    let data = filled["data_percent"].as_f64().unwrap();
+    assert!(
+        data > 80.0,
+        "the pool was filled past the threshold: {filled}"
+    );
+    assert_has(
+        &refusal(run, "too-full"),
+        &[
+            "thin pool vg_lab/lab-pool is too full",
+            &format!("data is {data:.2}% used"),
+            "lvextend -L +1G vg_lab/lab-pool",
+            "below 80%",
+        ],
+    );
+    let after = run.data_json("after-filler");
+    let freed = after["data_percent"].as_f64().unwrap();
+    assert!(
+        freed < 40.0,
+        "removing the filler clone freed its blocks: {after}"
+    );
+}
+
+fn check_removal(run: &GuestRun) {
+    assert_has(
+        &refusal(run, "remove-untagged"),
+        &[
+            "vg_lab/lab-demo-intruder is not lab's clone of intruder",
+            "no `lab` tag",
+            "left alone",
+        ],
+    );
+    assert_has(
+        &refusal(run, "clone-over-untagged"),
+        &["vg_lab/lab-demo-intruder already exists and is not lab's"],
+    );
+    assert_has(
+        &refusal(run, "remove-other-profile"),
+        &[
+            "vg_lab/lab-demo-other is not lab's clone of other",
+            "lab-profile-other",
+            "left alone",
+        ],
+    );
+    assert_has(
+        &refusal(run, "remove-in-use"),
+        &["vg_lab/lab-demo-web2 is in use by running domain lab-demo-web2"],
+    );
+    assert_has(
+        &refusal(run, "remove-base-with-clones"),
+        &[
+            "base vg_lab/lab-demo-base still has clones",
+            "lab-demo-web1",
+            "lab-demo-db1",
+        ],
+    );
+    let end = run.data_json("end");
+    // The timed profiles' volumes (lab-t1-base...) stay to the end of the guest.
+    let mut lvs: Vec<&str> = end["lvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .filter(|n| !n.starts_with("lab-t"))
+        .collect();
+    lvs.sort();
+    assert_eq!(lvs, ["lab-demo-intruder", "lab-demo-other", POOL], "{end}");
+    let observed = end["observe"].as_array().unwrap();
+    let intruder = observed
+        .iter()
+        .find(|v| v["name"] == "lab-demo-intruder")
+        .expect("the untagged LV is observed");
+    assert_eq!(intruder["owner"], Value::Null, "it is nobody's to lab");
+}
+
+/// At -v every LVM and qemu-img command is logged as a line a person could paste.
+fn check_commands_are_logged(run: &GuestRun) {
+    let commands: Vec<&str> = run
+        .console_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("$ "))
+        .collect();
+    let logged = |parts: &[&str]| {
+        assert!(
+            commands.iter().any(|c| parts.iter().all(|p| c.contains(p))),
+            "no logged command with {parts:?} among {} commands",
+            commands.len()
+        );
+    };
+    logged(&[
+        "lvm lvcreate",
+        "--type thin-pool",
+        "--discards passdown",
+        "--zero y",
+    ]);
+    logged(&[
+        "lvm lvcreate",
+        "--snapshot",
+        "--ignoreactivationskip",
+        "--addtag lab-vm-web1",
+    ]);
+    logged(&["lvm lvchange", "--permission r", "vg_lab/lab-demo-base"]);
+    logged(&[
+        "lvm lvchange",
+        "--activate y --ignoreactivationskip",
+        "vg_lab/lab-demo-db1",
+    ]);
+    logged(&["lvm lvremove", "vg_lab/lab-demo-web1"]);
+    logged(&["qemu-img convert -n --target-is-zero -f qcow2 -O raw"]);
+    logged(&["lvm lvs --reportformat json"]);
+}
+
+/// The median clone time per base size, from LAB-DATA clone-time-<N>g.
+fn clone_times(run: &GuestRun) -> Vec<(u64, f64)> {
+    let mut out = Vec::new();
+    for gib in TIMED_GIB {
+        let v = run.data_json(&format!("clone-time-{gib}g"));
+        assert_eq!(v["virtual_size"], gib * GIB, "{v}");
+        let runs = v["ms"].as_array().unwrap();
+        assert_eq!(runs.len(), TIMED_RUNS, "{v}");
+        let median = v["median_ms"].as_f64().unwrap();
+        assert!(median > 0.0, "{v}");
+        out.push((gib, median));
+    }
+    // Clone time does not grow with the base: a thin snapshot copies no data (a copy of
+    // 100 GiB would take 100 times as long). The issue's goal is 1.5 times at most; the
+    // bound here is 2 because TCG makes every LVM command slow and noisy. The figures are
+    // printed.
+    let (small, large) = (out[0].1, out[2].1);
+    assert!(
+        large < small * 2.0,
+        "a 100 GiB base took {large:.0} ms to clone, a 1 GiB base {small:.0} ms"
+    );
+    out
+}
+
+#[test]
+#[ignore = "runs inside the TCG guest that lvm_thin_backend_in_a_tcg_guest boots"]
+fn in_guest() {
+    assert!(
+        std::env::var_os(GUEST_ENV).is_some(),
+        "in_guest runs inside the test guest only: it takes /dev/vda for a volume group"
+    );
+    in_guest::run();
+}
+
+mod in_guest {
+    //! The guest side: each step prints `LAB-STEP name ok|fail`, each fact `LAB-DATA name
+    //! JSON`; the first failed step ends the run.
+
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileTypeExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use anyhow::{Context, Result};
+    use lab::host::lvm::LvRow;
+    use lab::runner::Cmd;
+    use lab::size::ByteSize;
+    use lab::storage::lvm_thin::LvmThinStorage;
+    use lab::storage::{InUse, Storage};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The VG's LV names after the last refusal, while no step has run since: the next
+    /// refusal's "before" (each `lvs` costs a third of a second under TCG).
+    static LAST_LVS: Mutex<Option<Vec<String>>> = Mutex::new(None);
+
+    fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> T {
+        *LAST_LVS.lock().unwrap() = None;
+        let t = Instant::now();
+        let result = f();
+        eprintln!("step {name}: {:.2} s", t.elapsed().as_secs_f64());
+        match result {
+            Ok(v) => {
+                println!("LAB-STEP {name} ok");
+                v
+            }
+            Err(e) => {
+                let detail = format!("{e:#}").replace('\n', " | ");
+                println!("LAB-STEP {name} fail {detail}");
+                panic!("step {name} failed: {detail}");
+            }
+        }
+    }
+
+    fn data(name: &str, value: Value) {
+        println!("LAB-DATA {name} {value}");
+    }
+
+    fn lv_names(s: &LvmThinStorage) -> Vec<String> {
+        let mut names: Vec<String> = s
+            .rows()
+            .map(|rows| rows.into_iter().map(|r| r.lv_name).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// An operation that must be refused: its message, and whether the LVs stayed as they
+    /// were.
+    fn refusal<T>(name: &str, s: &LvmThinStorage, f: impl FnOnce() -> Result<T>) {
+        let cached = LAST_LVS.lock().unwrap().take();
+        let before = cached.unwrap_or_else(|| lv_names(s));
+        let error = f().err().map(|e| format!("{e:#}"));
+        let after = lv_names(s);
+        *LAST_LVS.lock().unwrap() = Some(after.clone());
+        data(
+            name,
+            json!({"error": error, "unchanged": before == after, "lvs": after}),
+        );
+    }
+
+    fn row(s: &LvmThinStorage, lv: &str) -> Result<LvRow> {
+        s.rows()?
+            .into_iter()
+            .find(|r| r.lv_name == lv)
+            .with_context(|| format!("lvs does not list {lv}"))
+    }
+
+    fn pool_percent(s: &LvmThinStorage) -> Result<f64> {
+        s.pool()?.data_percent.context("the pool reports no fill")
+    }
+
+    fn is_block_device(path: &Path) -> bool {
+        fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+    }
+
+    /// The ext4 superblock's magic (0xEF53 at byte 1080) on a device.
+    fn has_ext4_magic(path: &Path) -> Result<bool> {
+        let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut magic = [0u8; 2];
+        f.seek(SeekFrom::Start(1080))?;
+        f.read_exact(&mut magic)?;
+        Ok(magic == [0x53, 0xef])
+    }
+
+    /// Write `bytes` of a pattern at `offset` of a file or device, then flush it to disk.
+    fn write_pattern(path: &Path, offset: u64, bytes: u64) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(!path.starts_with("/dev"))
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("opening {} for writing", path.display()))?;
+        f.seek(SeekFrom::Start(offset))?;
+        let block: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 | 1).collect();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(MIB) as usize;
+            f.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()?;
+        Ok(())
+    }
+
+    fn sh(program: &str, args: &[&str]) -> Result<String> {
+        Ok(Cmd::new(program).args(args).run()?.stdout)
+    }
+
+    /// A 256 MiB ext4 image holding hello.txt, converted to qcow2, in the guest's tmpfs.
+    fn base_image() -> Result<PathBuf> {
+        fs::create_dir_all("/tmp/seed")?;
+        fs::write("/tmp/seed/hello.txt", HELLO)?;
+        sh(
+            "mkfs.ext4",
+            &["-q", "-F", "-d", "/tmp/seed", "/tmp/base.raw", "256M"],
+        )?;
+        sh(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "/tmp/base.raw",
+                "/tmp/base.qcow2",
+            ],
+        )?;
+        fs::remove_file("/tmp/base.raw")?;
+        Ok(PathBuf::from("/tmp/base.qcow2"))
+    }
+
+    fn median_ms(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    pub fn run() {
+        // -v: every command the backend runs is logged on stderr, the console.
+        lab::ui::init(1, false, lab::cli::ColorChoice::Never);
+        let s = LvmThinStorage::new(VG, POOL);
+        let missing_vg = LvmThinStorage::new("vg_missing", POOL);
+
+        step("vg", || {
+            s.command("pvcreate").args(["-q", "/dev/vda"]).run()?;
+            s.command("vgcreate").args(["-q", VG, "/dev/vda"]).run()?;
+            Ok(())
+        });
+
+        // Bad input before there is a pool.
+        refusal("bad-vg-create-pool", &s, || {
+            missing_vg.create_pool(ByteSize::mib(64))
+        });
+        refusal("bad-vg-clone", &s, || {
+            missing_vg.clone_base(PROFILE, "web1", &[])
+        });
+        refusal("bad-pool-clone", &s, || s.clone_base(PROFILE, "web1", &[]));
+        refusal("bad-pool-create-base", &s, || {
+            s.create_base(PROFILE, ByteSize::mib(64))
+        });
+
+        // The pool, created on request only.
+        let pool = step("pool-create", || s.create_pool(ByteSize(POOL_SIZE)));
+        data("pool", json!(pool));
+        let lvs = step("pool-lvs", || {
+            let out = s
+                .command("lvs")
+                .args([
+                    "--reportformat",
+                    "json",
+                    "-o",
+                    "lv_name,discards,zero,chunk_size",
+                    &format!("{VG}/{POOL}"),
+                ])
+                .run()?;
+            Ok(serde_json::from_str::<Value>(&out.stdout)?)
+        });
+        data("pool-lvs", lvs);
+        refusal("pool-exists", &s, || s.create_pool(ByteSize(POOL_SIZE)));
+        step("issue-discards", || {
+            let before = s.issue_discards()?;
+            let after = s.enable_issue_discards()?;
+            let text = fs::read_to_string("/etc/lvm/lvmlocal.conf")?;
+            data(
+                "issue-discards",
+                json!({"before": before.value, "after": after.value, "lvmlocal": text}),
+            );
+            Ok(())
+        });
+
+        // The base: an ext4 image imported, then sealed.
+        refusal("clone-without-base", &s, || {
+            s.clone_base(PROFILE, "web1", &[])
+        });
+        refusal("import-missing-image", &s, || {
+            s.import_base(PROFILE, Path::new("/tmp/no-such-image.qcow2"))
+        });
+        let image = step("base-image", base_image);
+        let base = step("base-import", || s.import_base(PROFILE, &image));
+        let unsealed = step("base-unsealed", || s.base(PROFILE));
+        data("base-unsealed", json!({"base": unsealed}));
+        refusal("clone-unsealed", &s, || s.clone_base(PROFILE, "web1", &[]));
+        step("base-seal", || s.seal_base(PROFILE));
+        let sealed = step("base-sealed", || {
+            s.base(PROFILE)?.context("base() gives no base once sealed")
+        });
+        // The kernel refuses writes to a read-only LV (opening it for writing may succeed).
+        let write_error = write_pattern(&sealed.path, 0, MIB)
+            .err()
+            .map(|e| format!("{e:#}"));
+        data(
+            "base",
+            json!({"path": sealed.path, "row": row(&s, &base.name).ok(), "write_error": write_error}),
+        );
+
+        // Three snapshots.
+        let mut clones = serde_json::Map::new();
+        for vm in ["web1", "web2", "db1"] {
+            let t = Instant::now();
+            let v = step(&format!("clone-{vm}"), || s.clone_base(PROFILE, vm, &[]));
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            clones.insert(
+                vm.to_string(),
+                json!({
+                    "path": v.path,
+                    "format": v.format,
+                    "ms": ms,
+                    "block_device": is_block_device(&v.path),
+                    "ext4_magic": has_ext4_magic(&v.path).ok(),
+                    "row": null,
+                }),
+            );
+        }
+        let rows = s.rows().unwrap_or_default();
+        for (vm, c) in clones.iter_mut() {
+            let name = format!("lab-{PROFILE}-{vm}");
+            c["row"] = json!(rows.iter().find(|r| r.lv_name == name));
+        }
+        data("clones", Value::Object(clones));
+        refusal("clone-base-in-use", &s, || {
+            s.clone_base(
+                PROFILE,
+                "web4",
+                &[InUse {
+                    domain: "lab-demo-builder".into(),
+                    path: sealed.path.clone(),
+                }],
+            )
+        });
+        refusal("clone-exists", &s, || s.clone_base(PROFILE, "web1", &[]));
+        step("deactivate-db1", || {
+            s.command("lvchange")
+                .args(["--activate", "n", &format!("{VG}/lab-demo-db1")])
+                .run()?;
+            data("db1-inactive", json!(row(&s, "lab-demo-db1")?));
+            Ok(())
+        });
+        let db1 = step("clone-volume-db1", || {
+            s.clone_volume(PROFILE, "db1")?
+                .context("clone_volume gives no clone for db1")
+        });
+        data(
+            "db1-reactivated",
+            json!({"row": row(&s, "lab-demo-db1").ok(), "block_device": is_block_device(&db1.path)}),
+        );
+        data("observe", json!(s.observe().ok()));
+
+        // Write and delete in web1's ext4; fstrim gives the blocks back to the pool.
+        step("trim", || {
+            let web1 = s.clone_volume(PROFILE, "web1")?.context("no web1")?;
+            let dev = web1.path.to_str().context("path")?;
+            sh("mount", &["-t", "ext4", dev, "/mnt"])?;
+            let hello = fs::read_to_string("/mnt/hello.txt")?;
+            let before = pool_percent(&s)?;
+            let usage_before = s.usage(&web1)?.allocated;
+            write_pattern(Path::new("/mnt/blob"), 0, WRITE)?;
+            let written = pool_percent(&s)?;
+            let usage_written = s.usage(&web1)?.allocated;
+            fs::remove_file("/mnt/blob")?;
+            sh("sync", &[])?;
+            let deleted = pool_percent(&s)?;
+            let fstrim = sh("fstrim", &["-v", "/mnt"])?;
+            let trimmed = pool_percent(&s)?;
+            sh("umount", &["/mnt"])?;
+            data(
+                "trim",
+                json!({
+                    "hello": hello, "before": before, "written": written, "deleted": deleted,
+                    "trimmed": trimmed, "fstrim": fstrim, "usage_before": usage_before,
+                    "usage_written": usage_written,
+                }),
+            );
+            Ok(())
+        });
+
+        // Clone time against base size: empty thin bases with some data, sealed. They stay
+        // to the end (removal is tested on the demo profile; LVM commands are slow here).
+        // The clones are made round-robin across the sizes: each LV in the VG makes LVM a
+        // little slower, which must not count against the later sizes.
+        let mut bases = Vec::new();
+        for gib in TIMED_GIB {
+            let profile = format!("t{gib}");
+            bases.push(step(&format!("timed-base-{gib}g"), || {
+                let base = s.create_base(&profile, ByteSize::gib(gib))?;
+                // Some data at both ends, as an installed system has.
+                write_pattern(&base.path, 0, MIB)?;
+                write_pattern(&base.path, gib * GIB - MIB, MIB)?;
+                s.seal_base(&profile)?;
+                Ok(base)
+            }));
+        }
+        let mut ms = vec![Vec::new(); TIMED_GIB.len()];
+        for i in 0..TIMED_RUNS {
+            for (k, gib) in TIMED_GIB.iter().enumerate() {
+                let t = Instant::now();
+                step(&format!("timed-clone-{gib}g-{i}"), || {
+                    s.clone_base(&format!("t{gib}"), &format!("c{i}"), &[])
+                });
+                ms[k].push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        for ((gib, base), ms) in TIMED_GIB.iter().zip(&bases).zip(ms) {
+            data(
+                &format!("clone-time-{gib}g"),
+                json!({
+                    "virtual_size": s.usage(base).map(|u| u.virtual_size).ok(),
+                    "median_ms": median_ms(ms.clone()), "ms": ms,
+                }),
+            );
+        }
+
+        // Past the fill threshold: a filler clone takes the pool to about 85%.
+        let filler = step("clone-filler", || s.clone_base(PROFILE, "filler", &[]));
+        step("fill", || {
+            let pool = s.pool()?;
+            let size = pool.size.context("pool size")?;
+            let used = pool.data_percent.context("pool fill")? / 100.0 * size as f64;
+            let target = size as f64 * 0.85 - used;
+            let bytes = (target / MIB as f64).ceil() as u64 * MIB;
+            write_pattern(&filler.path, 0, bytes)?;
+            Ok(())
+        });
+        data("filled", json!(s.pool().ok()));
+        refusal("too-full", &s, || s.clone_base(PROFILE, "late", &[]));
+        step("remove-filler", || s.remove_clone(PROFILE, "filler", &[]));
+        data("after-filler", json!(s.pool().ok()));
+
+        // Removal: LVs made by hand with lab's names are left alone.
+        step("by-hand", || {
+            s.command("lvcreate")
+                .args(["--type", "thin", "-V", "64m", "--thinpool", POOL])
+                .args(["-n", "lab-demo-intruder", VG])
+                .run()?;
+            s.command("lvcreate")
+                .args(["--type", "thin", "-V", "64m", "--thinpool", POOL])
+                .args(["-n", "lab-demo-other", "--addtag", "lab", "--addtag"])
+                .args([
+                    "lab-profile-other",
+                    "--addtag",
+                    "lab-role-clone",
+                    "--addtag",
+                ])
+                .args(["lab-vm-other", VG])
+                .run()?;
+            Ok(())
+        });
+        refusal("remove-untagged", &s, || {
+            s.remove_clone(PROFILE, "intruder", &[])
+        });
+        refusal("clone-over-untagged", &s, || {
+            s.clone_base(PROFILE, "intruder", &[])
+        });
+        refusal("remove-other-profile", &s, || {
+            s.remove_clone(PROFILE, "other", &[])
+        });
+        refusal("remove-in-use", &s, || {
+            s.remove_clone(
+                PROFILE,
+                "web2",
+                &[InUse {
+                    domain: "lab-demo-web2".into(),
+                    path: s.lv_path("lab-demo-web2"),
+                }],
+            )
+        });
+        refusal("remove-base-with-clones", &s, || s.remove_base(PROFILE));
+        step("remove-clones", || {
+            for vm in ["web1", "web2", "db1", "never-made"] {
+                s.remove_clone(PROFILE, vm, &[])?;
+            }
+            Ok(())
+        });
+        step("remove-base", || s.remove_base(PROFILE));
+        step("end", || {
+            data("end", json!({"lvs": lv_names(&s), "observe": s.observe()?}));
+            Ok(())
+        });
+    }
+}
