@@ -304,6 +304,11 @@ fn bring_up(
                 timings.define = ms(t);
             }
             (Op::Start, Object::Domain) => {
+                if disk.is_none() {
+                    // An existing clone: a thin snapshot is activated here (-K), as after a
+                    // reboot; a qcow2 overlay is just found.
+                    env.storage.clone_volume(&env.profile.name, &vm.name)?;
+                }
                 env.lv.start_domain(&vm.domain)?;
                 timings.start = ms(t);
             }
@@ -474,6 +479,17 @@ pub fn down(
         removed.push(format!("network {net}"));
     }
     let storage = crate::storage::qcow2::Qcow2Storage::new(dir);
+    let thin = match (&profile.storage.vg, &profile.storage.pool) {
+        (Some(vg), Some(pool)) => Some(crate::storage::lvm_thin::LvmThinStorage::new(vg, pool)),
+        _ => None,
+    };
+    // A thin volume's location is VG/LV; an image's is its path.
+    let storage_of = |v: &crate::state::ObservedVolume| -> &dyn Storage {
+        match &thin {
+            Some(t) if !v.location.starts_with('/') => t,
+            _ => &storage,
+        }
+    };
     let in_use = lv.disks_in_use()?;
     let ours: Vec<&crate::state::ObservedVolume> = observed
         .volumes
@@ -485,12 +501,12 @@ pub fn down(
         if let (Some(VolumeRole::Clone), Some(vm)) =
             (v.role, v.owner.as_ref().and_then(|o| o.vm.as_ref()))
         {
-            storage.remove_clone(p, vm, &in_use)?;
+            storage_of(v).remove_clone(p, vm, &in_use)?;
             removed.push(format!("disk {}", v.location));
         }
     }
     if purge && let Some(base) = ours.iter().find(|v| v.role == Some(VolumeRole::Base)) {
-        storage.remove_base(p)?;
+        storage_of(base).remove_base(p)?;
         removed.push(format!("base {}", base.location));
     }
     // Console logs lab asked libvirt to write, also of VMs removed behind lab's back.

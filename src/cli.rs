@@ -66,6 +66,8 @@ pub enum Command {
     Down(DownArgs),
     /// List the profiles lab can find, and where each comes from
     Profiles,
+    /// The LVM thin pool a profile names
+    Pool(PoolArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -132,4 +134,22 @@ pub struct DownArgs {
     /// Remove the base image (and boot files) too
     #[arg(long)]
     pub purge: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    pub command: PoolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create the thin pool of the profile's [storage] vg and pool, discards passdown
+    Create {
+        /// The profile: a name or a path
+        profile: String,
+        /// Size of the pool's data, e.g. "200G"
+        #[arg(long)]
+        size: crate::size::ByteSize,
+    },
 }

@@ -7,7 +7,9 @@ use crate::check::{self, CheckContext, StorageTarget};
 use std::time::{Duration, Instant};
 
 use crate::apply;
-use crate::cli::{CheckArgs, DownArgs, GlobalArgs, ResetArgs, StatusArgs, UpArgs};
+use crate::cli::{
+    CheckArgs, DownArgs, GlobalArgs, PoolArgs, PoolCommand, ResetArgs, StatusArgs, UpArgs,
+};
 use crate::error::{exit, usage};
 use crate::host::Sysroot;
 use crate::host::net::NetFacts;
@@ -17,6 +19,7 @@ use crate::plan::{self, HostFacts};
 use crate::profile::{self, Profile, StorageBackend};
 use crate::state::Observed;
 use crate::storage::Storage;
+use crate::storage::lvm_thin::{self, LvmThinStorage};
 use crate::storage::qcow2::Qcow2Storage;
 use crate::subnet;
 use crate::ui::{self, Stream, Style, Table};
@@ -124,10 +127,13 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
 fn storage_for(plan: &plan::Plan) -> Result<Box<dyn Storage>> {
     match plan.storage.backend {
         plan::Backend::Qcow2 => Ok(Box::new(Qcow2Storage::new(&plan.storage.location))),
-        plan::Backend::LvmThin => anyhow::bail!(
-            "thin pool {}: this version of lab clones into qcow2 overlays only; set [storage] backend = \"qcow2\"",
-            plan.storage.location
-        ),
+        plan::Backend::LvmThin => {
+            let (vg, pool) =
+                plan.storage.location.split_once('/').with_context(|| {
+                    format!("thin pool {} is not VG/POOL", plan.storage.location)
+                })?;
+            Ok(Box::new(LvmThinStorage::new(vg, pool)))
+        }
     }
 }
 
@@ -199,6 +205,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ready_timeout: Duration::from_secs(args.timeout),
     };
     let (vms, lab_timings) = apply::apply(&plan, &env)?;
+    show_thin_volumes_in_libvirt(&lv, &plan);
     let report = UpReport {
         profile: &profile.name,
         network: &plan.network,
@@ -224,6 +231,42 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 crate::profile::NetMode::Nat => "NAT",
             }
         );
+    }
+    Ok(exit::OK)
+}
+
+/// A libvirt storage pool over the thin pool's VG, so `virsh vol-list` and virt-manager
+/// show lab's volumes (virt-manager cannot manage thin volumes by path). A failure here
+/// costs the presenter nothing but that view: a warning.
+fn show_thin_volumes_in_libvirt(lv: &Libvirt, plan: &plan::Plan) {
+    if plan.storage.backend != plan::Backend::LvmThin {
+        return;
+    }
+    let vg = plan.storage.location.split('/').next().unwrap_or_default();
+    let shown =
+        lvm_thin::define_libvirt_pool(lv, vg).and_then(|_| lvm_thin::refresh_libvirt_pool(lv, vg));
+    if let Err(e) = shown {
+        ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
+    }
+}
+
+/// `lab pool create PROFILE --size SIZE`: the thin pool the profile names, made on request
+/// (never as a side effect of `lab up`), with discards passed down to the SSD.
+pub fn pool(global: &GlobalArgs, args: &PoolArgs) -> Result<u8> {
+    let PoolCommand::Create { profile, size } = &args.command;
+    let profile = Profile::load(profile)?;
+    let (Some(vg), Some(pool)) = (&profile.storage.vg, &profile.storage.pool) else {
+        return Err(usage(format!(
+            "profile {} ({}): [storage] names no vg and pool to create",
+            profile.name, profile.source
+        )));
+    };
+    let _lock = HostLock::acquire(&format!("lab pool create {vg}/{pool}"))?;
+    let created = LvmThinStorage::new(vg, pool).create_pool(*size)?;
+    if global.json {
+        ui::print_json(&created)?;
+    } else {
+        println!("created thin pool {vg}/{pool} ({size}, discards passdown)");
     }
     Ok(exit::OK)
 }

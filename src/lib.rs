@@ -57,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => commands::status(&cli.global, &args),
         Command::Reset(args) => commands::reset(&cli.global, &args),
         Command::Down(args) => commands::down(&cli.global, &args),
+        Command::Pool(args) => commands::pool(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

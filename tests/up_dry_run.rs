@@ -197,3 +197,22 @@ fn profiles_lists_shipped_and_local_profiles_with_their_origin() {
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["vms"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_pool_is_created_only_for_a_profile_that_names_one_and_a_vg_that_exists() {
+    let out = lab(&["pool", "create", "smoke", "--size", "1G"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("names no vg and pool to create"),
+        "{stderr}"
+    );
+    // The shipped packstack profiles name vg_lab/lab-pool, which this machine lacks.
+    let out = lab(&["pool", "create", "packstack-aio", "--size", "1G"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("volume group vg_lab does not exist"),
+        "{stderr}"
+    );
+}
