@@ -8,6 +8,7 @@ pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod commands_base;
 pub mod error;
 pub mod host;
 pub mod initramfs;
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => commands::status(&cli.global, &args),
         Command::Reset(args) => commands::reset(&cli.global, &args),
         Command::Down(args) => commands::down(&cli.global, &args),
+        Command::Base(args) => commands_base::base(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());
