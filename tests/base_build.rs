@@ -104,62 +104,57 @@ rootpw --lock\n\
 {% for key in ssh_keys %}sshkey --username=root \"{{ key }}\"\n{% endfor %}\
 poweroff\n%packages\n@core\n%end\n%post\necho {{ greeting }} >/root/lab-greeting\n%end\n";
 
-/// The tree, built once per test binary.
+/// The install tree of a case.
 struct Tree {
-    _dir: tempfile::TempDir,
     root: PathBuf,
     kernel: PathBuf,
     initrd: PathBuf,
 }
 
-fn tree() -> &'static Tree {
-    static TREE: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
-    TREE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("lab-ks-tree-")
-            .tempdir()
-            .unwrap();
-        chmod(dir.path(), 0o755);
-        let root = dir.path().join("tree");
-        let pxe = root.join("images/pxeboot");
-        fs::create_dir_all(&pxe).unwrap();
-        fs::write(root.join(".treeinfo"), TREEINFO).unwrap();
-        let host = guest::HostKernel::find().expect("a host kernel (setup-host.sh installs one)");
-        // The ELF inside the bzImage boots about 5 s sooner under TCG.
-        let kernel = guest::pvh_kernel(&host.vmlinuz, dir.path()).unwrap_or(host.vmlinuz.clone());
-        fs::copy(&kernel, pxe.join("vmlinuz")).unwrap();
-        let mut ramfs = Initramfs::new();
-        ramfs.busybox(lab::smoke::host_busybox().unwrap()).unwrap();
-        let modules = ramfs
-            .kernel_modules(
-                &host.modules_dir,
-                &[
-                    "virtio_pci",
-                    "virtio_blk",
-                    "virtio_net",
-                    "af_packet",
-                    "ext4",
-                ],
-            )
-            .unwrap();
-        let list: String = modules.iter().map(|m| format!("{}\n", m.path)).collect();
-        let mkfs = guest::find_executable("mkfs.ext4").unwrap();
-        ramfs.executable_with_libs(&mkfs).unwrap();
-        for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/mnt"] {
-            ramfs.dir(d, 0o755);
+/// Make the tree under `dir`: `.treeinfo`, the host's kernel, the busybox installer.
+fn make_tree(dir: &Path) -> Tree {
+    let root = dir.join("tree");
+    let pxe = root.join("images/pxeboot");
+    fs::create_dir_all(&pxe).unwrap();
+    fs::write(root.join(".treeinfo"), TREEINFO).unwrap();
+    let host = guest::HostKernel::find().expect("a host kernel (setup-host.sh installs one)");
+    // The ELF inside the bzImage boots about 5 s sooner under TCG.
+    match guest::pvh_kernel(&host.vmlinuz, dir) {
+        Some(elf) => fs::rename(elf, pxe.join("vmlinuz")).unwrap(),
+        None => {
+            fs::copy(&host.vmlinuz, pxe.join("vmlinuz")).unwrap();
         }
-        ramfs
-            .file("/init", INIT, 0o755)
-            .file("/etc/modules.list", list, 0o644)
-            .file("/etc/udhcpc/default.script", lab::smoke::DHCP_SCRIPT, 0o755);
-        ramfs.write_to(pxe.join("initrd.img")).unwrap();
-        Tree {
-            kernel: pxe.join("vmlinuz"),
-            initrd: pxe.join("initrd.img"),
-            _dir: dir,
-            root,
-        }
-    })
+    }
+    let mut ramfs = Initramfs::new();
+    ramfs.busybox(lab::smoke::host_busybox().unwrap()).unwrap();
+    let modules = ramfs
+        .kernel_modules(
+            &host.modules_dir,
+            &[
+                "virtio_pci",
+                "virtio_blk",
+                "virtio_net",
+                "af_packet",
+                "ext4",
+            ],
+        )
+        .unwrap();
+    let list: String = modules.iter().map(|m| format!("{}\n", m.path)).collect();
+    let mkfs = guest::find_executable("mkfs.ext4").unwrap();
+    ramfs.executable_with_libs(&mkfs).unwrap();
+    for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/mnt"] {
+        ramfs.dir(d, 0o755);
+    }
+    ramfs
+        .file("/init", INIT, 0o755)
+        .file("/etc/modules.list", list, 0o644)
+        .file("/etc/udhcpc/default.script", lab::smoke::DHCP_SCRIPT, 0o755);
+    ramfs.write_to(pxe.join("initrd.img")).unwrap();
+    Tree {
+        kernel: pxe.join("vmlinuz"),
+        initrd: pxe.join("initrd.img"),
+        root,
+    }
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -172,6 +167,7 @@ struct Case {
     dir: tempfile::TempDir,
     name: String,
     images: PathBuf,
+    tree: Tree,
 }
 
 impl Case {
@@ -184,7 +180,13 @@ impl Case {
         let name = format!("ks{tag}{}", std::process::id() % 100_000);
         let images = dir.path().join("images");
         fs::write(dir.path().join("test.ks.j2"), TEMPLATE).unwrap();
-        Case { dir, name, images }
+        let tree = make_tree(dir.path());
+        Case {
+            dir,
+            name,
+            images,
+            tree,
+        }
     }
 
     fn template(&self) -> PathBuf {
@@ -209,7 +211,7 @@ impl Case {
 
     fn tree_profile(&self, base: &str, greeting: &str) -> Profile {
         self.profile(
-            &format!("file://{}", tree().root.display()),
+            &format!("file://{}", self.tree.root.display()),
             base,
             &format!("greeting = \"{greeting}\"\n"),
         )
@@ -305,8 +307,8 @@ fn boot_check(case: &Case, disk: &Path) -> String {
          <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
          <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
          <serial type='file'><source path='{}'/><target port='0'/></serial></devices></domain>",
-        tree().kernel.display(),
-        tree().initrd.display(),
+        case.tree.kernel.display(),
+        case.tree.initrd.display(),
         disk.display(),
         console.display()
     );
@@ -470,6 +472,87 @@ fn a_base_is_built_from_a_local_tree_sealed_and_cloned() {
 }
 
 #[test]
+fn a_base_is_built_from_an_iso() {
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    virt::error::clear_error_callback();
+    let case = Case::new("i");
+    // The same tree as an ISO 9660 image (Rock Ridge and Joliet, as distributions make
+    // them), attached to the installer as a CD-ROM.
+    let iso = case.dir.path().join("lab-test.iso");
+    Cmd::new("xorriso")
+        .args([
+            "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "LABTEST", "-o",
+        ])
+        .arg(&iso)
+        .arg(&case.tree.root)
+        .run()
+        .expect("xorriso (scripts/setup-host.sh installs it) makes the test ISO");
+    let lv = Libvirt::open(URI).unwrap();
+    let storage = case.storage();
+    let profile = case.profile(&iso.display().to_string(), "", "greeting = \"hello\"");
+    let ks = kickstart::render(&profile).unwrap();
+    assert!(ks.contains("\ncdrom\n"), "{ks}");
+    let t = Instant::now();
+    build_base(
+        &lv,
+        &storage,
+        &profile,
+        &case.images,
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    eprintln!(
+        "base build from an ISO (TCG): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let record: BuildRecord =
+        serde_json::from_str(&storage.base_record(&profile.name).unwrap().unwrap()).unwrap();
+    assert!(
+        record
+            .install_identity
+            .starts_with(&format!("iso {} size=", iso.display())),
+        "{record:?}"
+    );
+    assert_eq!(record.kickstart_sha256, sha256(&ks));
+    assert!(!needs_rebuild(&profile, &storage).unwrap());
+    // A new ISO at the same path is another install source.
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(&iso, fs::read(&iso).unwrap()).unwrap();
+    let why = kickstart::build::rebuild_reason(&profile, &storage)
+        .unwrap()
+        .unwrap();
+    assert!(why.starts_with("the install source changed"), "{why}");
+    storage.remove_base(&profile.name).unwrap();
+    assert!(case.leftovers().is_empty(), "{:?}", case.leftovers());
+
+    // An ISO without images/pxeboot is no installer ISO.
+    let empty = case.dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    fs::write(empty.join("README"), "not an installer").unwrap();
+    let other = case.dir.path().join("other.iso");
+    Cmd::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-o"])
+        .arg(&other)
+        .arg(&empty)
+        .run()
+        .unwrap();
+    let profile = case.profile(&other.display().to_string(), "", "greeting = \"hello\"");
+    let err = format!(
+        "{:#}",
+        build_base(
+            &lv,
+            &storage,
+            &profile,
+            &case.images,
+            Duration::from_secs(60)
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("not an installer ISO"), "{err}");
+    assert!(case.leftovers().is_empty(), "{:?}", case.leftovers());
+}
+
+#[test]
 fn an_installer_that_never_powers_off_is_given_up_and_removed() {
     let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let case = Case::new("h");
@@ -594,7 +677,7 @@ fn bad_input_is_a_clear_error_and_makes_nothing() {
     nothing_made("tree without .treeinfo");
 
     // A variable the template uses and the profile does not set.
-    let profile = case.profile(&format!("file://{}", tree().root.display()), "", "");
+    let profile = case.profile(&format!("file://{}", case.tree.root.display()), "", "");
     let err = format!(
         "{:#}",
         build_base(

@@ -191,11 +191,17 @@ pub fn build_base(
     if let InstallSource::Iso(iso) = &source {
         crate::apply::preflight_dir(iso.parent().unwrap_or(Path::new("/")))?;
     }
+    let domain = installer_domain(p);
+    remove_leftover_installer(lv, &domain, p)?;
+    remove_leftover_scratch(work_dir, p)?;
     let scratch = tempfile::Builder::new()
-        .prefix(&format!("{}-{p}-installer.", names::PREFIX))
+        .prefix(&scratch_prefix(p))
         .tempdir_in(work_dir)
         .with_context(|| format!("creating a scratch directory in {}", work_dir.display()))?;
     set_mode(scratch.path(), 0o755)?;
+    // lab's mark: a build killed before it cleaned up leaves a directory the next removes.
+    std::fs::write(scratch.path().join(SCRATCH_MARK), format!("{p}\n"))
+        .with_context(|| format!("writing into {}", scratch.path().display()))?;
 
     ui::info(format_args!(
         "{p}: building the base from {} and {}",
@@ -204,8 +210,6 @@ pub fn build_base(
     let images = source.fetch_boot_images(scratch.path())?;
     inject_kickstart(&images.initrd, &rendered.text)?;
 
-    let domain = installer_domain(p);
-    remove_leftover_installer(lv, &domain, p)?;
     let server = match &source {
         InstallSource::LocalTree { dir, .. } => Some(super::serve::TreeServer::start(dir)?),
         _ => None,
@@ -304,6 +308,39 @@ impl Drop for Cleanup<'_> {
             ));
         }
     }
+}
+
+/// The file that marks a build's scratch directory as lab's.
+const SCRATCH_MARK: &str = ".lab-build";
+
+fn scratch_prefix(profile: &str) -> String {
+    format!("{}-{profile}-installer.", names::PREFIX)
+}
+
+/// Scratch directories of this profile's builds that were killed before they cleaned up
+/// (the installer's kernel and initrd, a raw copy of the image): removed. Only directories
+/// holding lab's mark for this profile are touched.
+fn remove_leftover_scratch(work_dir: &Path, profile: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return Ok(());
+    };
+    let prefix = scratch_prefix(profile);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with(&prefix)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::read_to_string(path.join(SCRATCH_MARK)).is_ok_and(|t| t.trim() == profile);
+        if ours {
+            ui::debug(format_args!(
+                "removing {}, left by an interrupted build",
+                path.display()
+            ));
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -554,6 +591,24 @@ mod tests {
             .run()
             .unwrap();
         assert_eq!(out.stdout, "text\npoweroff\n");
+    }
+
+    #[test]
+    fn only_lab_s_scratch_directories_of_the_profile_are_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("lab-demo-installer.abc123");
+        let other_profile = dir.path().join("lab-other-installer.abc123");
+        let unmarked = dir.path().join("lab-demo-installer.theirs");
+        for d in [&ours, &other_profile, &unmarked] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("vmlinuz"), "kernel").unwrap();
+        }
+        std::fs::write(ours.join(SCRATCH_MARK), "demo\n").unwrap();
+        std::fs::write(other_profile.join(SCRATCH_MARK), "other\n").unwrap();
+        remove_leftover_scratch(dir.path(), "demo").unwrap();
+        assert!(!ours.exists());
+        assert!(other_profile.join("vmlinuz").exists());
+        assert!(unmarked.join("vmlinuz").exists());
     }
 
     #[test]

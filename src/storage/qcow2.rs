@@ -180,6 +180,16 @@ impl Qcow2Storage {
     /// Remove what an interrupted or failed build of `profile` left: unsealed generations,
     /// an unsealed plain base, and the link when it points at nothing any more.
     fn clear_unfinished(&self, profile: &str) -> Result<()> {
+        // A build's temporary files beside a generation (`.lab-P-base.gN.qcow2.compact-PID`,
+        // see kickstart::seal), left when it was killed.
+        let hidden = format!(".{}.g", names::base_volume(profile));
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&hidden) && name.contains(".qcow2.compact-") {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
         for (_, path) in self.generations(profile) {
             if !is_sealed(&path) {
                 crate::ui::debug(format_args!(
