@@ -356,6 +356,40 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_tree_is_fetched_over_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("boot/x86")).unwrap();
+        std::fs::write(
+            tree.join(".treeinfo"),
+            "[images-x86_64]\nkernel = boot/x86/linux\ninitrd = boot/x86/initrd\n",
+        )
+        .unwrap();
+        std::fs::write(tree.join("boot/x86/linux"), "KERNEL").unwrap();
+        std::fs::write(tree.join("boot/x86/initrd"), "INITRD").unwrap();
+        // lab's own tree server stands in for a mirror.
+        let server = crate::kickstart::serve::TreeServer::start(&tree).unwrap();
+        let source = InstallSource::parse(&server.host_url()).unwrap();
+        assert!(matches!(source, InstallSource::RemoteTree(_)));
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let images = source.fetch_boot_images(&out).unwrap();
+        assert_eq!(std::fs::read_to_string(&images.kernel).unwrap(), "KERNEL");
+        assert_eq!(std::fs::read_to_string(&images.initrd).unwrap(), "INITRD");
+        assert_eq!(
+            source.identity().unwrap(),
+            format!("tree {}", server.host_url())
+        );
+
+        std::fs::remove_file(tree.join(".treeinfo")).unwrap();
+        let err = format!("{:#}", source.fetch_boot_images(&out).unwrap_err());
+        assert!(
+            err.contains("is not an install tree: no .treeinfo there"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_directory_without_treeinfo_is_no_tree() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
