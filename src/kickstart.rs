@@ -133,11 +133,34 @@ pub fn render(profile: &Profile) -> Result<String> {
     Ok(render_full(profile, &inputs_for(profile, home_dir().as_deref())?)?.text)
 }
 
-/// The home directory whose `.ssh/*.pub` keys go into the kickstart: `$HOME`.
+/// The home directory whose `.ssh/*.pub` keys go into the kickstart: the presenter's.
+/// lab runs as root for libvirt; under sudo that is `$SUDO_USER`'s home, not root's.
 pub fn home_dir() -> Option<PathBuf> {
+    if let Some(user) = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u != "root")
+        && let Some(home) = home_of(&user)
+    {
+        return Some(home);
+    }
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
+}
+
+/// A user's home directory from the password database.
+fn home_of(user: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(user).ok()?;
+    // SAFETY: getpwnam with a valid C string; the entry is copied out at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is non-null and its pw_dir a NUL-terminated string.
+    let dir = unsafe { std::ffi::CStr::from_ptr((*pw).pw_dir) };
+    let dir = std::ffi::OsStr::from_bytes(dir.to_bytes());
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
 /// The render inputs for a profile: its `[vars] ssh_keys`, else the `*.pub` keys in
@@ -632,6 +655,12 @@ mod tests {
         assert_eq!(i.ssh_keys.len(), 2);
         let text = render_full(&p, &i).unwrap().text;
         assert_eq!(text.matches("sshkey --username=root").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn users_are_found_in_the_password_database() {
+        assert_eq!(home_of("root"), Some(PathBuf::from("/root")));
+        assert_eq!(home_of("lab-no-such-user"), None);
     }
 
     #[test]
