@@ -603,25 +603,37 @@ fn an_installer_that_reboots_is_a_failed_build() {
     assert!(case.leftovers().is_empty(), "{:?}", case.leftovers());
 }
 
-#[test]
-fn bad_input_is_a_clear_error_and_makes_nothing() {
-    let case = Case::new("x");
+/// Build `profile` of `case`, which must fail; the error's text, once nothing of the build
+/// is left: no domain, nothing in the image directory.
+fn failed_build(case: &Case, profile: &Profile) -> String {
+    // A regression could start an installer: one guest at a time all the same.
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     virt::error::clear_error_callback();
     let lv = Libvirt::open(URI).unwrap();
-    let storage = case.storage();
-    let nothing_made = |what: &str| {
-        assert!(
-            case.leftovers().is_empty(),
-            "{what}: left {:?}",
-            case.leftovers()
-        );
-        assert!(
-            !domain_exists(&case.installer()),
-            "{what}: a domain is left"
-        );
-    };
+    let err = build_base(
+        &lv,
+        &case.storage(),
+        profile,
+        &case.images,
+        Duration::from_secs(60),
+    )
+    .unwrap_err();
+    assert!(
+        case.leftovers().is_empty(),
+        "left {:?} after: {err:#}",
+        case.leftovers()
+    );
+    assert!(
+        !domain_exists(&case.installer()),
+        "a domain is left after: {err:#}"
+    );
+    format!("{err:#}")
+}
 
-    // A missing ISO: refused when the profile is read, and by the build itself.
+#[test]
+fn a_missing_iso_is_a_clear_error() {
+    let case = Case::new("m");
+    // Refused when the profile is read...
     let text = format!(
         "name = \"{}\"\n[base]\nkickstart = \"{}\"\ninstall = \"/nonexistent/CentOS.iso\"\n\
          [[vm]]\nname = \"a\"\n",
@@ -635,25 +647,21 @@ fn bad_input_is_a_clear_error_and_makes_nothing() {
         err.contains("install ISO /nonexistent/CentOS.iso does not exist"),
         "{err}"
     );
+    // ... and by the build, when it went away after.
     let iso = case.dir.path().join("gone.iso");
     fs::write(&iso, b"").unwrap();
     let profile = case.profile(&iso.display().to_string(), "", "greeting = \"hi\"");
     fs::remove_file(&iso).unwrap();
-    let err = format!(
-        "{:#}",
-        build_base(
-            &lv,
-            &storage,
-            &profile,
-            &case.images,
-            Duration::from_secs(60)
-        )
-        .unwrap_err()
+    let err = failed_build(&case, &profile);
+    assert!(
+        err.contains(&format!("install ISO {} does not exist", iso.display())),
+        "{err}"
     );
-    assert!(err.contains("does not exist"), "{err}");
-    nothing_made("missing ISO");
+}
 
-    // A directory without .treeinfo is no install tree.
+#[test]
+fn a_tree_without_treeinfo_is_a_clear_error() {
+    let case = Case::new("t");
     let empty = case.dir.path().join("empty-tree");
     fs::create_dir(&empty).unwrap();
     let profile = case.profile(
@@ -661,57 +669,30 @@ fn bad_input_is_a_clear_error_and_makes_nothing() {
         "",
         "greeting = \"hi\"",
     );
-    let err = format!(
-        "{:#}",
-        build_base(
-            &lv,
-            &storage,
-            &profile,
-            &case.images,
-            Duration::from_secs(60)
-        )
-        .unwrap_err()
-    );
+    let err = failed_build(&case, &profile);
     assert!(err.contains("is not an install tree"), "{err}");
     assert!(err.contains(".treeinfo does not exist"), "{err}");
-    nothing_made("tree without .treeinfo");
+}
 
-    // A variable the template uses and the profile does not set.
+#[test]
+fn a_missing_template_variable_is_a_clear_error() {
+    let case = Case::new("v");
     let profile = case.profile(&format!("file://{}", case.tree.root.display()), "", "");
-    let err = format!(
-        "{:#}",
-        build_base(
-            &lv,
-            &storage,
-            &profile,
-            &case.images,
-            Duration::from_secs(60)
-        )
-        .unwrap_err()
-    );
+    let err = failed_build(&case, &profile);
     assert!(err.contains("test.ks.j2, line"), "{err}");
     assert!(err.contains("variable `greeting` is not defined"), "{err}");
-    nothing_made("missing variable");
+}
 
-    // A kickstart ksvalidator refuses.
+#[test]
+fn a_kickstart_that_fails_validation_is_a_clear_error() {
+    let case = Case::new("k");
     fs::write(
         case.template(),
         TEMPLATE.replace("rootpw --lock", "rootpw --lock\nfrobnicate --hard"),
     )
     .unwrap();
     let profile = case.tree_profile("", "hello");
-    let err = format!(
-        "{:#}",
-        build_base(
-            &lv,
-            &storage,
-            &profile,
-            &case.images,
-            Duration::from_secs(60)
-        )
-        .unwrap_err()
-    );
+    let err = failed_build(&case, &profile);
     assert!(err.contains("fails validation (RHEL9)"), "{err}");
     assert!(err.contains("frobnicate"), "{err}");
-    nothing_made("invalid kickstart");
 }
