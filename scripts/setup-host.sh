@@ -23,16 +23,15 @@ fi
 # Debian package names. Fedora/CentOS equivalents, for reference:
 #   dnf install libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
 #       qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-#       busybox kernel-core pkgconf-pkg-config gcc xorriso curl python3-pip
-# xorriso reads an installer ISO's kernel and initrd without mounting it (Fedora: xorriso);
-# curl fetches install trees over http(s).
+#       busybox kernel-core pkgconf-pkg-config gcc curl python3-pip
+# curl fetches install trees over http(s) (lab reads installer ISOs itself).
 packages=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
     busybox-static linux-image-amd64
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
-    xorriso curl
+    curl
     gcc
 )
 
@@ -73,8 +72,7 @@ if command -v apt-get >/dev/null; then
 elif command -v dnf >/dev/null; then
     retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd xorriso curl \
-        python3-pip
+        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd curl python3-pip
 else
     echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
     exit 1

@@ -15,6 +15,7 @@ use crate::profile::Profile;
 use crate::runner::Cmd;
 
 pub mod build;
+pub mod iso9660;
 pub mod seal;
 pub mod serve;
 pub mod source;

@@ -13,6 +13,8 @@
 
 #[path = "support/guest.rs"]
 mod guest;
+#[path = "support/iso_writer.rs"]
+mod iso_writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -77,11 +79,12 @@ cp /ks.cfg /stage/ks.cfg
 ip link set lo up
 nic=
 for d in /sys/class/net/*; do [ "${d##*/}" != lo ] && nic=${d##*/}; done
-if [ -n "$nic" ] && udhcpc -i "$nic" -s /etc/udhcpc/default.script -n -q -t 10 -T 1 >/dev/null 2>&1 \
+if [ -n "$nic" ] && [ "${repo#http}" != "$repo" ] \
+        && udhcpc -i "$nic" -s /etc/udhcpc/default.script -n -q -t 10 -T 1 >/dev/null 2>&1 \
         && wget -q -O /stage/treeinfo "${repo}.treeinfo"; then
     say "fetched ${repo}.treeinfo"
 else
-    say "no tree at ${repo:-?}"
+    say "no tree over http at ${repo:-?}"
     echo none >/stage/treeinfo
 fi
 # Scratch data an installer writes and frees (downloads, old files): without discards at
@@ -476,17 +479,29 @@ fn a_base_is_built_from_an_iso() {
     let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     virt::error::clear_error_callback();
     let case = Case::new("i");
-    // The same tree as an ISO 9660 image (Rock Ridge and Joliet, as distributions make
-    // them), attached to the installer as a CD-ROM.
+    // The tree's installer as an ISO 9660 image, attached to the installer as a CD-ROM.
     let iso = case.dir.path().join("lab-test.iso");
-    Cmd::new("xorriso")
-        .args([
-            "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "LABTEST", "-o",
-        ])
-        .arg(&iso)
-        .arg(&case.tree.root)
-        .run()
-        .expect("xorriso (scripts/setup-host.sh installs it) makes the test ISO");
+    let kernel = fs::read(&case.tree.kernel).unwrap();
+    let initrd = fs::read(&case.tree.initrd).unwrap();
+    fs::write(
+        &iso,
+        iso_writer::iso_image(
+            "LABTEST",
+            &[
+                ("images/pxeboot/vmlinuz", &kernel),
+                ("images/pxeboot/initrd.img", &initrd),
+                ("readme", b"lab test ISO\n"),
+            ],
+        ),
+    )
+    .unwrap();
+    // lab reads the files back byte for byte.
+    let out = case.dir.path().join("extracted");
+    kickstart::iso9660::extract(&iso, "images/pxeboot/initrd.img", &out).unwrap();
+    assert!(fs::read(&out).unwrap() == initrd);
+    kickstart::iso9660::extract(&iso, "/images/pxeboot/vmlinuz", &out).unwrap();
+    assert!(fs::read(&out).unwrap() == kernel);
+    fs::remove_file(&out).unwrap();
     let lv = Libvirt::open(URI).unwrap();
     let storage = case.storage();
     let profile = case.profile(&iso.display().to_string(), "", "greeting = \"hello\"");
@@ -526,16 +541,12 @@ fn a_base_is_built_from_an_iso() {
     assert!(case.leftovers().is_empty(), "{:?}", case.leftovers());
 
     // An ISO without images/pxeboot is no installer ISO.
-    let empty = case.dir.path().join("empty");
-    fs::create_dir(&empty).unwrap();
-    fs::write(empty.join("README"), "not an installer").unwrap();
     let other = case.dir.path().join("other.iso");
-    Cmd::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-R", "-o"])
-        .arg(&other)
-        .arg(&empty)
-        .run()
-        .unwrap();
+    fs::write(
+        &other,
+        iso_writer::iso_image("OTHER", &[("readme", b"not an installer\n")]),
+    )
+    .unwrap();
     let profile = case.profile(&other.display().to_string(), "", "greeting = \"hello\"");
     let err = format!(
         "{:#}",

@@ -225,40 +225,21 @@ pub fn boot_paths(treeinfo: &str) -> (String, String) {
     )
 }
 
-/// One file out of an ISO 9660 image, without mounting it (the kernel may lack iso9660,
-/// and mounting needs privileges lab does not want to rely on).
+/// One file out of an ISO 9660 image, read by lab itself: no mount (the kernel may lack
+/// iso9660, and mounting needs a loop device), no external tool.
 fn extract_from_iso(iso: &Path, inside: &str, to: &Path) -> Result<()> {
-    let result = Cmd::new("xorriso")
-        .args(["-osirrox", "on", "-indev"])
-        .arg(iso)
-        .args(["-extract", &format!("/{inside}")])
-        .arg(to)
-        .run();
-    match result {
-        Ok(_) if to.is_file() => {
-            // xorriso keeps the ISO's read-only mode bits; lab removes the copy later.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644))
-                .with_context(|| format!("making {} writable", to.display()))?;
-            Ok(())
-        }
-        Ok(_) => bail!(
-            "{} has no /{inside}: not an installer ISO (it needs images/pxeboot/)",
-            iso.display()
-        ),
-        Err(e) if e.is_not_found() => bail!(
-            "xorriso is not installed; lab reads the installer's kernel and initrd from the ISO \
-             with it: install xorriso (Debian and Fedora: xorriso)"
-        ),
+    match super::iso9660::extract(iso, inside, to) {
+        Ok(()) => Ok(()),
         Err(e) => {
-            let text = e.to_string();
-            if text.contains("Cannot find path") || text.contains("not found") {
-                bail!(
+            let _ = std::fs::remove_file(to);
+            match e.downcast_ref::<super::iso9660::IsoError>() {
+                Some(super::iso9660::IsoError::Missing { .. }) => Err(usage(format!(
                     "{} has no /{inside}: not an installer ISO (it needs images/pxeboot/)",
                     iso.display()
-                )
+                ))),
+                Some(super::iso9660::IsoError::NotIso(_)) => Err(usage(format!("{e}"))),
+                None => Err(e.context(format!("reading /{inside} from {}", iso.display()))),
             }
-            Err(e).with_context(|| format!("reading /{inside} from {}", iso.display()))
         }
     }
 }
