@@ -23,13 +23,15 @@ fi
 # Debian package names. Fedora/CentOS equivalents, for reference:
 #   dnf install libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
 #       qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-#       busybox kernel-core pkgconf-pkg-config gcc
+#       busybox kernel-core pkgconf-pkg-config gcc curl python3-pip
+# curl fetches install trees over http(s) (lab reads installer ISOs itself).
 packages=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
     busybox-static linux-image-amd64
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
+    curl
     gcc
 )
 
@@ -70,10 +72,36 @@ if command -v apt-get >/dev/null; then
 elif command -v dnf >/dev/null; then
     retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd
+        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd curl python3-pip
 else
     echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
     exit 1
+fi
+
+# pykickstart's ksvalidator checks rendered kickstarts (`lab base build` validates with it,
+# the tests require it), from PyPI. A Python that is "externally managed" (Debian's own)
+# takes it with --break-system-packages; where pip puts scripts off PATH, a link in
+# /usr/local/bin finds it.
+if ! command -v ksvalidator >/dev/null; then
+    if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+        retry apt-get install -y -q --no-install-recommends python3-pip
+    fi
+    pip_flags=(--quiet --disable-pip-version-check)
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+        pip_flags+=(--break-system-packages)
+    fi
+    # Only the kickstart validation needs it: without it lab warns and builds anyway.
+    python3 -m pip install "${pip_flags[@]}" pykickstart ||
+        echo "$0: warning: pykickstart could not be installed from PyPI; kickstarts are not validated" >&2
+    if ! command -v ksvalidator >/dev/null; then
+        command -v pyenv >/dev/null && pyenv rehash || true
+    fi
+    if ! command -v ksvalidator >/dev/null; then
+        scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+        [ -x "$scripts/ksvalidator" ] && ln -sf "$scripts/ksvalidator" /usr/local/bin/ksvalidator
+    fi
+    command -v ksvalidator >/dev/null ||
+        echo "$0: warning: ksvalidator is not on PATH (pykickstart missing)" >&2
 fi
 
 # libvirtd: systemd starts it where systemd runs; elsewhere (containers, CI guests) start the

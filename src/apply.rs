@@ -237,6 +237,9 @@ fn all_or_errors(results: Vec<Result<VmState>>) -> Result<Vec<VmState>> {
     Ok(states)
 }
 
+/// How long an installer may run before lab gives up on it and removes what it made.
+const KICKSTART_BUILD_TIMEOUT: Duration = Duration::from_secs(7200);
+
 /// Build the base the profile describes, seal it.
 fn build_base(env: &Env<'_>) -> Result<Volume> {
     let p = env.profile;
@@ -250,11 +253,12 @@ fn build_base(env: &Env<'_>) -> Result<Volume> {
     } else if let Some(image) = &p.base.image {
         env.storage.import_base(&p.name, image)?
     } else {
-        bail!(
-            "profile {}: building a base from a kickstart is not available in this version of lab; \
-             give [base] image = \"PATH\" (an installed disk image) instead",
-            p.name
-        );
+        // An installer run: it builds, trims, compacts and seals the base itself.
+        crate::kickstart::build_base(env.lv, env.storage, p, &env.dir, KICKSTART_BUILD_TIMEOUT)?;
+        return env
+            .storage
+            .base(&p.name)?
+            .with_context(|| format!("the kickstart build of {} left no sealed base", p.name));
     };
     env.storage.seal_base(&p.name)?;
     Ok(base)

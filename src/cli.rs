@@ -68,6 +68,8 @@ pub enum Command {
     Profiles,
     /// The LVM thin pool a profile names
     Pool(PoolArgs),
+    /// Base images: render a profile's kickstart, build, list and remove bases
+    Base(BaseArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -151,5 +153,44 @@ pub enum PoolCommand {
         /// Size of the pool's data, e.g. "200G"
         #[arg(long)]
         size: crate::size::ByteSize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    #[command(subcommand)]
+    pub command: BaseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Print the profile's rendered kickstart
+    Kickstart {
+        /// The profile: a name or a path
+        profile: String,
+        /// Also run pykickstart's ksvalidator on it for the profile's OS version
+        #[arg(long)]
+        validate: bool,
+    },
+    /// Build the profile's base (when it is missing or out of date) and seal it
+    Build {
+        /// The profile: a name or a path
+        profile: String,
+        /// Build again even when the base is current
+        #[arg(long)]
+        force: bool,
+        /// Seconds the installer may run before the build is given up
+        #[arg(long, value_name = "SECS", default_value_t = 7200)]
+        timeout: u64,
+    },
+    /// List lab's bases: what each was built from, whether it is current
+    List {
+        /// Only the base of this profile
+        profile: Option<String>,
+    },
+    /// Remove a profile's base (refused while clones of it exist: `lab down` them first)
+    Rm {
+        /// The profile: a name or a path
+        profile: String,
     },
 }

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod commands;
+pub mod commands_base;
 pub mod error;
 pub mod host;
 pub mod initramfs;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reset(args) => commands::reset(&cli.global, &args),
         Command::Down(args) => commands::down(&cli.global, &args),
         Command::Pool(args) => commands::pool(&cli.global, &args),
+        Command::Base(args) => commands_base::base(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

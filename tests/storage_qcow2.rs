@@ -69,20 +69,28 @@ fn base_then_three_overlays_each_marked_and_backed_by_the_base() {
             "lab-demo-a.qcow2.lab",
             "lab-demo-b.qcow2",
             "lab-demo-b.qcow2.lab",
+            "lab-demo-base.g1.qcow2",
+            "lab-demo-base.g1.qcow2.lab",
             "lab-demo-base.qcow2",
             "lab-demo-base.qcow2.lab",
             "lab-demo-c.qcow2",
             "lab-demo-c.qcow2.lab",
         ]
     );
+    // The base's name is a link to the build the clones are backed by.
+    assert_eq!(
+        std::fs::read_link(s.dir().join("lab-demo-base.qcow2")).unwrap(),
+        PathBuf::from("lab-demo-base.g1.qcow2")
+    );
     let observed = s.observe().unwrap();
     let roles: Vec<(String, Option<VolumeRole>)> =
         observed.iter().map(|v| (v.name.clone(), v.role)).collect();
-    assert_eq!(roles.len(), 4);
+    assert_eq!(roles.len(), 5);
     assert_eq!(
-        roles[2],
+        roles[3],
         ("lab-demo-base.qcow2".into(), Some(VolumeRole::Base))
     );
+    assert!(observed[3].sealed);
     assert_eq!(roles[0].1, Some(VolumeRole::Clone));
     assert_eq!(observed[0].owner.as_ref().unwrap().vm.as_deref(), Some("a"));
 }
@@ -263,4 +271,82 @@ fn an_unsealed_base_left_by_an_interrupted_build_is_replaced_not_cloned() {
     s.seal_base("demo").unwrap();
     assert!(s.base("demo").unwrap().is_some());
     s.clone_base("demo", "a", &[]).unwrap();
+}
+
+#[test]
+fn a_rebuilt_base_leaves_the_old_one_to_its_clones_until_they_go() {
+    let (_t, s) = storage();
+    let old = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    qemu_io(&old.path, "write -P 0x01 0 1M");
+    s.record_base(&old, "{\"inputs\":\"one\"}").unwrap();
+    s.seal_base("demo").unwrap();
+    let a = s.clone_base("demo", "a", &[]).unwrap();
+
+    // A rebuild while clone a exists: made beside the old base, which stays current until
+    // the new one is sealed.
+    let new = s.create_base("demo", ByteSize::mib(16)).unwrap();
+    assert_eq!(new.path, s.dir().join("lab-demo-base.g2.qcow2"));
+    assert_eq!(
+        s.base_record("demo").unwrap().as_deref(),
+        Some("{\"inputs\":\"one\"}")
+    );
+    // Until then, a clone still gets the old base.
+    let early = s.clone_base("demo", "early", &[]).unwrap();
+    qemu_io(&early.path, "read -P 0x01 0 1M");
+    qemu_io(&new.path, "write -P 0x02 0 1M");
+    s.record_base(&new, "{\"inputs\":\"two\"}").unwrap();
+    s.seal_base("demo").unwrap();
+    assert_eq!(
+        s.base_record("demo").unwrap().as_deref(),
+        Some("{\"inputs\":\"two\"}")
+    );
+
+    // The old clone still reads the old base; a new clone reads the new one.
+    qemu_io(&a.path, "read -P 0x01 0 1M");
+    let b = s.clone_base("demo", "b", &[]).unwrap();
+    qemu_io(&b.path, "read -P 0x02 0 1M");
+    assert!(
+        old.path.exists(),
+        "the old base stays while clone a uses it"
+    );
+
+    // Resetting a (remove, clone again) lets the old base go.
+    let running_a = [InUse {
+        domain: "lab-demo-a".into(),
+        path: a.path.clone(),
+    }];
+    assert!(s.remove_clone("demo", "a", &running_a).is_err());
+    assert!(old.path.exists());
+    s.remove_clone("demo", "a", &[]).unwrap();
+    assert!(old.path.exists(), "clone early still uses the old base");
+    s.remove_clone("demo", "early", &[]).unwrap();
+    assert!(!old.path.exists(), "no clone uses the old base any more");
+    assert!(!s.dir().join("lab-demo-base.g1.qcow2.lab").exists());
+    assert!(!s.dir().join("lab-demo-base.g1.qcow2.build").exists());
+    let a = s.clone_base("demo", "a", &[]).unwrap();
+    qemu_io(&a.path, "read -P 0x02 0 1M");
+
+    // A failed rebuild is discarded and the current base is untouched.
+    s.create_base("demo", ByteSize::mib(16)).unwrap();
+    assert!(s.dir().join("lab-demo-base.g3.qcow2").exists());
+    s.discard_unfinished_base("demo").unwrap();
+    assert!(!s.dir().join("lab-demo-base.g3.qcow2").exists());
+    assert!(!s.dir().join("lab-demo-base.g3.qcow2.lab").exists());
+    assert!(s.base("demo").unwrap().is_some());
+    qemu_io(&a.path, "read -P 0x02 0 1M");
+
+    // Removing everything leaves nothing.
+    s.remove_clone("demo", "a", &[]).unwrap();
+    s.remove_clone("demo", "b", &[]).unwrap();
+    s.remove_base("demo").unwrap();
+    assert!(files(s.dir()).is_empty(), "{:?}", files(s.dir()));
+}
+
+#[test]
+fn a_first_build_that_fails_leaves_nothing() {
+    let (_t, s) = storage();
+    s.create_base("demo", ByteSize::mib(16)).unwrap();
+    assert_eq!(s.base("demo").unwrap(), None);
+    s.discard_unfinished_base("demo").unwrap();
+    assert!(files(s.dir()).is_empty(), "{:?}", files(s.dir()));
 }

@@ -1,5 +1,6 @@
 //! The narrow seam to libvirt, over the `virt` crate.
 
+pub mod installer;
 pub mod xml;
 
 use std::net::Ipv4Addr;

@@ -46,13 +46,41 @@ pub trait Storage: Send + Sync {
     fn observe(&self) -> Result<Vec<ObservedVolume>>;
 
     /// A new, empty base of `size` for `profile`, to be filled by a build and then sealed.
+    /// Where a sealed base exists already (a rebuild), a backend whose clones depend on
+    /// their base (qcow2) makes the new one beside it, and `seal_base` makes it the one
+    /// new clones get: clones of the old base keep it until they are removed.
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume>;
 
     /// A base made from an existing image (converted, never used in place).
     fn import_base(&self, profile: &str, image: &std::path::Path) -> Result<Volume>;
 
-    /// Make the base read-only: from now on only clones change.
+    /// Make the base read-only: from now on only clones change. After a rebuild, the
+    /// newly built base becomes the one new clones are made from.
     fn seal_base(&self, profile: &str) -> Result<()>;
+
+    /// Remove a base whose build did not finish (never a sealed one): what a failed or
+    /// timed-out build leaves is gone at once. The default suits backends that build in
+    /// place (no sealed base exists while a build runs).
+    fn discard_unfinished_base(&self, profile: &str) -> Result<()> {
+        if self.base(profile)?.is_none() {
+            self.remove_base(profile)?;
+        }
+        Ok(())
+    }
+
+    /// Keep `record` (a short JSON text: what the base was built from) with `volume`, the
+    /// base being built. Backends that cannot keep one ignore it, and lab then cannot tell
+    /// that such a base is out of date.
+    fn record_base(&self, volume: &Volume, record: &str) -> Result<()> {
+        let _ = (volume, record);
+        Ok(())
+    }
+
+    /// The record of the sealed base of `profile`, when it has one.
+    fn base_record(&self, profile: &str) -> Result<Option<String>> {
+        let _ = profile;
+        Ok(None)
+    }
 
     /// The base of `profile`, when it exists.
     fn base(&self, profile: &str) -> Result<Option<Volume>>;

@@ -1,6 +1,14 @@
 //! qcow2 backend: a base image file and one overlay per VM (`-F` always), each with a
 //! marker beside it that says it is lab's. "qcow is okay for smaller images"; never
 //! snapshot one that is running, and never `commit` into a shared base.
+//!
+//! A base lab builds (`create_base`) lives in a generation file, `lab-P-base.gN.qcow2`, and
+//! `lab-P-base.qcow2` is a symbolic link to the current one. Overlays are made on the
+//! generation file itself, so a rebuild, which writes generation N+1 and moves the link
+//! only once it is sealed, never changes what an existing overlay reads: running clones
+//! keep the old base until they are reset, and an old generation is removed once no
+//! overlay is backed by it. An imported base (`import_base`) is a plain file at
+//! `lab-P-base.qcow2`, as before.
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +119,148 @@ impl Qcow2Storage {
             .join(format!("{}.qcow2", names::clone_volume(profile, vm)))
     }
 
+    /// `lab-<profile>-base.g<n>.qcow2`: one build of the base. VM names cannot hold a dot,
+    /// so no clone is ever named like this.
+    fn generation_path(&self, profile: &str, n: u32) -> PathBuf {
+        self.dir
+            .join(format!("{}.g{n}.qcow2", names::base_volume(profile)))
+    }
+
+    /// lab's base generations of `profile`, oldest first.
+    pub fn generations(&self, profile: &str) -> Vec<(u32, PathBuf)> {
+        let prefix = format!("{}.g", names::base_volume(profile));
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".qcow2")?
+                    .parse::<u32>()
+                    .ok()?;
+                let path = e.path();
+                Self::is_ours(&path, profile, VolumeRole::Base).then_some((n, path))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    /// The sidecar holding what a base was built from.
+    fn record_path(image: &Path) -> PathBuf {
+        let mut name = image.file_name().unwrap_or_default().to_os_string();
+        name.push(".build");
+        image.with_file_name(name)
+    }
+
+    /// Point `lab-<profile>-base.qcow2` at a generation, atomically (a new link renamed over
+    /// the old one).
+    fn point_base_at(&self, profile: &str, generation: &Path) -> Result<()> {
+        let stable = self.base_path(profile);
+        let target = generation.file_name().unwrap_or_default();
+        let tmp = self.dir.join(format!(
+            ".{}.link-{}",
+            stable.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp)
+            .with_context(|| format!("linking {}", tmp.display()))?;
+        std::fs::rename(&tmp, &stable).with_context(|| {
+            format!("pointing {} at {}", stable.display(), generation.display())
+        })?;
+        if !Self::is_ours(&stable, profile, VolumeRole::Base) {
+            Self::write_marker(&stable, profile, None, VolumeRole::Base)?;
+        }
+        Ok(())
+    }
+
+    /// Remove what an interrupted or failed build of `profile` left: unsealed generations,
+    /// an unsealed plain base, and the link when it points at nothing any more.
+    fn clear_unfinished(&self, profile: &str) -> Result<()> {
+        // A build's temporary files beside a generation (`.lab-P-base.gN.qcow2.compact-PID`,
+        // see kickstart::seal), left when it was killed.
+        let hidden = format!(".{}.g", names::base_volume(profile));
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&hidden) && name.contains(".qcow2.compact-") {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        for (_, path) in self.generations(profile) {
+            if !is_sealed(&path) {
+                crate::ui::debug(format_args!(
+                    "removing {}: an unsealed base left by an unfinished build",
+                    path.display()
+                ));
+                remove_image(&path)?;
+            }
+        }
+        let stable = self.base_path(profile);
+        let is_link = std::fs::symlink_metadata(&stable).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            if !stable.exists() && Self::is_ours(&stable, profile, VolumeRole::Base) {
+                std::fs::remove_file(&stable)
+                    .with_context(|| format!("removing {}", stable.display()))?;
+                let _ = std::fs::remove_file(marker_path(&stable));
+            }
+        } else {
+            Self::clear_unsealed_base(&stable, profile)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the sealed, no longer current generations of `profile` that no overlay in
+    /// this directory is backed by and no running domain holds.
+    pub fn prune_generations(&self, profile: &str, in_use: &[InUse]) -> Result<Vec<PathBuf>> {
+        let current = self.base_path(profile).canonicalize().ok();
+        let old: Vec<PathBuf> = self
+            .generations(profile)
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| is_sealed(p) && p.canonicalize().ok() != current)
+            .collect();
+        if old.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut backing = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading {}", self.dir.display()))?
+            .flatten()
+        {
+            let path = entry.path();
+            let is_image = path.extension().is_some_and(|e| e == "qcow2")
+                && entry.file_type().is_ok_and(|t| t.is_file());
+            if !is_image || old.contains(&path) {
+                continue;
+            }
+            if let Ok(i) = info(&path)
+                && let Some(b) = i.full_backing_filename.or(i.backing_filename)
+            {
+                let b = PathBuf::from(b);
+                let b = if b.is_relative() { self.dir.join(b) } else { b };
+                backing.insert(b.canonicalize().unwrap_or(b));
+            }
+        }
+        let mut removed = Vec::new();
+        for path in old {
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if backing.contains(&canonical) || user_of(&path, in_use).is_some() {
+                continue;
+            }
+            crate::ui::debug(format_args!(
+                "removing {}: an old base no clone uses any more",
+                path.display()
+            ));
+            remove_image(&path)?;
+            removed.push(path);
+        }
+        Ok(removed)
+    }
+
     fn marker(path: &Path) -> Option<Marker> {
         serde_json::from_str(&std::fs::read_to_string(marker_path(path)).ok()?).ok()
     }
@@ -202,7 +352,11 @@ impl Qcow2Storage {
                 u.domain
             );
         }
-        let base = self.base_path(profile);
+        // The overlay's own base (an old generation after a rebuild), never the current one.
+        let base = info(&path)?
+            .full_backing_filename
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.base_path(profile));
         let tmp = self.partial_path(&path)?;
         let result = Cmd::new("qemu-img")
             .args(["convert", "-O", "qcow2", "-B"])
@@ -237,8 +391,21 @@ impl Storage for Qcow2Storage {
     }
 
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume> {
-        let path = self.base_path(profile);
-        Self::clear_unsealed_base(&path, profile)?;
+        let stable = self.base_path(profile);
+        self.clear_unfinished(profile)?;
+        let stable_is_link =
+            std::fs::symlink_metadata(&stable).is_ok_and(|m| m.file_type().is_symlink());
+        if !stable_is_link {
+            // A plain file: an imported base (rebuilt only once removed) or someone else's.
+            Self::refuse_existing(&stable)?;
+        } else if !Self::is_ours(&stable, profile, VolumeRole::Base) {
+            bail!(
+                "{} exists and is not lab's: lab will not touch it",
+                stable.display()
+            );
+        }
+        let n = self.generations(profile).last().map_or(1, |(n, _)| n + 1);
+        let path = self.generation_path(profile, n);
         Self::refuse_existing(&path)?;
         self.ensure_dir()?;
         self.ensure_space(0, &format!("base image {}", path.display()))?;
@@ -250,6 +417,10 @@ impl Storage for Qcow2Storage {
             .arg(size.bytes().to_string())
             .run()
             .with_context(|| format!("creating base image {}", path.display()))?;
+        if !stable.exists() {
+            // A first build: the name shows an unfinished base until it is sealed.
+            self.point_base_at(profile, &path)?;
+        }
         Ok(volume(names::base_volume(profile), path))
     }
 
@@ -279,6 +450,16 @@ impl Storage for Qcow2Storage {
     }
 
     fn seal_base(&self, profile: &str) -> Result<()> {
+        if let Some((_, newest)) = self.generations(profile).last()
+            && !is_sealed(newest)
+        {
+            check(newest)?;
+            set_read_only(newest)?;
+            // From here on new clones get this build; clones of the old one keep theirs.
+            self.point_base_at(profile, newest)?;
+            self.prune_generations(profile, &[])?;
+            return Ok(());
+        }
         let path = self.base_path(profile);
         if !Self::is_ours(&path, profile, VolumeRole::Base) {
             bail!(
@@ -287,10 +468,30 @@ impl Storage for Qcow2Storage {
             );
         }
         check(&path)?;
-        let mut perms = std::fs::metadata(&path)?.permissions();
-        perms.set_readonly(true);
-        std::fs::set_permissions(&path, perms)
-            .with_context(|| format!("making {} read-only", path.display()))
+        set_read_only(&path)
+    }
+
+    fn discard_unfinished_base(&self, profile: &str) -> Result<()> {
+        self.clear_unfinished(profile)
+    }
+
+    fn record_base(&self, volume: &Volume, record: &str) -> Result<()> {
+        let path = Self::record_path(&volume.path);
+        std::fs::write(&path, record).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn base_record(&self, profile: &str) -> Result<Option<String>> {
+        let Some(base) = self.base(profile)? else {
+            return Ok(None);
+        };
+        let image = base.path.canonicalize().unwrap_or(base.path);
+        match std::fs::read_to_string(Self::record_path(&image)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("reading the build record of {}", image.display()))
+            }
+        }
     }
 
     /// The sealed base; an unsealed one is no base yet.
@@ -341,11 +542,16 @@ impl Storage for Qcow2Storage {
         let path = self.clone_path(profile, vm);
         Self::refuse_existing(&path)?;
         self.ensure_space(0, &format!("clone {}", path.display()))?;
+        // The overlay names the generation file, not the link: a rebuild moves the link and
+        // this overlay keeps reading the base it was made from.
+        let backing = base
+            .canonicalize()
+            .with_context(|| format!("resolving {}", base.display()))?;
         // The mark goes first: whatever an interruption leaves behind is recognisably lab's.
         Self::write_marker(&path, profile, Some(vm), VolumeRole::Clone)?;
         Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&base)
+            .arg(&backing)
             .arg(&path)
             .run()
             .with_context(|| format!("cloning {} for {vm}", base.display()))?;
@@ -370,12 +576,15 @@ impl Storage for Qcow2Storage {
         }
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         let _ = std::fs::remove_file(marker_path(&path));
+        // The last clone of an old base lets it go.
+        self.prune_generations(profile, in_use)?;
         Ok(())
     }
 
     fn remove_base(&self, profile: &str) -> Result<()> {
         let path = self.base_path(profile);
         if !path.exists() {
+            self.clear_unfinished(profile)?;
             let _ = std::fs::remove_file(marker_path(&path));
             return Ok(());
         }
@@ -399,6 +608,10 @@ impl Storage for Qcow2Storage {
         }
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         let _ = std::fs::remove_file(marker_path(&path));
+        let _ = std::fs::remove_file(Self::record_path(&path));
+        for (_, generation) in self.generations(profile) {
+            remove_image(&generation)?;
+        }
         Ok(())
     }
 
@@ -416,6 +629,29 @@ pub fn allocated_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(meta.blocks() * 512)
+}
+
+fn is_sealed(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly())
+}
+
+fn set_read_only(path: &Path) -> Result<()> {
+    let mut perms = std::fs::metadata(path)?.permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(path, perms)
+        .with_context(|| format!("making {} read-only", path.display()))
+}
+
+/// An image of lab's with its marker and build record.
+fn remove_image(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let _ = std::fs::remove_file(marker_path(path));
+    let _ = std::fs::remove_file(Qcow2Storage::record_path(path));
+    Ok(())
 }
 
 fn volume(name: String, path: PathBuf) -> Volume {

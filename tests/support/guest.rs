@@ -702,7 +702,7 @@ pub fn find_executable(name: &str) -> anyhow::Result<PathBuf> {
 /// ELF inside it, decompressed on the host (under a second), boots at once through its PVH
 /// entry point. None (boot the bzImage) when the payload is not xz or gzip, the tool is
 /// missing, or the kernel has no PVH note (CONFIG_PVH).
-fn pvh_kernel(bzimage: &Path, dir: &Path) -> Option<PathBuf> {
+pub fn pvh_kernel(bzimage: &Path, dir: &Path) -> Option<PathBuf> {
     let image = fs::read(bzimage).ok()?;
     let payload = bzimage_payload(&image)?;
     let (packed_name, cmd) = if payload.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
