@@ -321,8 +321,19 @@ fn bring_up(
         done(a);
     }
     bar.set_message("waiting until ready");
+    ready_state(env, vm, boot.is_some(), timings)
+}
+
+/// Wait until `vm` is ready and say how it is, with the time each step took.
+fn ready_state(
+    env: &Env<'_>,
+    vm: &VmPlan,
+    direct_boot: bool,
+    mut timings: VmTimings,
+) -> Result<VmState> {
+    let console = console_log(&env.dir, &vm.domain);
     let t = Instant::now();
-    let ip = wait_ready(env, vm, &console, boot.is_some())?;
+    let ip = wait_ready(env, vm, &console, direct_boot)?;
     timings.ready = ms(t);
     Ok(VmState {
         name: vm.name.clone(),
@@ -432,18 +443,7 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
                     let t = Instant::now();
                     env.lv.start_domain(&vm.domain)?;
                     timings.start = ms(t);
-                    let console = console_log(&env.dir, &vm.domain);
-                    let t = Instant::now();
-                    let ip = wait_ready(env, vm, &console, boot.is_some())?;
-                    timings.ready = ms(t);
-                    Ok(VmState {
-                        name: vm.name.clone(),
-                        domain: vm.domain.clone(),
-                        ip: Some(ip),
-                        state: "running".into(),
-                        console: console.display().to_string(),
-                        timings_ms: timings,
-                    })
+                    ready_state(env, vm, boot.is_some(), timings)
                 })
             })
             .collect();
