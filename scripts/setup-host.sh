@@ -23,13 +23,16 @@ fi
 # Debian package names. Fedora/CentOS equivalents, for reference:
 #   dnf install libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
 #       qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-#       busybox kernel-core pkgconf-pkg-config gcc curl python3-pip
+#       busybox kernel-core pkgconf-pkg-config gcc curl python3-pip qemu-guest-agent
 # curl fetches install trees over http(s) (lab reads installer ISOs itself).
+# qemu-guest-agent: its qemu-ga goes into the smoke VMs' initramfs, for `lab trim`;
+# qemu-storage-daemon (qemu-system-common; Fedora: qemu-img) exports stopped VMs' disks
+# for an offline trim.
 packages=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
-    busybox-static linux-image-amd64
+    busybox-static linux-image-amd64 qemu-guest-agent
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
     gcc
@@ -72,7 +75,8 @@ if command -v apt-get >/dev/null; then
 elif command -v dnf >/dev/null; then
     retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd curl python3-pip
+        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd curl python3-pip \
+        qemu-guest-agent
 else
     echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
     exit 1

@@ -3,7 +3,8 @@
 //! of a tiny ext4 base disk.
 //!
 //! The guest's `/init` (`src/smoke/init.sh`) loads its drivers, takes a DHCP lease, mounts
-//! its disk, writes its name there and prints one line on the serial console:
+//! its disk, writes its name there, starts the qemu guest agent when the host has one
+//! (`lab trim` asks it to fstrim the disk) and prints one line on the serial console:
 //! `LAB-READY vm=node1 ip=10.213.166.10 disk=ok`, after a `LAB-ERROR vm=node1 ...` line for
 //! each thing that went wrong. [`parse_ready`] and [`parse_report`] read that line back from
 //! a console log.
@@ -197,13 +198,34 @@ pub fn host_busybox() -> Result<PathBuf> {
         .context("busybox is not installed: install busybox-static (Fedora: busybox)")
 }
 
+/// The qemu guest agent lab puts into the initramfs (package qemu-guest-agent), when the
+/// host has it: `lab trim` asks it to fstrim a running smoke VM. Without it the smoke VMs
+/// still boot; they are then trimmed only while stopped.
+pub fn host_qemu_ga() -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_dirs)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join("qemu-ga"))
+        .find(|p| p.is_file())
+}
+
 /// The smoke VMs' initramfs: busybox with its applet links, `/init`, the udhcpc script,
-/// the kernel modules from `modules_dir` and the list `/init` loads them from.
-pub fn build_initramfs(modules_dir: &Path, busybox: &Path) -> Result<Initramfs> {
+/// the kernel modules from `modules_dir` and the list `/init` loads them from, and the
+/// qemu guest agent with its libraries when one is given.
+pub fn build_initramfs(
+    modules_dir: &Path,
+    busybox: &Path,
+    qemu_ga: Option<&Path>,
+) -> Result<Initramfs> {
     let mut ramfs = Initramfs::new();
     ramfs
         .busybox(busybox)
         .with_context(|| format!("adding {} to the initramfs", busybox.display()))?;
+    if let Some(agent) = qemu_ga {
+        ramfs
+            .executable_with_libs(agent)
+            .with_context(|| format!("adding {} to the initramfs", agent.display()))?;
+    }
     let loads = add_modules(&mut ramfs, modules_dir)?;
     let list = module_list(&loads);
     for dir in ["/proc", "/sys", "/dev", "/run", "/tmp", "/data"] {
@@ -282,16 +304,26 @@ pub fn digest_path(file: &Path) -> PathBuf {
 pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
     let (kernel, modules) = host_kernel()?;
     let busybox = host_busybox()?;
-    prepare_boot_files_from(dir, profile, &kernel, &modules, &busybox)
+    let qemu_ga = host_qemu_ga();
+    prepare_boot_files_from(
+        dir,
+        profile,
+        &kernel,
+        &modules,
+        &busybox,
+        qemu_ga.as_deref(),
+    )
 }
 
-/// [`prepare_boot_files`] with the kernel, its modules directory and busybox given.
+/// [`prepare_boot_files`] with the kernel, its modules directory, busybox and the guest
+/// agent (if any) given.
 pub fn prepare_boot_files_from(
     dir: &Path,
     profile: &str,
     kernel: &Path,
     modules_dir: &Path,
     busybox: &Path,
+    qemu_ga: Option<&Path>,
 ) -> Result<BootFiles> {
     let kernel_dest = kernel_path(dir, profile);
     let initrd_dest = initrd_path(dir, profile);
@@ -303,7 +335,7 @@ pub fn prepare_boot_files_from(
     // Rebuilding the initramfs to compare digests costs a few hundred milliseconds on
     // every `lab up`; when none of its inputs changed (by size and mtime, and lab's own
     // scripts by content) the files are known to be current.
-    let inputs = inputs_fingerprint(kernel, modules_dir, busybox);
+    let inputs = inputs_fingerprint(kernel, modules_dir, busybox, qemu_ga);
     let inputs_file = inputs_path(&initrd_dest);
     let ours = |p: &Path| {
         p.is_file()
@@ -335,7 +367,13 @@ pub fn prepare_boot_files_from(
     })?;
     install_boot_file(&kernel_dest, &kernel_bytes, profile)?;
 
-    let initrd_bytes = build_initramfs(modules_dir, busybox)?
+    if qemu_ga.is_none() {
+        ui::warn(format_args!(
+            "qemu-ga is not installed: the {profile} VMs get no guest agent, so `lab trim` \
+             trims them only while they are stopped (install qemu-guest-agent)"
+        ));
+    }
+    let initrd_bytes = build_initramfs(modules_dir, busybox, qemu_ga)?
         .to_bytes()
         .context("assembling the smoke initramfs")?;
     install_boot_file(&initrd_dest, &initrd_bytes, profile)?;
@@ -355,8 +393,14 @@ pub fn inputs_path(initrd: &Path) -> PathBuf {
     initrd.with_file_name(name)
 }
 
-/// Size and mtime of every input file, and a hash of lab's own scripts.
-fn inputs_fingerprint(kernel: &Path, modules_dir: &Path, busybox: &Path) -> String {
+/// Size and mtime of every input file (the guest agent's absence included), and a hash of
+/// lab's own scripts.
+fn inputs_fingerprint(
+    kernel: &Path,
+    modules_dir: &Path,
+    busybox: &Path,
+    qemu_ga: Option<&Path>,
+) -> String {
     use std::os::unix::fs::MetadataExt;
     let stamp = |p: &Path| match fs::metadata(p) {
         Ok(m) => format!(
@@ -389,8 +433,12 @@ fn inputs_fingerprint(kernel: &Path, modules_dir: &Path, busybox: &Path) -> Stri
     for (p, size, mtime, nsec) in entries {
         tree.push_str(&format!("{} {size} {mtime}.{nsec}\n", p.display()));
     }
+    let agent = match qemu_ga {
+        Some(p) => stamp(p),
+        None => "qemu-ga none\n".to_string(),
+    };
     format!(
-        "{}{}modules {:016x}\nscripts {scripts:016x} lab {}\n",
+        "{}{}{agent}modules {:016x}\nscripts {scripts:016x} lab {}\n",
         stamp(kernel),
         stamp(busybox),
         crate::names::fnv1a(tree.as_bytes()),
@@ -1049,7 +1097,8 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("images");
 
-        let boot = prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox).unwrap();
+        let boot =
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
         assert_eq!(boot.kernel, dir.join("lab-demo-vmlinuz"));
         assert_eq!(boot.initrd, dir.join("lab-demo-initrd.img"));
         assert_eq!(boot.cmdline, BASE_CMDLINE);
@@ -1076,13 +1125,14 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
 
         // Same inputs: nothing is written.
         let (k, i) = (inode(&boot.kernel), inode(&boot.initrd));
-        let again = prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox).unwrap();
+        let again =
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
         assert_eq!(again, boot);
         assert_eq!((inode(&boot.kernel), inode(&boot.initrd)), (k, i));
 
         // A new kernel image replaces the copy and only it.
         fs::write(&kernel, "kernel two").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
         assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel two");
         assert_ne!(inode(&boot.kernel), k);
         assert_eq!(inode(&boot.initrd), i);
@@ -1090,17 +1140,77 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // A changed module rebuilds the initramfs.
         let before = fs::read(&boot.initrd).unwrap();
         fs::write(modules.join("kernel/fs/ext4/ext4.ko"), "ext4, rebuilt").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
         assert_ne!(inode(&boot.initrd), i);
         assert_ne!(fs::read(&boot.initrd).unwrap(), before);
 
         // A file lab did not write is never overwritten, and neither is the other one.
         let theirs = kernel_path(&dir, "other");
         fs::write(&theirs, "someone's kernel").unwrap();
-        let err = prepare_boot_files_from(&dir, "other", &kernel, &modules, &busybox).unwrap_err();
+        let err =
+            prepare_boot_files_from(&dir, "other", &kernel, &modules, &busybox, None).unwrap_err();
         assert!(format!("{err:#}").contains("is not lab's"), "{err:#}");
         assert_eq!(fs::read(&theirs).unwrap(), b"someone's kernel");
         assert!(!initrd_path(&dir, "other").exists());
+    }
+
+    #[test]
+    fn the_guest_agent_goes_in_with_its_libraries_and_rebuilds_the_initramfs_when_it_changes() {
+        let busybox = host_busybox().expect("busybox-static is installed (setup-host.sh)");
+        let src = tempfile::tempdir().unwrap();
+        let kernel = src.path().join("vmlinuz-6.1.0-test");
+        fs::write(&kernel, "kernel").unwrap();
+        let modules = src.path().join("6.1.0-test");
+        fs::create_dir(&modules).unwrap();
+        fake_modules(&modules, &[]);
+        // A dynamically linked stand-in for qemu-ga: what matters is that it and every
+        // library ldd names go in, and that a change to it is seen.
+        let agent = src.path().join("qemu-ga");
+        fs::copy("/bin/true", &agent).unwrap();
+        let libs: Vec<String> = Cmd::new("ldd")
+            .arg(&agent)
+            .run()
+            .unwrap()
+            .stdout
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(str::to_string)
+            .collect();
+        assert!(!libs.is_empty(), "/bin/true is dynamically linked");
+        let ramfs = build_initramfs(&modules, &busybox, Some(&agent)).unwrap();
+        assert!(ramfs.contains(&agent));
+        for lib in &libs {
+            assert!(ramfs.contains(lib), "{lib}");
+        }
+        assert!(
+            !build_initramfs(&modules, &busybox, None)
+                .unwrap()
+                .contains(&agent)
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("images");
+        let boot =
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+        let without = inode(&boot.initrd);
+        // The agent appears (qemu-guest-agent installed): the initramfs is made again.
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        let with = inode(&boot.initrd);
+        assert_ne!(with, without);
+        // Nothing changed: left alone.
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        assert_eq!(inode(&boot.initrd), with);
+        // The agent is upgraded (other bytes, a new mtime): made again.
+        fs::copy("/bin/false", &agent).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        fs::File::options()
+            .write(true)
+            .open(&agent)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        assert_ne!(inode(&boot.initrd), with);
     }
 
     #[test]
@@ -1108,8 +1218,8 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let busybox = host_busybox().expect("busybox-static is installed (setup-host.sh)");
         let dir = tempfile::tempdir().unwrap();
         fake_modules(dir.path(), &[]);
-        let a = build_initramfs(dir.path(), &busybox).unwrap();
-        let b = build_initramfs(dir.path(), &busybox).unwrap();
+        let a = build_initramfs(dir.path(), &busybox, None).unwrap();
+        let b = build_initramfs(dir.path(), &busybox, None).unwrap();
         assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
         for path in [
             "/init",

@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of a smoke VM: lab's busybox initramfs booted with the host's kernel.
 # It loads the drivers /etc/lab/modules lists, takes a DHCP lease, mounts its disk clone,
-# writes its name there, prints one LAB-READY line on the console and stays up. Every
+# writes its name there, starts the qemu guest agent when lab put one in, prints one
+# LAB-READY line on the console and stays up. Every
 # failure is a LAB-ERROR line, and the LAB-READY line still comes, so lab never waits for
 # a VM that has already given up. PID 1 must never exit: the kernel would panic.
 
@@ -99,6 +100,36 @@ else
     # On the virtual disk (journal included) before lab hears the VM is ready.
     sync
     disk=ok
+fi
+
+# The qemu guest agent (`lab trim` asks it to fstrim /data) on the virtio serial port
+# libvirt named org.qemu.guest_agent.0. There is no udev to make the
+# /dev/virtio-ports/NAME link: the port's name is read from sysfs.
+agent_port() {
+    for name in /sys/class/virtio-ports/*/name; do
+        [ -e "$name" ] || continue
+        if [ "$(cat "$name")" = org.qemu.guest_agent.0 ]; then
+            port=${name%/name}
+            echo "/dev/${port##*/}"
+            return
+        fi
+    done
+}
+
+if command -v qemu-ga >/dev/null; then
+    n=0
+    port=$(agent_port)
+    while { [ -z "$port" ] || [ ! -e "$port" ]; } && [ "$n" -lt 50 ]; do
+        sleep 0.1
+        n=$((n + 1))
+        port=$(agent_port)
+    done
+    if [ -z "$port" ] || [ ! -e "$port" ]; then
+        fail "no guest agent port: no virtio serial port named org.qemu.guest_agent.0"
+    else
+        qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /run \
+            >/run/qemu-ga.log 2>&1 &
+    fi
 fi
 
 echo "LAB-READY vm=${vm:-?} ip=$addr disk=$disk"
