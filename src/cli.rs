@@ -64,6 +64,9 @@ pub enum Command {
     Reset(ResetArgs),
     /// Remove what lab made for a profile, and nothing else
     Down(DownArgs),
+    /// Give the space guests freed back to the host: fstrim through the guest agent in
+    /// running VMs, offline for stopped ones; says how much came back
+    Trim(TrimArgs),
     /// List the profiles lab can find, and where each comes from
     Profiles,
     /// The LVM thin pool a profile names
@@ -193,4 +196,19 @@ pub enum BaseCommand {
         /// The profile: a name or a path
         profile: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct TrimArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VMs to trim (all of the profile's, and its base, when omitted)
+    pub vms: Vec<String>,
+    /// Shut down a running VM whose guest agent does not answer, trim it offline, and
+    /// start it again
+    #[arg(long)]
+    pub stop: bool,
+    /// Seconds a VM shut down by --stop may take before it is powered off
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "stop")]
+    pub shutdown_timeout: u64,
 }

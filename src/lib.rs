@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod commands_base;
+pub mod commands_trim;
 pub mod error;
 pub mod host;
 pub mod initramfs;
@@ -24,6 +25,7 @@ pub mod smoke;
 pub mod state;
 pub mod storage;
 pub mod subnet;
+pub mod trim;
 pub mod ui;
 
 use cli::{Cli, Command};
@@ -60,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Down(args) => commands::down(&cli.global, &args),
         Command::Pool(args) => commands::pool(&cli.global, &args),
         Command::Base(args) => commands_base::base(&cli.global, &args),
+        Command::Trim(args) => commands_trim::trim(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

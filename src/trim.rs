@@ -1,0 +1,1596 @@
+//! `lab trim`: the space the guests freed, given back to the host, and measured.
+//!
+//! - A running VM: fstrim inside the guest, asked of its qemu guest agent
+//!   (`virDomainFSTrim`). The guest's discards go down virtio-blk (`discard='unmap'`) into
+//!   the qcow2 clone, and QEMU punches holes in the clone's file.
+//! - A stopped VM, and a base that no clone depends on: offline. qemu-storage-daemon exports
+//!   the image as a raw disk over FUSE (a clone's backing file stays where it is, read
+//!   only), a loop device with partition scanning stands on the export, and each filesystem
+//!   on it is mounted and fstrimmed; QEMU turns the discards into zero clusters and holes.
+//!   A clone is then compacted keeping its backing file (`qemu-img convert -B`).
+//! - Before and after, the image's allocation on the host is read (its blocks, not its
+//!   length): the difference is what `lab trim` reports as given back.
+//!
+//! Along the way lab checks the chain the discards travel and names the link that breaks
+//! it: a domain disk without `discard='unmap'`, no guest agent, a host filesystem that
+//! cannot punch holes, a host disk without discard, a thin pool whose discards stop.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::host::Sysroot;
+use crate::host::blockdev;
+use crate::host::lvm::{IssueDiscards, PoolDiscards, ThinPool};
+use crate::libvirt::Libvirt;
+use crate::profile::Profile;
+use crate::runner::Cmd;
+use crate::size::ByteSize;
+use crate::state::{Observed, VolumeRole};
+use crate::storage::qcow2::{self, Qcow2Storage};
+use crate::storage::{InUse, Storage, user_of};
+use crate::{names, ui};
+
+/// The name of the guest agent's virtio serial channel.
+pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// Filesystems lab mounts and fstrims offline.
+const OFFLINE_FILESYSTEMS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs"];
+
+/// Host filesystems that give a file's freed clusters back (hole punching).
+const HOLE_PUNCHING: &[&str] = &[
+    "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "ocfs2", "gfs2", "zfs", "bcachefs",
+];
+
+/// What a disk image is in the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Clone,
+    Base,
+}
+
+/// How an image was trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// fstrim inside the running guest, through its guest agent.
+    GuestAgent,
+    /// fstrim of the image's filesystems on the host while nothing runs on it.
+    Offline,
+    None,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::GuestAgent => "guest agent",
+            Method::Offline => "offline",
+            Method::None => "-",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Trimmed,
+    /// On purpose: a base clones depend on, something that is not lab's.
+    LeftAlone,
+    /// Could not be trimmed as things are (no guest agent, a broken discard chain): the
+    /// message says what to change.
+    NotTrimmed,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Trimmed => "trimmed",
+            Outcome::LeftAlone => "left alone",
+            Outcome::NotTrimmed => "not trimmed",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One link of the chain discards travel from the guest's filesystem down to the SSD.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Link {
+    /// `domain-disk`, `guest-agent`, `host-filesystem`, `host-disk`, `thin-pool`,
+    /// `lvm-issue-discards`.
+    pub link: String,
+    pub status: LinkStatus,
+    pub finding: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkStatus {
+    Ok,
+    /// Space comes back to the host, but the layer below (the SSD) is not told.
+    Weak,
+    /// Discards stop here: nothing is given back through this link.
+    Broken,
+    Unknown,
+}
+
+impl Link {
+    fn new(link: &str, status: LinkStatus, finding: String, fix: Option<String>) -> Link {
+        Link {
+            link: link.to_string(),
+            status,
+            finding,
+            fix,
+        }
+    }
+}
+
+/// One filesystem trimmed (or not) offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FsTrim {
+    /// `whole disk` or the partition number.
+    pub part: String,
+    pub fstype: String,
+    /// Bytes fstrim said it trimmed; None when it was not trimmed.
+    pub trimmed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The result for one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageTrim {
+    /// The VM's name, or `base`.
+    pub name: String,
+    pub kind: Kind,
+    pub domain: Option<String>,
+    pub image: String,
+    /// `running`, `shut off`, or `no domain`.
+    pub state: String,
+    pub method: Method,
+    pub outcome: Outcome,
+    /// The image's allocation on the host, in bytes.
+    pub allocated_before: Option<u64>,
+    pub allocated_after: Option<u64>,
+    pub given_back: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<FsTrim>,
+    /// `lab trim --stop` shut the VM down for an offline trim and started it again.
+    pub restarted: bool,
+    pub chain: Vec<Link>,
+    pub message: Option<String>,
+    pub ms: u64,
+}
+
+/// `lab trim` as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrimReport {
+    pub profile: String,
+    pub images: Vec<ImageTrim>,
+    /// The links under every image: host filesystem and disk, thin pool.
+    pub chain: Vec<Link>,
+    /// Bytes given back on the host, all images together.
+    pub given_back: u64,
+    pub ms: u64,
+}
+
+impl TrimReport {
+    /// True when every image was trimmed or left alone on purpose.
+    pub fn complete(&self) -> bool {
+        self.images
+            .iter()
+            .all(|i| matches!(i.outcome, Outcome::Trimmed | Outcome::LeftAlone))
+    }
+}
+
+/// An image `lab trim` looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub kind: Kind,
+    /// The VM's domain when it exists and is lab's.
+    pub domain: Option<String>,
+    pub running: bool,
+    pub image: PathBuf,
+    /// Set when lab must leave the image alone, and why.
+    pub refuse: Option<String>,
+}
+
+/// The images of `profile` that `lab trim` works on: the named VMs' clones (all VMs' when
+/// `vms` is empty), and then also the base. A VM that is not up is left out; a VM named
+/// that the profile does not have is an error.
+pub fn targets(
+    profile: &Profile,
+    observed: &Observed,
+    storage: &Qcow2Storage,
+    lv: &Libvirt,
+    vms: &[String],
+) -> Result<Vec<Target>> {
+    let p = profile.name.as_str();
+    let all: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
+    for name in vms {
+        if !all.contains(name) {
+            return Err(crate::error::usage(format!(
+                "profile {p} has no VM {name:?}: its VMs are {}",
+                all.join(", ")
+            )));
+        }
+    }
+    let wanted: Vec<&String> = if vms.is_empty() {
+        all.iter().collect()
+    } else {
+        all.iter().filter(|n| vms.contains(n)).collect()
+    };
+    let mut out = Vec::new();
+    for vm in wanted {
+        let domain = names::domain(p, vm);
+        let clone = storage.clone_volume(p, vm)?.map(|v| v.path);
+        match observed.domain(&domain) {
+            Some(d) if d.owner.as_ref().is_some_and(|o| o.is(p)) => {
+                let disk = lv
+                    .domain_disks(&domain)
+                    .into_iter()
+                    .next()
+                    .map(PathBuf::from);
+                let refuse = match (&disk, &clone) {
+                    (Some(disk), Some(clone)) if same_file(disk, clone) => None,
+                    (Some(disk), _) => Some(format!(
+                        "domain {domain} writes to {}, which is not lab's clone of {vm}: left alone",
+                        disk.display()
+                    )),
+                    (None, _) => Some(format!("domain {domain} has no disk: nothing to trim")),
+                };
+                out.push(Target {
+                    name: vm.clone(),
+                    kind: Kind::Clone,
+                    domain: Some(domain),
+                    running: d.running,
+                    image: disk.or(clone).unwrap_or_default(),
+                    refuse,
+                });
+            }
+            Some(_) => out.push(Target {
+                name: vm.clone(),
+                kind: Kind::Clone,
+                domain: None,
+                running: false,
+                image: clone.unwrap_or_default(),
+                refuse: Some(format!(
+                    "domain {domain} is not lab's (no lab mark): it and its disk are left alone"
+                )),
+            }),
+            None => {
+                if let Some(clone) = clone {
+                    out.push(Target {
+                        name: vm.clone(),
+                        kind: Kind::Clone,
+                        domain: None,
+                        running: false,
+                        image: clone,
+                        refuse: None,
+                    });
+                }
+            }
+        }
+    }
+    if vms.is_empty()
+        && let Some(base) = storage.base(p)?
+    {
+        let clones: Vec<String> = observed
+            .volumes
+            .iter()
+            .filter(|v| v.role == Some(VolumeRole::Clone))
+            .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
+            .filter_map(|v| v.owner.as_ref().and_then(|o| o.vm.clone()))
+            .collect();
+        out.push(Target {
+            name: "base".into(),
+            kind: Kind::Base,
+            domain: None,
+            running: false,
+            image: base.path,
+            refuse: (!clones.is_empty()).then(|| {
+                format!(
+                    "{} clone{} ({}) read from it: a base is trimmed only when no clone \
+                     depends on it (`lab down {p}` removes the clones and keeps the base)",
+                    clones.len(),
+                    if clones.len() == 1 { "" } else { "s" },
+                    clones.join(", ")
+                )
+            }),
+        });
+    }
+    Ok(out)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+}
+
+/// What `trim` needs.
+pub struct TrimEnv<'a> {
+    pub lv: &'a Libvirt,
+    pub profile: &'a Profile,
+    pub storage: &'a Qcow2Storage,
+    /// Images running domains write to, lab's and everyone else's.
+    pub in_use: &'a [InUse],
+    /// Shut down a running VM whose guest agent does not answer, trim it offline, and
+    /// start it again.
+    pub stop: bool,
+    /// How long such a VM may take to shut down before it is powered off.
+    pub shutdown_timeout: Duration,
+    /// Where lab keeps what an offline trim needs while it runs (export, mount points).
+    pub runtime_dir: PathBuf,
+}
+
+/// Trim every target, all at once, and report.
+pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
+    let started = Instant::now();
+    let chain = host_links(&env.profile.storage.dir);
+    let images: Vec<ImageTrim> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|t| s.spawn(move || trim_one(env, t)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(targets)
+            .map(|(h, t)| {
+                h.join().unwrap_or_else(|_| {
+                    let mut r = blank(t, Method::None);
+                    r.outcome = Outcome::Failed;
+                    r.message = Some("lab's trim of this image panicked".into());
+                    r
+                })
+            })
+            .collect()
+    });
+    TrimReport {
+        profile: env.profile.name.clone(),
+        given_back: images.iter().map(|i| i.given_back).sum(),
+        images,
+        chain,
+        ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+fn blank(t: &Target, method: Method) -> ImageTrim {
+    ImageTrim {
+        name: t.name.clone(),
+        kind: t.kind,
+        domain: t.domain.clone(),
+        image: t.image.display().to_string(),
+        state: match (t.kind, &t.domain, t.running) {
+            (Kind::Base, _, _) => "-",
+            (_, Some(_), true) => "running",
+            (_, Some(_), false) => "shut off",
+            (_, None, _) => "no domain",
+        }
+        .into(),
+        method,
+        outcome: Outcome::Trimmed,
+        allocated_before: None,
+        allocated_after: None,
+        given_back: 0,
+        filesystems: Vec::new(),
+        restarted: false,
+        chain: Vec::new(),
+        message: None,
+        ms: 0,
+    }
+}
+
+fn trim_one(env: &TrimEnv<'_>, t: &Target) -> ImageTrim {
+    let started = Instant::now();
+    let mut r = blank(t, Method::None);
+    if let Some(why) = &t.refuse {
+        r.outcome = Outcome::LeftAlone;
+        r.message = Some(why.clone());
+        r.allocated_before = qcow2::allocated_bytes(&t.image).ok();
+        r.allocated_after = r.allocated_before;
+        return r;
+    }
+    let xml = t.domain.as_deref().and_then(|d| domain_xml(env.lv, d));
+    if let Some(xml) = &xml {
+        r.chain.push(domain_disk_link(
+            xml,
+            &t.image,
+            t.domain.as_deref().unwrap_or(""),
+        ));
+        if t.running {
+            r.chain
+                .push(agent_link(xml, t.domain.as_deref().unwrap_or("")));
+        }
+    }
+    r.allocated_before = qcow2::allocated_bytes(&t.image).ok();
+    let result = if t.running {
+        trim_running(env, t, &mut r)
+    } else {
+        trim_offline(env, t, &mut r)
+    };
+    if let Err(e) = result {
+        r.outcome = Outcome::Failed;
+        r.message = Some(format!("{e:#}"));
+    }
+    r.allocated_after = qcow2::allocated_bytes(&t.image).ok();
+    if r.outcome == Outcome::Trimmed
+        && let (Some(b), Some(a)) = (r.allocated_before, r.allocated_after)
+    {
+        r.given_back = b.saturating_sub(a);
+    }
+    r.ms = started.elapsed().as_millis() as u64;
+    r
+}
+
+fn domain_xml(lv: &Libvirt, domain: &str) -> Option<String> {
+    lv.connect()
+        .lookup_domain_by_name(domain)
+        .ok()?
+        .xml_desc(0)
+        .ok()
+}
+
+fn trim_running(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> {
+    let domain = t.domain.as_deref().unwrap_or_default();
+    let broken = r
+        .chain
+        .iter()
+        .find(|l| l.link == "domain-disk" && l.status == LinkStatus::Broken);
+    let agent = if let Some(link) = broken {
+        Err(format!(
+            "{}; {}",
+            link.finding,
+            link.fix.clone().unwrap_or_default()
+        ))
+    } else {
+        r.method = Method::GuestAgent;
+        ui::debug(format_args!(
+            "lab: fstrim in {domain} through its guest agent"
+        ));
+        guest_fstrim(env.lv, domain)
+    };
+    let why = match agent {
+        Ok(()) => {
+            r.outcome = Outcome::Trimmed;
+            return Ok(());
+        }
+        Err(why) => why,
+    };
+    if !env.stop {
+        r.method = Method::None;
+        r.outcome = Outcome::NotTrimmed;
+        r.message = Some(format!(
+            "{} is running and cannot be trimmed from inside: {why}. Install and start \
+             qemu-guest-agent in the guest, or run `lab trim {} {} --stop` to shut it down, \
+             trim it offline and start it again",
+            t.name, env.profile.name, t.name
+        ));
+        return Ok(());
+    }
+    ui::info(format_args!(
+        "{}: no trim from inside ({why}); shutting it down for an offline trim (--stop)",
+        t.name
+    ));
+    let forced = shut_down(env.lv, domain, env.shutdown_timeout)?;
+    let stopped = Target {
+        running: false,
+        ..t.clone()
+    };
+    // The image is no longer in use by its own domain once it is down.
+    let in_use: Vec<InUse> = env
+        .in_use
+        .iter()
+        .filter(|u| u.domain != domain)
+        .cloned()
+        .collect();
+    let offline = trim_offline(
+        &TrimEnv {
+            in_use: &in_use,
+            lv: env.lv,
+            profile: env.profile,
+            storage: env.storage,
+            stop: env.stop,
+            shutdown_timeout: env.shutdown_timeout,
+            runtime_dir: env.runtime_dir.clone(),
+        },
+        &stopped,
+        r,
+    );
+    let started = env.lv.start_domain(domain);
+    r.restarted = started.is_ok();
+    let note = format!(
+        "shut down{} for an offline trim ({why}), {}",
+        if forced {
+            " (powered off: it did not shut down in time)"
+        } else {
+            ""
+        },
+        match &started {
+            Ok(()) => "started again".to_string(),
+            Err(e) => format!("NOT started again: {e:#}"),
+        }
+    );
+    r.message = Some(match r.message.take() {
+        Some(m) => format!("{note}; {m}"),
+        None => note,
+    });
+    offline?;
+    started
+}
+
+/// Ask the guest agent of a running domain to fstrim every mounted filesystem; the error
+/// is libvirt's message (no agent channel, agent not connected, a failure in the guest).
+pub fn guest_fstrim(lv: &Libvirt, domain: &str) -> Result<(), String> {
+    let dom = lv
+        .connect()
+        .lookup_domain_by_name(domain)
+        .map_err(|e| e.message().to_string())?;
+    // virt 0.5 does not wrap virDomainFSTrim. SAFETY: `dom` is a live handle for the whole
+    // call; a null mount point asks for every mounted filesystem.
+    let rc = unsafe { virt::sys::virDomainFSTrim(dom.as_ptr(), std::ptr::null(), 0, 0) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error().message().to_string());
+    }
+    Ok(())
+}
+
+/// ACPI shutdown, then power off when the domain is still running after `timeout`.
+/// Returns true when it had to be powered off.
+fn shut_down(lv: &Libvirt, domain: &str, timeout: Duration) -> Result<bool> {
+    let dom = lv
+        .connect()
+        .lookup_domain_by_name(domain)
+        .map_err(|e| anyhow::anyhow!("looking up domain {domain}: {}", e.message()))?;
+    if dom.shutdown().is_ok() {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !dom.is_active().unwrap_or(false) {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    if dom.is_active().unwrap_or(false) {
+        dom.destroy()
+            .map_err(|e| anyhow::anyhow!("powering off domain {domain}: {}", e.message()))?;
+    }
+    Ok(true)
+}
+
+fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> {
+    r.method = Method::Offline;
+    if let Some(u) = user_of(&t.image, env.in_use) {
+        let whose = if u.domain.starts_with(&format!("{}-", names::PREFIX)) {
+            ""
+        } else {
+            ", which is not lab's"
+        };
+        r.method = Method::None;
+        r.outcome = Outcome::LeftAlone;
+        r.message = Some(format!(
+            "{} is in use by running domain {}{whose}: left alone",
+            t.image.display(),
+            u.domain
+        ));
+        return Ok(());
+    }
+    let work = offline_workdir(&env.runtime_dir, &t.image);
+    clear_leftovers(&work)?;
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let result = offline_fstrim(&t.image, "qcow2", &work);
+    let _ = std::fs::remove_dir_all(&work);
+    r.filesystems = result?;
+    if t.kind == Kind::Clone {
+        ui::debug(format_args!("lab: compact {}", t.image.display()));
+        env.storage
+            .compact(&env.profile.name, &t.name, env.in_use)?;
+    } else {
+        qcow2::check(&t.image)?;
+    }
+    if r.filesystems.iter().all(|f| f.trimmed.is_none()) {
+        r.outcome = Outcome::NotTrimmed;
+        r.message = Some(format!(
+            "no filesystem lab can trim offline on it ({}): start it and trim it through its \
+             guest agent",
+            r.filesystems
+                .iter()
+                .map(|f| format!("{}: {}", f.part, f.note.as_deref().unwrap_or(&f.fstype)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    } else {
+        r.outcome = Outcome::Trimmed;
+    }
+    Ok(())
+}
+
+/// The runtime directory of one image's offline trim: the same for the same image, so a
+/// run that was killed halfway leaves what the next run recognises and clears.
+pub fn offline_workdir(runtime_dir: &Path, image: &Path) -> PathBuf {
+    let name = image.file_name().unwrap_or_default().to_string_lossy();
+    runtime_dir.join(format!(
+        "trim-{name}-{:08x}",
+        names::fnv1a(image.as_os_str().as_encoded_bytes()) & 0xffff_ffff
+    ))
+}
+
+/// Trim the filesystems of a disk image that nothing runs on: export it with
+/// qemu-storage-daemon over FUSE, put a loop device on it (partitions scanned), mount each
+/// filesystem lab knows under `work` and fstrim it. Everything is taken down again before
+/// this returns, also on failure.
+pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsTrim>> {
+    let export = work.join("export");
+    std::fs::File::create(&export).with_context(|| format!("creating {}", export.display()))?;
+    let daemon = StorageDaemon::start(image, format, &export, &work.join("qsd.pid"))?;
+    let result = (|| -> Result<Vec<FsTrim>> {
+        let dev = LoopDevice::attach(&export)?;
+        let parts = dev.filesystems()?;
+        let mut out = Vec::new();
+        for (i, (part, node)) in parts.iter().enumerate() {
+            out.push(trim_filesystem(part, node, &work.join(format!("mnt{i}")))?);
+        }
+        dev.detach()?;
+        Ok(out)
+    })();
+    match result {
+        Ok(out) => {
+            daemon.stop()?;
+            Ok(out)
+        }
+        Err(e) => {
+            // Only stopped when nothing is mounted on the export any more: a daemon killed
+            // under a mounted filesystem would lose what the kernel has not written yet.
+            if !mounted_under(work) {
+                let _ = daemon.stop();
+            } else {
+                std::mem::forget(daemon);
+            }
+            Err(e).with_context(|| format!("trimming {} offline", image.display()))
+        }
+    }
+}
+
+/// Mount one filesystem, fstrim it, unmount it.
+fn trim_filesystem(part: &str, node: &Path, mnt: &Path) -> Result<FsTrim> {
+    let fstype = probe_fstype(node)?;
+    let skip = |note: &str| FsTrim {
+        part: part.to_string(),
+        fstype: fstype.clone().unwrap_or_else(|| "-".into()),
+        trimmed: None,
+        note: Some(note.to_string()),
+    };
+    let Some(fs) = fstype.as_deref() else {
+        return Ok(skip("no filesystem"));
+    };
+    if fs == "LVM2_member" {
+        return Ok(skip(
+            "LVM inside the guest: not opened on the host (trim it running, through its guest agent)",
+        ));
+    }
+    if fs == "swap" {
+        return Ok(skip("swap"));
+    }
+    if !OFFLINE_FILESYSTEMS.contains(&fs) {
+        return Ok(skip(&format!("{fs}: not trimmed offline")));
+    }
+    std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
+    let mut options = vec!["noatime"];
+    if fs == "xfs" {
+        // Every clone of one base carries the same filesystem UUID.
+        options.push("nouuid");
+    }
+    Cmd::new("mount")
+        .args(["-t", fs, "-o", &options.join(",")])
+        .arg(node)
+        .arg(mnt)
+        .run()
+        .with_context(|| format!("mounting the {fs} filesystem of {part}"))?;
+    let trimmed = Cmd::new("fstrim").arg("-v").arg(mnt).run();
+    let unmounted = unmount(mnt);
+    let trimmed = trimmed.with_context(|| format!("fstrim of the {fs} filesystem of {part}"))?;
+    unmounted?;
+    Ok(FsTrim {
+        part: part.to_string(),
+        fstype: fs.to_string(),
+        trimmed: parse_fstrim(&trimmed.stdout),
+        note: None,
+    })
+}
+
+fn unmount(mnt: &Path) -> Result<()> {
+    let mut last = None;
+    for _ in 0..10 {
+        match Cmd::new("umount").arg(mnt).run() {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(last.expect("tried")).with_context(|| format!("unmounting {}", mnt.display()))
+}
+
+/// The filesystem type blkid finds on a device; None when it finds none.
+fn probe_fstype(node: &Path) -> Result<Option<String>> {
+    let out = Cmd::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(node)
+        .capture()
+        .context("probing a filesystem with blkid")?;
+    // blkid exits 2 when it finds nothing.
+    if out.code == Some(2) {
+        return Ok(None);
+    }
+    if !out.success() {
+        bail!("blkid -p {} failed: {}", node.display(), out.stderr.trim());
+    }
+    let t = out.stdout.trim();
+    Ok((!t.is_empty()).then(|| t.to_string()))
+}
+
+/// `fstrim -v` prints `/mnt: 229.9 MiB (241067008 bytes) trimmed`: the byte count.
+pub fn parse_fstrim(stdout: &str) -> Option<u64> {
+    let open = stdout.rfind('(')?;
+    let rest = &stdout[open + 1..];
+    let (n, _) = rest.split_once(" bytes)")?;
+    n.trim().parse().ok()
+}
+
+/// True when something is mounted at or under `dir`.
+fn mounted_under(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    blockdev::parse_mountinfo(&text)
+        .iter()
+        .any(|m| m.mount_point.starts_with(&dir))
+}
+
+/// qemu-storage-daemon exporting one image as a raw disk over FUSE, writable, discards
+/// passed down to the image file. QEMU takes its image lock: an image another program
+/// has open (a VM lab does not know of, qemu-img, qemu-nbd) is refused before anything
+/// changes.
+struct StorageDaemon {
+    pid: i32,
+    image: PathBuf,
+}
+
+impl StorageDaemon {
+    fn start(image: &Path, format: &str, export: &Path, pidfile: &Path) -> Result<StorageDaemon> {
+        let file = serde_json::json!({
+            "driver": "file", "node-name": "lab-file", "filename": image,
+            "discard": "unmap", "aio": "threads",
+        });
+        let disk = serde_json::json!({
+            "driver": format, "node-name": "lab-disk", "file": "lab-file", "discard": "unmap",
+        });
+        let fuse = serde_json::json!({
+            "type": "fuse", "id": "lab-export", "node-name": "lab-disk",
+            "mountpoint": export, "writable": true,
+        });
+        let out = Cmd::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(file.to_string())
+            .arg("--blockdev")
+            .arg(disk.to_string())
+            .arg("--export")
+            .arg(fuse.to_string())
+            .arg("--pidfile")
+            .arg(pidfile)
+            .arg("--daemonize")
+            .run();
+        if let Err(e) = out {
+            if e.is_not_found() {
+                bail!(
+                    "qemu-storage-daemon is not installed: install qemu-system-common \
+                     (Fedora: qemu-img)"
+                );
+            }
+            let text = e.to_string();
+            if text.contains("lock") {
+                bail!(
+                    "{} is open in another program (its QEMU image lock is held: a VM lab \
+                     does not know of, qemu-img, qemu-nbd...): left alone, nothing changed",
+                    image.display()
+                );
+            }
+            return Err(e).with_context(|| format!("exporting {}", image.display()));
+        }
+        let pid = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .with_context(|| format!("reading {}", pidfile.display()))?;
+        Ok(StorageDaemon {
+            pid,
+            image: image.to_path_buf(),
+        })
+    }
+
+    /// SIGTERM (QEMU flushes the image and removes the export), then wait for the end.
+    fn stop(self) -> Result<()> {
+        stop_process(self.pid, Duration::from_secs(30))
+            .with_context(|| format!("stopping the export of {}", self.image.display()))
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn stop_process(pid: i32, patience: Duration) -> Result<()> {
+    // SAFETY: plain kill(2) on a pid lab read from the daemon's own pid file.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + patience;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            bail!("process {pid} did not end within {} s", patience.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A loop device on the export, partitions scanned.
+struct LoopDevice {
+    node: PathBuf,
+    attached: bool,
+}
+
+impl LoopDevice {
+    fn attach(file: &Path) -> Result<LoopDevice> {
+        let out = Cmd::new("losetup")
+            .args(["--find", "--show", "--partscan"])
+            .arg(file)
+            .run()
+            .context("attaching a loop device")?;
+        Ok(LoopDevice {
+            node: PathBuf::from(out.stdout.trim()),
+            attached: true,
+        })
+    }
+
+    /// The places a filesystem can be: each partition, or the whole disk when it has none.
+    fn filesystems(&self) -> Result<Vec<(String, PathBuf)>> {
+        let name = self
+            .node
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sys = Path::new("/sys/block").join(&name);
+        let mut parts: Vec<(u32, String)> = std::fs::read_dir(&sys)
+            .with_context(|| format!("reading {}", sys.display()))?
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let num = n.strip_prefix(&format!("{name}p"))?.parse().ok()?;
+                Some((num, n))
+            })
+            .collect();
+        parts.sort();
+        if parts.is_empty() {
+            return Ok(vec![("whole disk".into(), self.node.clone())]);
+        }
+        let mut out = Vec::new();
+        for (num, part) in parts {
+            let node = Path::new("/dev").join(&part);
+            // devtmpfs makes the node as the kernel scans the table: wait a moment for it.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !node.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            out.push((format!("partition {num}"), node));
+        }
+        Ok(out)
+    }
+
+    fn detach(mut self) -> Result<()> {
+        self.attached = false;
+        Cmd::new("losetup")
+            .arg("-d")
+            .arg(&self.node)
+            .run()
+            .with_context(|| format!("detaching {}", self.node.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        if self.attached {
+            let _ = Cmd::new("losetup").arg("-d").arg(&self.node).run();
+        }
+    }
+}
+
+/// Take down what a killed offline trim left in `work`: its mounts, its loop devices and
+/// its qemu-storage-daemon, in that order; then the directory.
+pub fn clear_leftovers(work: &Path) -> Result<()> {
+    if !work.exists() {
+        return Ok(());
+    }
+    ui::debug(format_args!(
+        "lab: clearing what an interrupted trim left in {}",
+        work.display()
+    ));
+    for entry in std::fs::read_dir(work)?.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with("mnt") && mounted_under(&path) {
+            unmount(&path)?;
+        }
+    }
+    let export = work.join("export");
+    if export.exists()
+        && let Ok(out) = Cmd::new("losetup")
+            .args(["--noheadings", "--output", "NAME", "--associated"])
+            .arg(&export)
+            .run()
+    {
+        for dev in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            Cmd::new("losetup")
+                .args(["-d", dev])
+                .run()
+                .with_context(|| format!("detaching {dev}, left by an interrupted trim"))?;
+        }
+    }
+    if let Some(pid) = std::fs::read_to_string(work.join("qsd.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("qemu-storage-daemon")
+            && cmdline.contains(&export.display().to_string())
+        {
+            stop_process(pid, Duration::from_secs(30))?;
+        }
+    }
+    std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))
+}
+
+/// The `discard` attribute of each disk of a domain: (source, discard) pairs.
+pub fn disk_discards(xml: &str) -> Vec<(String, Option<String>)> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = Vec::new();
+    let mut in_disk = false;
+    let mut source: Option<String> = None;
+    let mut discard: Option<String> = None;
+    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| -> Option<String> {
+        e.attributes().flatten().find_map(|a| {
+            (a.key.local_name().into_inner() == name)
+                .then(|| {
+                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .ok()
+                        .map(|v| v.into_owned())
+                })
+                .flatten()
+        })
+    };
+    let mut depth = 0usize;
+    let mut disk_depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                let name = e.local_name().into_inner().to_string();
+                if name == "disk" && !in_disk && attr(&e, "device").as_deref() != Some("cdrom") {
+                    in_disk = true;
+                    disk_depth = depth;
+                    source = None;
+                    discard = None;
+                } else if in_disk && depth == disk_depth + 1 {
+                    take_disk_child(&name, &e, &attr, &mut source, &mut discard);
+                }
+            }
+            Ok(Event::Empty(e)) => {
+                let name = e.local_name().into_inner().to_string();
+                if in_disk && depth == disk_depth {
+                    take_disk_child(&name, &e, &attr, &mut source, &mut discard);
+                }
+            }
+            Ok(Event::End(_)) => {
+                if in_disk && depth == disk_depth {
+                    in_disk = false;
+                    if let Some(s) = source.take() {
+                        out.push((s, discard.take()));
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn take_disk_child(
+    name: &str,
+    e: &quick_xml::events::BytesStart<'_>,
+    attr: &dyn Fn(&quick_xml::events::BytesStart<'_>, &str) -> Option<String>,
+    source: &mut Option<String>,
+    discard: &mut Option<String>,
+) {
+    match name {
+        "source" => *source = attr(e, "file").or_else(|| attr(e, "dev")),
+        "driver" => *discard = attr(e, "discard"),
+        _ => {}
+    }
+}
+
+/// The state libvirt reports for the guest agent's channel: Some("connected"),
+/// Some("disconnected"), Some("") for a channel without a state (a stopped domain); None
+/// when the domain has no such channel.
+pub fn agent_channel_state(xml: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().into_inner() == "target" => {
+                let mut name = None;
+                let mut state = None;
+                for a in e.attributes().flatten() {
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default();
+                    match a.key.local_name().into_inner() {
+                        "name" => name = Some(v),
+                        "state" => state = Some(v),
+                        _ => {}
+                    }
+                }
+                if name.as_deref() == Some(AGENT_CHANNEL) {
+                    return Some(state.unwrap_or_default());
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Does the domain's disk on `image` pass the guest's discards down?
+pub fn domain_disk_link(xml: &str, image: &Path, domain: &str) -> Link {
+    let disks = disk_discards(xml);
+    let disk = disks
+        .iter()
+        .find(|(s, _)| same_file(Path::new(s), image))
+        .or(disks.first());
+    match disk.map(|(_, d)| d.as_deref()) {
+        Some(Some("unmap")) => Link::new(
+            "domain-disk",
+            LinkStatus::Ok,
+            format!("domain {domain}: its disk passes discards down (discard='unmap')"),
+            None,
+        ),
+        Some(other) => Link::new(
+            "domain-disk",
+            LinkStatus::Broken,
+            format!(
+                "domain {domain}: its disk has {}: the guest's discards stop at QEMU",
+                match other {
+                    Some(v) => format!("discard='{v}'"),
+                    None => "no discard attribute (QEMU ignores discards)".to_string(),
+                }
+            ),
+            Some(format!(
+                "`virsh edit {domain}`: put discard='unmap' on the disk's <driver/>, then \
+                 restart it (lab defines its domains with it: `lab down` and `lab up` do it)"
+            )),
+        ),
+        None => Link::new(
+            "domain-disk",
+            LinkStatus::Unknown,
+            format!("domain {domain}: no disk found in its definition"),
+            None,
+        ),
+    }
+}
+
+/// Is there a guest agent to ask, and is it connected?
+pub fn agent_link(xml: &str, domain: &str) -> Link {
+    match agent_channel_state(xml).as_deref() {
+        Some("connected") => Link::new(
+            "guest-agent",
+            LinkStatus::Ok,
+            format!("domain {domain}: its guest agent is connected"),
+            None,
+        ),
+        Some(state) => Link::new(
+            "guest-agent",
+            LinkStatus::Broken,
+            format!(
+                "domain {domain}: its guest agent channel is {}: no agent runs in the guest",
+                if state.is_empty() {
+                    "not connected"
+                } else {
+                    state
+                }
+            ),
+            Some(
+                "install and start qemu-guest-agent in the guest, or trim it offline: \
+                 `lab trim PROFILE VM --stop`"
+                    .into(),
+            ),
+        ),
+        None => Link::new(
+            "guest-agent",
+            LinkStatus::Broken,
+            format!("domain {domain}: it has no guest agent channel ({AGENT_CHANNEL})"),
+            Some(format!(
+                "add <channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/></channel> \
+                 (lab's domains have it), or trim it offline: `lab trim PROFILE VM --stop`"
+            )),
+        ),
+    }
+}
+
+/// The links under the image directory: its filesystem gives clusters back, its disk
+/// takes discards.
+pub fn host_links(dir: &Path) -> Vec<Link> {
+    let stack = blockdev::resolve_path(&Sysroot::live(), dir);
+    let mounted_with_discard = match (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        &stack.mount_point,
+    ) {
+        (Ok(text), Some(mp)) => mounted_with_discard(&text, mp),
+        _ => None,
+    };
+    stack_links(&stack, mounted_with_discard)
+}
+
+/// Whether the filesystem mounted at `mount_point` (the last such line of mountinfo) has
+/// the `discard` option, among its mount or its superblock options.
+pub fn mounted_with_discard(mountinfo: &str, mount_point: &Path) -> Option<bool> {
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if sep < 6 || fields.len() < sep + 4 || Path::new(fields[4]) != mount_point {
+            continue;
+        }
+        let has = |opts: &str| opts.split(',').any(|o| o == "discard");
+        found = Some(has(fields[5]) || has(fields[sep + 3]));
+    }
+    found
+}
+
+/// [`host_links`] from what lies under the directory.
+pub fn stack_links(stack: &blockdev::BlockStack, mounted_with_discard: Option<bool>) -> Vec<Link> {
+    let place = stack.describe_place();
+    let mut links = Vec::new();
+    links.push(match stack.fstype.as_deref() {
+        Some(fs) if HOLE_PUNCHING.contains(&fs) => Link::new(
+            "host-filesystem",
+            LinkStatus::Ok,
+            format!("{place}: {fs} gives a file's freed clusters back (hole punching)"),
+            None,
+        ),
+        Some(fs) => Link::new(
+            "host-filesystem",
+            LinkStatus::Unknown,
+            format!("{place}: lab does not know whether {fs} punches holes in files"),
+            Some("keep the images on ext4, XFS or btrfs".into()),
+        ),
+        None => Link::new(
+            "host-filesystem",
+            LinkStatus::Unknown,
+            format!("{place}: filesystem not found"),
+            None,
+        ),
+    });
+    let without: Vec<String> = stack
+        .disks
+        .iter()
+        .filter(|d| d.supports_discard() == Some(false))
+        .map(|d| d.to_string())
+        .collect();
+    let with: Vec<String> = stack
+        .disks
+        .iter()
+        .filter(|d| d.supports_discard() == Some(true))
+        .map(|d| d.to_string())
+        .collect();
+    links.push(if !without.is_empty() {
+        Link::new(
+            "host-disk",
+            LinkStatus::Weak,
+            format!(
+                "{}: takes no discard: the host filesystem gets the space back, the disk is \
+                 never told",
+                without.join(", ")
+            ),
+            Some(
+                "keep the lab on an SSD that takes discard (`lab check --storage DIR` tells)"
+                    .into(),
+            ),
+        )
+    } else if with.is_empty() {
+        Link::new(
+            "host-disk",
+            LinkStatus::Unknown,
+            format!("{place}: cannot tell whether its disk takes discard"),
+            None,
+        )
+    } else if mounted_with_discard == Some(false) {
+        Link::new(
+            "host-disk",
+            LinkStatus::Ok,
+            format!(
+                "{} takes discard; {} is mounted without `discard`, so the disk hears of the \
+                 freed space at the host's next fstrim",
+                with.join(", "),
+                stack
+                    .mount_point
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
+            ),
+            Some(
+                "enable the host's periodic fstrim (`systemctl enable --now fstrim.timer`)".into(),
+            ),
+        )
+    } else {
+        Link::new(
+            "host-disk",
+            LinkStatus::Ok,
+            format!("{} takes discard", with.join(", ")),
+            None,
+        )
+    });
+    links
+}
+
+/// The links of an LVM thin pool: the pool's discard mode, and `issue_discards`.
+pub fn thin_links(pool: &ThinPool, issue: Option<&IssueDiscards>) -> Vec<Link> {
+    let name = format!("{}/{}", pool.vg, pool.name);
+    let mut links = vec![match &pool.discards {
+        PoolDiscards::Passdown => Link::new(
+            "thin-pool",
+            LinkStatus::Ok,
+            format!("thin pool {name}: discards free pool blocks and pass down to the disk"),
+            None,
+        ),
+        PoolDiscards::Nopassdown => Link::new(
+            "thin-pool",
+            LinkStatus::Weak,
+            format!(
+                "thin pool {name}: discards=nopassdown: the pool gets its blocks back, the \
+                 disk is never told"
+            ),
+            Some(format!("lvchange --discards passdown {name}")),
+        ),
+        PoolDiscards::Ignore => Link::new(
+            "thin-pool",
+            LinkStatus::Broken,
+            format!(
+                "thin pool {name}: discards=ignore: deleted data keeps its pool blocks, \
+                 nothing is given back"
+            ),
+            Some(format!(
+                "lvchange --discards passdown {name} (the pool must be inactive to leave ignore)"
+            )),
+        ),
+        PoolDiscards::Unknown(v) => Link::new(
+            "thin-pool",
+            LinkStatus::Unknown,
+            format!("thin pool {name}: discard mode {v:?}"),
+            None,
+        ),
+    }];
+    links.push(match issue {
+        Some(i) if i.value != 0 => Link::new(
+            "lvm-issue-discards",
+            LinkStatus::Ok,
+            "devices/issue_discards = 1: space of removed LVs is discarded on the disk".into(),
+            None,
+        ),
+        Some(_) => Link::new(
+            "lvm-issue-discards",
+            LinkStatus::Weak,
+            "devices/issue_discards = 0: the space of a removed or shrunk LV is not \
+             discarded on the disk"
+                .into(),
+            Some("`lab check --fix` sets issue_discards = 1 in /etc/lvm/lvmlocal.conf".into()),
+        ),
+        None => Link::new(
+            "lvm-issue-discards",
+            LinkStatus::Unknown,
+            "devices/issue_discards could not be read".into(),
+            None,
+        ),
+    });
+    links
+}
+
+/// Thin pool data in use, in bytes (size times `data_percent`).
+pub fn pool_data_bytes(pool: &ThinPool) -> Option<u64> {
+    Some((pool.size? as f64 * pool.data_percent? / 100.0).round() as u64)
+}
+
+/// The table `lab trim` prints.
+pub fn render(report: &TrimReport) -> String {
+    use crate::ui::{Stream, Style, Table};
+    let bytes = |b: Option<u64>| b.map(|b| ByteSize(b).to_string()).unwrap_or("-".into());
+    let mut t = Table::new([
+        "image",
+        "state",
+        "how",
+        "before",
+        "after",
+        "given back",
+        "result",
+    ]);
+    for i in &report.images {
+        let style = match i.outcome {
+            Outcome::Trimmed => Style::Green,
+            Outcome::LeftAlone => Style::Dim,
+            Outcome::NotTrimmed => Style::Yellow,
+            Outcome::Failed => Style::Red,
+        };
+        t.row(vec![
+            (i.name.clone(), Style::Plain),
+            (i.state.clone(), Style::Plain),
+            (i.method.as_str().into(), Style::Plain),
+            (bytes(i.allocated_before), Style::Plain),
+            (bytes(i.allocated_after), Style::Plain),
+            (ByteSize(i.given_back).to_string(), Style::Bold),
+            (i.outcome.as_str().into(), style),
+        ]);
+    }
+    let mut out = t.render(Stream::Stdout);
+    out.push_str(&format!(
+        "given back on the host: {} ({} bytes) in {:.1} s\n",
+        ByteSize(report.given_back),
+        report.given_back,
+        report.ms as f64 / 1000.0
+    ));
+    for i in &report.images {
+        if let Some(m) = &i.message {
+            out.push_str(&format!("{}: {m}\n", i.name));
+        }
+    }
+    let links = report
+        .chain
+        .iter()
+        .chain(report.images.iter().flat_map(|i| i.chain.iter()));
+    for l in links.filter(|l| l.status != LinkStatus::Ok || l.fix.is_some()) {
+        out.push_str(&format!(
+            "discard chain, {} ({}): {}{}\n",
+            l.link,
+            match l.status {
+                LinkStatus::Ok => "ok",
+                LinkStatus::Weak => "weak",
+                LinkStatus::Broken => "broken",
+                LinkStatus::Unknown => "unknown",
+            },
+            l.finding,
+            l.fix
+                .as_deref()
+                .map(|f| format!("; fix: {f}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// Where lab keeps runtime state: `$LAB_RUNTIME_DIR`, else `/run/lab`.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("LAB_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/lab"))
+}
+
+/// The images of a profile, without trimming: for messages when there is nothing to trim.
+pub fn nothing_to_trim(profile: &Profile, vms: &[String]) -> String {
+    let p = &profile.name;
+    if vms.is_empty() {
+        format!(
+            "{p}: nothing to trim: lab owns no VM disk and no base of this profile in {} \
+             (`lab up {p}` makes them)",
+            profile.storage.dir.display()
+        )
+    } else {
+        format!(
+            "{p}: nothing to trim: {} {} not up (`lab up {p}`)",
+            vms.join(", "),
+            if vms.len() == 1 { "is" } else { "are" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = "<domain type='qemu'><name>lab-t-node1</name><devices>
+  <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/iso/x.iso'/></disk>
+  <disk type='file' device='disk'>
+    <driver name='qemu' type='qcow2' discard='unmap'/>
+    <source file='/img/lab-t-node1.qcow2' index='1'/>
+    <backingStore type='file' index='2'><format type='qcow2'/><source file='/img/lab-t-base.qcow2'/></backingStore>
+    <target dev='vda' bus='virtio'/>
+  </disk>
+  <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/vg/data'/></disk>
+  <channel type='unix'>
+    <source mode='bind' path='/run/libvirt/qemu/channel/1-lab-t-node1/org.qemu.guest_agent.0'/>
+    <target type='virtio' name='org.qemu.guest_agent.0' state='disconnected'/>
+    <address type='virtio-serial' controller='0' bus='0' port='1'/>
+  </channel>
+</devices></domain>";
+
+    #[test]
+    fn each_disk_says_whether_it_passes_discards_down() {
+        assert_eq!(
+            disk_discards(DOMAIN),
+            [
+                (
+                    "/img/lab-t-node1.qcow2".to_string(),
+                    Some("unmap".to_string())
+                ),
+                ("/dev/vg/data".to_string(), None),
+            ]
+        );
+        let ok = domain_disk_link(DOMAIN, Path::new("/img/lab-t-node1.qcow2"), "lab-t-node1");
+        assert_eq!(ok.status, LinkStatus::Ok, "{ok:?}");
+        let broken = domain_disk_link(DOMAIN, Path::new("/dev/vg/data"), "lab-t-node1");
+        assert_eq!(broken.status, LinkStatus::Broken);
+        assert!(
+            broken.finding.contains("no discard attribute"),
+            "{broken:?}"
+        );
+        assert!(broken.fix.unwrap().contains("discard='unmap'"));
+        let ignore = DOMAIN.replace("discard='unmap'", "discard='ignore'");
+        let link = domain_disk_link(&ignore, Path::new("/img/lab-t-node1.qcow2"), "d");
+        assert_eq!(link.status, LinkStatus::Broken);
+        assert!(link.finding.contains("discard='ignore'"), "{link:?}");
+    }
+
+    #[test]
+    fn the_agent_channel_state_is_read() {
+        assert_eq!(agent_channel_state(DOMAIN).as_deref(), Some("disconnected"));
+        let on = DOMAIN.replace("state='disconnected'", "state='connected'");
+        assert_eq!(agent_link(&on, "d").status, LinkStatus::Ok);
+        let off = agent_link(DOMAIN, "d");
+        assert_eq!(off.status, LinkStatus::Broken);
+        assert!(off.finding.contains("disconnected"), "{off:?}");
+        let none = "<domain><devices><channel type='pty'><target type='virtio' \
+                    name='org.example.other'/></channel></devices></domain>";
+        assert_eq!(agent_channel_state(none), None);
+        assert!(
+            agent_link(none, "d")
+                .finding
+                .contains("no guest agent channel")
+        );
+    }
+
+    #[test]
+    fn fstrim_output_gives_the_bytes() {
+        assert_eq!(
+            parse_fstrim("/tmp/x/mnt0: 229.9 MiB (241067008 bytes) trimmed\n"),
+            Some(241_067_008)
+        );
+        assert_eq!(parse_fstrim("/m (1): 0 B (0 bytes) trimmed"), Some(0));
+        assert_eq!(parse_fstrim("nonsense"), None);
+    }
+
+    fn pool(discards: &str) -> ThinPool {
+        let rows = crate::host::lvm::parse_lvs(include_str!(
+            "../tests/fixtures/lvm/guest-lvs-pool-50.json"
+        ))
+        .unwrap();
+        let row = rows.iter().find(|r| r.segtype == "thin-pool").unwrap();
+        let mut p = ThinPool::find(&rows, &row.vg_name, &row.lv_name).unwrap();
+        p.discards = PoolDiscards::parse(discards);
+        p
+    }
+
+    #[test]
+    fn thin_pool_links_name_where_discards_stop() {
+        let on = IssueDiscards {
+            value: 1,
+            config_dir: "/etc/lvm".into(),
+            built_in_default: false,
+        };
+        let off = IssueDiscards {
+            value: 0,
+            ..on.clone()
+        };
+        let links = thin_links(&pool("passdown"), Some(&on));
+        assert!(
+            links.iter().all(|l| l.status == LinkStatus::Ok),
+            "{links:?}"
+        );
+        let ignore = thin_links(&pool("ignore"), Some(&off));
+        assert_eq!(ignore[0].status, LinkStatus::Broken);
+        assert!(ignore[0].finding.contains("discards=ignore"));
+        assert!(
+            ignore[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("--discards passdown")
+        );
+        assert_eq!(ignore[1].status, LinkStatus::Weak);
+        assert!(
+            ignore[1]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("lab check --fix")
+        );
+        let nopass = thin_links(&pool("nopassdown"), None);
+        assert_eq!(nopass[0].status, LinkStatus::Weak);
+        assert_eq!(nopass[1].status, LinkStatus::Unknown);
+        let p = pool("passdown");
+        let used = pool_data_bytes(&p).unwrap();
+        let expect = p.size.unwrap() as f64 * p.data_percent.unwrap() / 100.0;
+        assert!((used as f64 - expect).abs() < 1.0);
+    }
+
+    #[test]
+    fn host_links_name_a_disk_without_discard() {
+        let disk = |max| blockdev::Disk {
+            name: "sda".into(),
+            dev: "8:0".into(),
+            rotational: Some(false),
+            discard_max_bytes: Some(max),
+            discard_granularity: Some(512),
+            model: None,
+            size_bytes: None,
+            driver: None,
+        };
+        let mut stack = blockdev::BlockStack {
+            requested: "/var/lib/lab/images".into(),
+            measured_at: "/var/lib/lab/images".into(),
+            mount_point: Some("/".into()),
+            fstype: Some("ext4".into()),
+            device: Some("sda1".into()),
+            disks: vec![disk(0)],
+            ..Default::default()
+        };
+        let links = stack_links(&stack, Some(true));
+        assert_eq!(links[0].status, LinkStatus::Ok);
+        assert_eq!(links[1].status, LinkStatus::Weak);
+        assert!(links[1].finding.contains("takes no discard"), "{links:?}");
+        stack.disks = vec![disk(1 << 30)];
+        let links = stack_links(&stack, Some(false));
+        assert_eq!(links[1].status, LinkStatus::Ok);
+        assert!(links[1].fix.as_deref().unwrap().contains("fstrim.timer"));
+        stack.fstype = Some("nfs4".into());
+        assert_eq!(stack_links(&stack, None)[0].status, LinkStatus::Unknown);
+    }
+
+    #[test]
+    fn the_discard_mount_option_is_found() {
+        let text = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard,resv_strict\n\
+                    40 27 7:0 / /srv rw,noatime shared:5 - xfs /dev/loop0 rw,attr2\n";
+        assert_eq!(mounted_with_discard(text, Path::new("/")), Some(true));
+        assert_eq!(mounted_with_discard(text, Path::new("/srv")), Some(false));
+        assert_eq!(mounted_with_discard(text, Path::new("/nope")), None);
+    }
+
+    #[test]
+    fn an_offline_workdir_is_the_same_for_the_same_image() {
+        let a = offline_workdir(Path::new("/run/lab"), Path::new("/img/lab-t-node1.qcow2"));
+        assert_eq!(
+            a,
+            offline_workdir(Path::new("/run/lab"), Path::new("/img/lab-t-node1.qcow2"))
+        );
+        assert!(a.starts_with("/run/lab"));
+        assert!(a.to_string_lossy().contains("trim-lab-t-node1.qcow2-"));
+        assert_ne!(
+            a,
+            offline_workdir(Path::new("/run/lab"), Path::new("/other/lab-t-node1.qcow2"))
+        );
+    }
+}
