@@ -583,8 +583,9 @@ fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
     clear_leftovers(&work)?;
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let result = offline_fstrim(&t.image, "qcow2", &work);
-    let _ = std::fs::remove_dir_all(&work);
+    let removed = remove_workdir(&work);
     r.filesystems = result?;
+    removed?;
     if t.kind == Kind::Clone {
         ui::debug(format_args!("lab: compact {}", t.image.display()));
         env.storage
@@ -950,7 +951,26 @@ pub fn clear_leftovers(work: &Path) -> Result<()> {
             stop_process(pid, Duration::from_secs(30))?;
         }
     }
-    std::fs::remove_dir_all(work).with_context(|| format!("removing {}", work.display()))
+    remove_workdir(work)
+}
+
+/// Remove an offline trim's directory, never while anything is mounted under it: a
+/// recursive removal would go on into the guest's filesystem.
+fn remove_workdir(work: &Path) -> Result<()> {
+    if mounted_under(work) {
+        bail!(
+            "{} still has something mounted under it (a guest filesystem or the export): \
+             left as it is; unmount it (`umount -R {}`) and run lab trim again",
+            work.display(),
+            work.display()
+        );
+    }
+    match std::fs::remove_dir_all(work) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", work.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The `discard` attribute of each disk of a domain: (source, discard) pairs.
@@ -1577,6 +1597,31 @@ mod tests {
         assert_eq!(mounted_with_discard(text, Path::new("/")), Some(true));
         assert_eq!(mounted_with_discard(text, Path::new("/srv")), Some(false));
         assert_eq!(mounted_with_discard(text, Path::new("/nope")), None);
+    }
+
+    #[test]
+    fn a_workdir_with_something_mounted_is_never_removed() {
+        // As root (CI, setup-host.sh): a tmpfs stands for a guest filesystem left mounted.
+        let work = tempfile::tempdir().unwrap();
+        let mnt = work.path().join("mnt0");
+        std::fs::create_dir(&mnt).unwrap();
+        Cmd::new("mount")
+            .args(["-t", "tmpfs", "lab-test", mnt.to_str().unwrap()])
+            .run()
+            .expect("mounting a tmpfs (tests run as root)");
+        std::fs::write(mnt.join("guest-file"), "precious").unwrap();
+        let err = remove_workdir(work.path()).unwrap_err();
+        let kept = std::fs::read_to_string(mnt.join("guest-file"));
+        Cmd::new("umount").arg(&mnt).run().unwrap();
+        assert!(
+            format!("{err:#}").contains("still has something mounted"),
+            "{err:#}"
+        );
+        assert_eq!(kept.unwrap(), "precious");
+        // Nothing mounted: removed, and clearing it again is no error.
+        remove_workdir(work.path()).unwrap();
+        assert!(!work.path().exists());
+        clear_leftovers(work.path()).unwrap();
     }
 
     #[test]
