@@ -759,6 +759,7 @@ fn mounted_under(dir: &Path) -> bool {
 struct StorageDaemon {
     pid: i32,
     image: PathBuf,
+    export: PathBuf,
 }
 
 impl StorageDaemon {
@@ -809,14 +810,36 @@ impl StorageDaemon {
         Ok(StorageDaemon {
             pid,
             image: image.to_path_buf(),
+            export: export.to_path_buf(),
         })
     }
 
     /// SIGTERM (QEMU flushes the image and removes the export), then wait for the end.
     fn stop(self) -> Result<()> {
         stop_process(self.pid, Duration::from_secs(30))
-            .with_context(|| format!("stopping the export of {}", self.image.display()))
+            .with_context(|| format!("stopping the export of {}", self.image.display()))?;
+        unmount_dead_export(&self.export)
     }
+}
+
+/// A FUSE export whose daemon is gone can stay mounted ("transport endpoint is not
+/// connected"); with no daemon behind it nothing is in flight, and it is unmounted.
+fn unmount_dead_export(export: &Path) -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| {
+            blockdev::parse_mountinfo(&t)
+                .iter()
+                .any(|m| m.mount_point == export)
+        })
+        .unwrap_or(false);
+    if mounted {
+        ui::debug(format_args!(
+            "lab: {} is still mounted with its daemon gone",
+            export.display()
+        ));
+        unmount(export)?;
+    }
+    Ok(())
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -951,6 +974,8 @@ pub fn clear_leftovers(work: &Path) -> Result<()> {
             stop_process(pid, Duration::from_secs(30))?;
         }
     }
+    // The daemon is gone (stopped above, or died): no export can still be served.
+    unmount_dead_export(&export)?;
     remove_workdir(work)
 }
 
