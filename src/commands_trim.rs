@@ -34,6 +34,7 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
             images: Vec::new(),
             chain: Vec::new(),
             given_back: 0,
+            thin_pool: None,
             ms: 0,
         };
         if global.json {
@@ -55,8 +56,26 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         runtime_dir: trim::runtime_dir(),
     };
+    let pool_before = thin_pool(&profile);
     let mut report = trim::trim(&env, &targets);
-    report.chain.extend(thin_pool_links(&profile));
+    if let Some(before) = pool_before {
+        let after = thin_pool(&profile);
+        let (b, a) = (
+            trim::pool_data_bytes(&before),
+            after.as_ref().and_then(trim::pool_data_bytes),
+        );
+        report.thin_pool = Some(trim::PoolUse {
+            pool: format!("{}/{}", before.vg, before.name),
+            data_before: b,
+            data_after: a,
+            given_back: b.zip(a).map(|(b, a)| b.saturating_sub(a)).unwrap_or(0),
+        });
+        let issue = lvm::issue_discards(&Sysroot::live()).ok();
+        report.chain.extend(trim::thin_links(
+            after.as_ref().unwrap_or(&before),
+            issue.as_ref(),
+        ));
+    }
     if global.json {
         ui::print_json(&report)?;
     } else {
@@ -69,26 +88,21 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
     })
 }
 
-/// The thin pool's links, for a profile that names one and where it exists.
-fn thin_pool_links(profile: &Profile) -> Vec<trim::Link> {
+/// The profile's thin pool, when it names one that exists.
+fn thin_pool(profile: &Profile) -> Option<ThinPool> {
     let s = &profile.storage;
     let (Some(vg), Some(pool)) = (&s.vg, &s.pool) else {
-        return Vec::new();
+        return None;
     };
     if s.backend == StorageBackend::Qcow2 {
-        return Vec::new();
+        return None;
     }
-    let sysroot = Sysroot::live();
-    let found = LvmSource::for_sysroot(&sysroot)
+    let found = LvmSource::for_sysroot(&Sysroot::live())
         .lvs(vg, pool)
         .ok()
         .and_then(|rows| ThinPool::find(&rows, vg, pool));
-    let Some(found) = found else {
-        ui::debug(format_args!(
-            "thin pool {vg}/{pool} not found: no pool links"
-        ));
-        return Vec::new();
-    };
-    let issue = lvm::issue_discards(&sysroot).ok();
-    trim::thin_links(&found, issue.as_ref())
+    if found.is_none() {
+        ui::debug(format_args!("thin pool {vg}/{pool} not found"));
+    }
+    found
 }

@@ -176,7 +176,19 @@ pub struct TrimReport {
     pub chain: Vec<Link>,
     /// Bytes given back on the host, all images together.
     pub given_back: u64,
+    /// For a profile on an LVM thin pool: the pool's data in use before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thin_pool: Option<PoolUse>,
     pub ms: u64,
+}
+
+/// A thin pool's data in use around a trim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolUse {
+    pub pool: String,
+    pub data_before: Option<u64>,
+    pub data_after: Option<u64>,
+    pub given_back: u64,
 }
 
 impl TrimReport {
@@ -355,6 +367,7 @@ pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
         given_back: images.iter().map(|i| i.given_back).sum(),
         images,
         chain,
+        thin_pool: None,
         ms: started.elapsed().as_millis() as u64,
     }
 }
@@ -1399,6 +1412,15 @@ pub fn render(report: &TrimReport) -> String {
         report.given_back,
         report.ms as f64 / 1000.0
     ));
+    if let Some(p) = &report.thin_pool {
+        out.push_str(&format!(
+            "thin pool {}: data in use {} -> {}, {} given back\n",
+            p.pool,
+            bytes(p.data_before),
+            bytes(p.data_after),
+            ByteSize(p.given_back)
+        ));
+    }
     for i in &report.images {
         if let Some(m) = &i.message {
             out.push_str(&format!("{}: {m}\n", i.name));
