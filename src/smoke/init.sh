@@ -126,9 +126,9 @@ if command -v qemu-ga >/dev/null; then
     done
     if [ -z "$port" ] || [ ! -e "$port" ]; then
         fail "no guest agent port: no virtio serial port named org.qemu.guest_agent.0"
-    else
-        qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /run \
-            >/run/qemu-ga.log 2>&1 &
+    elif ! qemu-ga --daemonize -m virtio-serial -p "$port" -f /run/qemu-ga.pid \
+            -t /run -l /run/qemu-ga.log 2>/tmp/qemu-ga.err; then
+        fail "qemu-ga on $port: $(oneline /tmp/qemu-ga.err)"
     fi
 fi
 
