@@ -814,6 +814,14 @@ impl StorageDaemon {
                     image.display()
                 );
             }
+            if !Path::new("/dev/fuse").exists() {
+                return Err(e).with_context(|| {
+                    format!(
+                        "exporting {} over FUSE: there is no /dev/fuse (`modprobe fuse`)",
+                        image.display()
+                    )
+                });
+            }
             return Err(e).with_context(|| format!("exporting {}", image.display()));
         }
         let pid = std::fs::read_to_string(pidfile)
