@@ -1,0 +1,589 @@
+//! `lab trim` on a real smoke lab under the real libvirtd (TCG guests), measured from the
+//! clone's allocation on the host:
+//! - running VM: the guest writes 64 MiB of random data to /data and deletes it; `lab trim`
+//!   (fstrim through the guest agent) gives at least 95% of it back;
+//! - stopped VM: the same, then the VM is powered off; `lab trim` (offline fstrim and
+//!   compaction) gives at least 95% back, and the guest's filesystem is intact;
+//! - an image another program holds open is left alone, byte for byte;
+//! - a running VM whose guest agent is gone is not trimmed, and not stopped, unless
+//!   `--stop`, which shuts it down, trims it offline and starts it again;
+//! - a base with no clone left is trimmed offline; a profile with nothing is said so.
+//!
+//! The guest is driven through its qemu guest agent (`guest-exec`), the same agent
+//! `lab trim` uses: no test hook in the guest. One VM, one test: CPU is scarce.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+const MIB: u64 = 1024 * 1024;
+/// What the guest writes and deletes each time.
+const WRITTEN: u64 = 64 * MIB;
+
+struct Lab {
+    dir: tempfile::TempDir,
+    profile: PathBuf,
+    name: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        // QEMU runs as libvirt-qemu and must reach the images.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A name of its own, so a developer's labs are never touched.
+        let name = format!("tr{}", std::process::id() % 100_000);
+        let profile = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &profile,
+            format!(
+                "name = \"{name}\"\n\
+                 [network]\nsubnet = \"auto\"\nauto_range = \"10.248.0.0/16\"\n\
+                 [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
+                 [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"256MiB\"\n\
+                 [[vm]]\nname = \"node\"\nmemory = \"256MiB\"\n",
+                dir.path().join("images").display()
+            ),
+        )
+        .unwrap();
+        Lab { dir, profile, name }
+    }
+
+    fn profile(&self) -> &str {
+        self.profile.to_str().unwrap()
+    }
+
+    fn domain(&self) -> String {
+        format!("lab-{}-node", self.name)
+    }
+
+    fn clone_image(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("images")
+            .join(format!("lab-{}-node.qcow2", self.name))
+    }
+
+    fn console(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("images")
+            .join(format!("lab-{}-node.console.log", self.name))
+    }
+
+    fn base_image(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("images")
+            .join(format!("lab-{}-base.qcow2", self.name))
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(LAB);
+        c.args(args)
+            .env("LAB_CONNECT", "qemu:///system")
+            .env("LAB_LOCK", self.dir.path().join("lab.lock"))
+            .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Run; the exit status must be `code`; returns (stdout, stderr).
+    fn run(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.cmd(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "lab {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        (stdout, stderr)
+    }
+
+    fn json(&self, args: &[&str], code: i32) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (stdout, stderr) = self.run(&all, code);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("lab {args:?}: {e}\n{stdout}\n{stderr}"))
+    }
+
+    /// `lab trim` as data, with the wall time it took.
+    fn trim(&self, args: &[&str], code: i32) -> Value {
+        let mut all = vec!["trim", self.profile()];
+        all.extend_from_slice(args);
+        let t = Instant::now();
+        let report = self.json(&all, code);
+        eprintln!(
+            "lab trim {args:?}: {:.1} s, {} given back",
+            t.elapsed().as_secs_f64(),
+            report["given_back"]
+        );
+        report
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Leave nothing behind, whatever happened.
+        let _ = self.cmd(&["down", self.profile(), "--purge"]).output();
+    }
+}
+
+fn virsh(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// One guest agent command; its `return` value.
+fn agent(domain: &str, command: &Value) -> Result<Value, String> {
+    let (ok, out, err) = virsh(&["qemu-agent-command", domain, &command.to_string()]);
+    if !ok {
+        return Err(err);
+    }
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    Ok(v["return"].clone())
+}
+
+/// Wait until the guest agent answers; its console in the failure.
+fn wait_agent(domain: &str, console: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match agent(domain, &serde_json::json!({"execute": "guest-ping"})) {
+            Ok(_) => return,
+            Err(e) if Instant::now() > deadline => panic!(
+                "the guest agent of {domain} never answered: {e}\nits console ({}):\n{}",
+                console.display(),
+                std::fs::read_to_string(console).unwrap_or_default()
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Run a shell script in the guest through its agent; its exit code and output.
+fn guest_sh(domain: &str, script: &str) -> (i64, String) {
+    let started = agent(
+        domain,
+        &serde_json::json!({"execute": "guest-exec", "arguments": {
+            "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}),
+    )
+    .unwrap_or_else(|e| panic!("guest-exec {script:?} in {domain}: {e}"));
+    let pid = started["pid"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = agent(
+            domain,
+            &serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+        )
+        .unwrap();
+        if status["exited"] == true {
+            let text = |key: &str| {
+                status[key]
+                    .as_str()
+                    .map(|b| String::from_utf8_lossy(&decode_base64(b)).into_owned())
+                    .unwrap_or_default()
+            };
+            let out = format!("{}{}", text("out-data"), text("err-data"));
+            return (status["exitcode"].as_i64().unwrap_or(-1), out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{script:?} still runs in {domain}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn decode_base64(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .map(value)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let mut n = 0u32;
+        for (i, d) in chunk.iter().enumerate() {
+            n |= u32::from(*d) << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// What the host's filesystem holds for the image (blocks, not length).
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// The guest writes 64 MiB of random data (nothing for a zero detector to skip) to its
+/// disk and deletes it; returns the clone's allocation after the write and after the delete.
+fn write_and_delete(domain: &str, image: &Path) -> (u64, u64) {
+    let before = allocated(image);
+    let t = Instant::now();
+    let (rc, out) = guest_sh(
+        domain,
+        &format!(
+            "dd if=/dev/urandom of=/data/fill bs=1048576 count={} 2>&1 && sync",
+            WRITTEN / MIB
+        ),
+    );
+    assert_eq!(rc, 0, "writing in the guest: {out}");
+    let written = allocated(image);
+    assert!(
+        written >= before + WRITTEN * 95 / 100,
+        "the guest's {} MiB did not land in {}: {before} -> {written}",
+        WRITTEN / MIB,
+        image.display()
+    );
+    let (rc, out) = guest_sh(domain, "rm /data/fill && sync && sleep 1 && sync");
+    assert_eq!(rc, 0, "deleting in the guest: {out}");
+    let deleted = allocated(image);
+    eprintln!(
+        "guest wrote and deleted {} MiB in {:.1} s: allocation {before} -> {written} -> {deleted}",
+        WRITTEN / MIB,
+        t.elapsed().as_secs_f64()
+    );
+    (written, deleted)
+}
+
+fn image_of<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report:#}"))
+}
+
+/// The guest's filesystem in the image is clean and still holds lab's files.
+fn assert_filesystem_intact(image: &Path, scratch: &Path) {
+    let raw = scratch.join("check.raw");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck of the trimmed disk: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /lab-vm"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "node");
+    std::fs::remove_file(&raw).unwrap();
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn trim_gives_back_what_the_guest_deleted_running_and_stopped() {
+    let lab = Lab::new();
+    let domain = lab.domain();
+    let image = lab.clone_image();
+
+    // A profile that is not up: nothing to trim, said so, nothing fails.
+    let (_, stderr) = lab.run(&["trim", lab.profile()], 0);
+    assert!(stderr.contains("nothing to trim"), "{stderr}");
+
+    let t = Instant::now();
+    let up = lab.json(&["up", lab.profile()], 0);
+    assert_eq!(up["vms"][0]["state"], "running", "{up:#}");
+    wait_agent(&domain, &lab.console());
+    eprintln!("lab up and guest agent: {:.1} s", t.elapsed().as_secs_f64());
+
+    // 1. Running: fstrim through the guest agent.
+    let (_, deleted) = write_and_delete(&domain, &image);
+    let report = lab.trim(&[], 0);
+    let node = image_of(&report, "node");
+    assert_eq!(node["method"], "guest-agent", "{report:#}");
+    assert_eq!(node["outcome"], "trimmed", "{report:#}");
+    let after = allocated(&image);
+    let back = deleted.saturating_sub(after);
+    eprintln!("running VM: {back} bytes given back of {WRITTEN}");
+    assert!(
+        back >= WRITTEN * 95 / 100,
+        "running VM: only {back} of {WRITTEN} bytes came back ({deleted} -> {after})\n{report:#}"
+    );
+    let reported = node["given_back"].as_u64().unwrap();
+    assert!(
+        reported >= WRITTEN * 95 / 100 && reported <= deleted,
+        "lab reported {reported}, the host measured {back}"
+    );
+    assert_eq!(report["given_back"], node["given_back"]);
+    // The base has a clone reading from it: left alone, and said why.
+    let base = image_of(&report, "base");
+    assert_eq!(base["outcome"], "left-alone");
+    assert!(
+        base["message"].as_str().unwrap().contains("1 clone (node)"),
+        "{base}"
+    );
+    let links: Vec<&str> = node["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["link"].as_str().unwrap())
+        .collect();
+    assert_eq!(links, ["domain-disk", "guest-agent"]);
+    assert!(
+        node["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["status"] == "ok"),
+        "{node:#}"
+    );
+
+    // 2. Stopped: offline fstrim and compaction.
+    let (_, deleted) = write_and_delete(&domain, &image);
+    assert!(virsh(&["destroy", &domain]).0);
+    let report = lab.trim(&["node"], 0);
+    let node = image_of(&report, "node");
+    assert_eq!(node["state"], "shut off", "{report:#}");
+    assert_eq!(node["method"], "offline", "{report:#}");
+    assert_eq!(node["outcome"], "trimmed", "{report:#}");
+    assert_eq!(node["filesystems"][0]["fstype"], "ext4", "{report:#}");
+    assert!(node["filesystems"][0]["trimmed"].as_u64().unwrap() >= WRITTEN);
+    assert_eq!(
+        report["images"].as_array().unwrap().len(),
+        1,
+        "a VM named: its image only"
+    );
+    let after = allocated(&image);
+    let back = deleted.saturating_sub(after);
+    eprintln!("stopped VM: {back} bytes given back of {WRITTEN}");
+    assert!(
+        back >= WRITTEN * 95 / 100,
+        "stopped VM: only {back} of {WRITTEN} bytes came back ({deleted} -> {after})\n{report:#}"
+    );
+    assert_filesystem_intact(&image, lab.dir.path());
+    let left: Vec<String> = std::fs::read_dir(lab.dir.path().join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("trim-"))
+        .collect();
+    assert!(left.is_empty(), "the offline trim left {left:?} behind");
+
+    // 3. An image another program holds open (qemu-io here, a VM lab does not know of in
+    //    life): left alone, not a byte changed.
+    let mut holder = Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(&image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let digest = sha256(&image);
+    let held = lab.trim(&["node"], 1);
+    let digest_after = sha256(&image);
+    let _ = holder.stdin.take().unwrap().write_all(b"quit\n");
+    let _ = holder.wait();
+    assert_eq!(digest_after, digest, "an image in use was changed");
+    let node = image_of(&held, "node");
+    assert_eq!(node["outcome"], "failed", "{held:#}");
+    assert!(
+        node["message"]
+            .as_str()
+            .unwrap()
+            .contains("is open in another program"),
+        "{held:#}"
+    );
+
+    // 4. Running without a guest agent: not trimmed and not stopped; --stop does it.
+    assert!(virsh(&["start", &domain]).0);
+    wait_agent(&domain, &lab.console());
+    let (_, id_before, _) = virsh(&["domid", &domain]);
+    // The agent cannot answer for its own end: started, not waited for.
+    let _ = agent(
+        &domain,
+        &serde_json::json!({"execute": "guest-exec", "arguments": {
+            "path": "/bin/sh", "arg": ["-c", "sleep 1; kill $(cat /run/qemu-ga.pid)"]}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent(&domain, &serde_json::json!({"execute": "guest-ping"})).is_ok() {
+        assert!(Instant::now() < deadline, "the guest agent would not stop");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let report = lab.trim(&["node"], 1);
+    let node = image_of(&report, "node");
+    assert_eq!(node["outcome"], "not-trimmed", "{report:#}");
+    let message = node["message"].as_str().unwrap();
+    assert!(message.contains("--stop"), "{message}");
+    assert!(message.to_lowercase().contains("guest agent"), "{message}");
+    assert_eq!(
+        virsh(&["domid", &domain]).1,
+        id_before,
+        "a VM without agent was stopped"
+    );
+    let report = lab.trim(&["node", "--stop", "--shutdown-timeout", "2"], 0);
+    let node = image_of(&report, "node");
+    assert_eq!(node["method"], "offline", "{report:#}");
+    assert_eq!(node["outcome"], "trimmed", "{report:#}");
+    assert_eq!(node["restarted"], true, "{report:#}");
+    assert!(
+        node["message"].as_str().unwrap().contains("started again"),
+        "{report:#}"
+    );
+    let (running, id_after, _) = virsh(&["domid", &domain]);
+    assert!(running && id_after != id_before, "not started again");
+
+    // 5. The base alone (the clone removed by lab down): trimmed offline, still sealed.
+    lab.run(&["down", lab.profile()], 0);
+    let report = lab.trim(&[], 0);
+    let images = report["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{report:#}");
+    assert_eq!(images[0]["name"], "base");
+    assert_eq!(images[0]["outcome"], "trimmed", "{report:#}");
+    assert_eq!(images[0]["method"], "offline");
+    assert!(
+        std::fs::metadata(lab.base_image())
+            .unwrap()
+            .permissions()
+            .readonly(),
+        "the base is no longer sealed"
+    );
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(lab.base_image())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+}
+
+/// The offline path alone, on real tools and no VM: ext4 blocks that hold deleted data come
+/// back from a qcow2 image, the filesystem stays clean, and nothing stays attached.
+#[test]
+fn an_offline_trim_gives_back_what_a_filesystem_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(256 * MIB)
+        .unwrap();
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+    };
+    run("mkfs.ext4", &["-q", "-F", raw.to_str().unwrap()]);
+    // 32 MiB of random data written into the filesystem, then deleted: free for ext4, and
+    // still there in the image.
+    let data = dir.path().join("fill");
+    let mut random = vec![0u8; (32 * MIB) as usize];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .unwrap();
+    std::fs::write(&data, &random).unwrap();
+    let write = format!("write {} fill", data.display());
+    run("debugfs", &["-w", "-R", &write, raw.to_str().unwrap()]);
+    run("debugfs", &["-w", "-R", "rm fill", raw.to_str().unwrap()]);
+    let image = dir.path().join("disk.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+    );
+    let before = allocated(&image);
+    assert!(before >= 32 * MIB, "{before}");
+
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let t = Instant::now();
+    let filesystems = lab::trim::offline_fstrim(&image, "qcow2", &work).unwrap();
+    let after = allocated(&image);
+    eprintln!(
+        "offline trim: {} -> {} bytes in {:.2} s",
+        before,
+        after,
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(filesystems.len(), 1, "{filesystems:?}");
+    assert_eq!(filesystems[0].part, "whole disk");
+    assert_eq!(filesystems[0].fstype, "ext4");
+    assert!(
+        filesystems[0].trimmed.unwrap() >= 32 * MIB,
+        "{filesystems:?}"
+    );
+    assert!(
+        before - after >= 32 * MIB * 95 / 100,
+        "only {} of {} bytes came back",
+        before - after,
+        32 * MIB
+    );
+    // Nothing left attached to the export, no daemon left running.
+    let export = work.join("export");
+    let loops = Command::new("losetup")
+        .arg("--associated")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(loops.stdout.is_empty(), "{loops:?}");
+    let pid: i32 = std::fs::read_to_string(work.join("qsd.pid"))
+        .map(|t| t.trim().parse().unwrap())
+        .unwrap_or(0);
+    assert!(
+        pid == 0 || !Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu-storage-daemon {pid} still runs"
+    );
+    let check = dir.path().join("check.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            image.to_str().unwrap(),
+            check.to_str().unwrap(),
+        ],
+    );
+    run("e2fsck", &["-fn", check.to_str().unwrap()]);
+}
