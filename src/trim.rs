@@ -1465,7 +1465,7 @@ pub fn runtime_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/lab"))
 }
 
-/// The images of a profile, without trimming: for messages when there is nothing to trim.
+/// What `lab trim` says when the profile has no image to trim.
 pub fn nothing_to_trim(profile: &Profile, vms: &[String]) -> String {
     let p = &profile.name;
     if vms.is_empty() {
