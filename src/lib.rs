@@ -17,6 +17,7 @@ pub mod kickstart;
 pub mod libvirt;
 pub mod lock;
 pub mod names;
+pub mod packstack;
 pub mod plan;
 pub mod profile;
 pub mod runner;
