@@ -129,6 +129,18 @@ impl Cmd {
         words.join(" ")
     }
 
+    /// The same command as a `std::process::Command` (stdin, stdout and stderr inherited
+    /// unless set), for callers that stream its output or hand it the terminal.
+    pub fn std_command(&self) -> std::process::Command {
+        ui::debug(format_args!("$ {}", self.cmdline()));
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
     fn expression(&self) -> duct::Expression {
         let mut expr = duct::cmd(&self.program, &self.args)
             .stdout_capture()

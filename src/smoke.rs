@@ -202,29 +202,57 @@ pub fn host_busybox() -> Result<PathBuf> {
 /// host has it: `lab trim` asks it to fstrim a running smoke VM. Without it the smoke VMs
 /// still boot; they are then trimmed only while stopped.
 pub fn host_qemu_ga() -> Option<PathBuf> {
+    find_program("qemu-ga")
+}
+
+/// The SSH server lab puts into the initramfs (package dropbear-bin), when the host has
+/// it: `lab ssh`, provisioning steps and `lab ready` log in with it.
+pub fn host_dropbear() -> Option<PathBuf> {
+    find_program("dropbear")
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_dirs)
         .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join("qemu-ga"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// What goes into the smoke initramfs besides busybox and the drivers, when the host has
+/// it: the qemu guest agent, an SSH server, and the public key root logs in with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    pub qemu_ga: Option<&'a Path>,
+    pub dropbear: Option<&'a Path>,
+    /// One OpenSSH public key line, root's `authorized_keys`.
+    pub authorized_key: Option<&'a str>,
 }
 
 /// The smoke VMs' initramfs: busybox with its applet links, `/init`, the udhcpc script,
 /// the kernel modules from `modules_dir` and the list `/init` loads them from, and the
-/// qemu guest agent with its libraries when one is given.
-pub fn build_initramfs(
-    modules_dir: &Path,
-    busybox: &Path,
-    qemu_ga: Option<&Path>,
-) -> Result<Initramfs> {
+/// qemu guest agent and the SSH server with their libraries when they are given.
+pub fn build_initramfs(modules_dir: &Path, busybox: &Path, extras: &Extras<'_>) -> Result<Initramfs> {
     let mut ramfs = Initramfs::new();
     ramfs
         .busybox(busybox)
         .with_context(|| format!("adding {} to the initramfs", busybox.display()))?;
-    if let Some(agent) = qemu_ga {
+    for program in [extras.qemu_ga, extras.dropbear].into_iter().flatten() {
         ramfs
-            .executable_with_libs(agent)
-            .with_context(|| format!("adding {} to the initramfs", agent.display()))?;
+            .executable_with_libs(program)
+            .with_context(|| format!("adding {} to the initramfs", program.display()))?;
+    }
+    // root, for the SSH server: its shell, its home and the key it is logged in with.
+    ramfs
+        .file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)
+        .file("/etc/group", "root:x:0:\n", 0o644)
+        .file("/etc/shells", "/bin/sh\n", 0o644)
+        .dir("/root", 0o700)
+        .dir("/etc/dropbear", 0o700);
+    if let Some(key) = extras.authorized_key {
+        ramfs
+            .dir("/root/.ssh", 0o700)
+            .file("/root/.ssh/authorized_keys", format!("{}\n", key.trim()), 0o600);
     }
     let loads = add_modules(&mut ramfs, modules_dir)?;
     let list = module_list(&loads);
@@ -305,25 +333,34 @@ pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
     let (kernel, modules) = host_kernel()?;
     let busybox = host_busybox()?;
     let qemu_ga = host_qemu_ga();
+    let dropbear = host_dropbear();
+    let key = match &dropbear {
+        Some(_) => Some(crate::ssh::lab_key(dir, profile)?.public_line),
+        None => None,
+    };
     prepare_boot_files_from(
         dir,
         profile,
         &kernel,
         &modules,
         &busybox,
-        qemu_ga.as_deref(),
+        &Extras {
+            qemu_ga: qemu_ga.as_deref(),
+            dropbear: dropbear.as_deref(),
+            authorized_key: key.as_deref(),
+        },
     )
 }
 
-/// [`prepare_boot_files`] with the kernel, its modules directory, busybox and the guest
-/// agent (if any) given.
+/// [`prepare_boot_files`] with the kernel, its modules directory, busybox and the extras
+/// given.
 pub fn prepare_boot_files_from(
     dir: &Path,
     profile: &str,
     kernel: &Path,
     modules_dir: &Path,
     busybox: &Path,
-    qemu_ga: Option<&Path>,
+    extras: &Extras<'_>,
 ) -> Result<BootFiles> {
     let kernel_dest = kernel_path(dir, profile);
     let initrd_dest = initrd_path(dir, profile);
@@ -335,7 +372,7 @@ pub fn prepare_boot_files_from(
     // Rebuilding the initramfs to compare digests costs a few hundred milliseconds on
     // every `lab up`; when none of its inputs changed (by size and mtime, and lab's own
     // scripts by content) the files are known to be current.
-    let inputs = inputs_fingerprint(kernel, modules_dir, busybox, qemu_ga);
+    let inputs = inputs_fingerprint(kernel, modules_dir, busybox, extras);
     let inputs_file = inputs_path(&initrd_dest);
     let ours = |p: &Path| {
         p.is_file()
@@ -367,13 +404,19 @@ pub fn prepare_boot_files_from(
     })?;
     install_boot_file(&kernel_dest, &kernel_bytes, profile)?;
 
-    if qemu_ga.is_none() {
+    if extras.qemu_ga.is_none() {
         ui::warn(format_args!(
             "qemu-ga is not installed: the {profile} VMs get no guest agent, so `lab trim` \
              trims them only while they are stopped (install qemu-guest-agent)"
         ));
     }
-    let initrd_bytes = build_initramfs(modules_dir, busybox, qemu_ga)?
+    if extras.dropbear.is_none() {
+        ui::warn(format_args!(
+            "dropbear is not installed: the {profile} VMs get no SSH server, so `lab ssh`, \
+             provisioning steps and `lab ready` cannot reach them (install dropbear-bin)"
+        ));
+    }
+    let initrd_bytes = build_initramfs(modules_dir, busybox, extras)?
         .to_bytes()
         .context("assembling the smoke initramfs")?;
     install_boot_file(&initrd_dest, &initrd_bytes, profile)?;
@@ -399,7 +442,7 @@ fn inputs_fingerprint(
     kernel: &Path,
     modules_dir: &Path,
     busybox: &Path,
-    qemu_ga: Option<&Path>,
+    extras: &Extras<'_>,
 ) -> String {
     use std::os::unix::fs::MetadataExt;
     let stamp = |p: &Path| match fs::metadata(p) {
@@ -433,10 +476,17 @@ fn inputs_fingerprint(
     for (p, size, mtime, nsec) in entries {
         tree.push_str(&format!("{} {size} {mtime}.{nsec}\n", p.display()));
     }
-    let agent = match qemu_ga {
-        Some(p) => stamp(p),
-        None => "qemu-ga none\n".to_string(),
-    };
+    let mut agent = String::new();
+    for (name, program) in [("qemu-ga", extras.qemu_ga), ("dropbear", extras.dropbear)] {
+        match program {
+            Some(p) => agent.push_str(&stamp(p)),
+            None => agent.push_str(&format!("{name} none\n")),
+        }
+    }
+    agent.push_str(&format!(
+        "key {:016x}\n",
+        crate::names::fnv1a(extras.authorized_key.unwrap_or("").as_bytes())
+    ));
     format!(
         "{}{}{agent}modules {:016x}\nscripts {scripts:016x} lab {}\n",
         stamp(kernel),
@@ -1098,7 +1148,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let dir = out.path().join("images");
 
         let boot =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
         assert_eq!(boot.kernel, dir.join("lab-demo-vmlinuz"));
         assert_eq!(boot.initrd, dir.join("lab-demo-initrd.img"));
         assert_eq!(boot.cmdline, BASE_CMDLINE);
@@ -1126,13 +1176,13 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // Same inputs: nothing is written.
         let (k, i) = (inode(&boot.kernel), inode(&boot.initrd));
         let again =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
         assert_eq!(again, boot);
         assert_eq!((inode(&boot.kernel), inode(&boot.initrd)), (k, i));
 
         // A new kernel image replaces the copy and only it.
         fs::write(&kernel, "kernel two").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
         assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel two");
         assert_ne!(inode(&boot.kernel), k);
         assert_eq!(inode(&boot.initrd), i);
@@ -1140,7 +1190,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // A changed module rebuilds the initramfs.
         let before = fs::read(&boot.initrd).unwrap();
         fs::write(modules.join("kernel/fs/ext4/ext4.ko"), "ext4, rebuilt").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
         assert_ne!(inode(&boot.initrd), i);
         assert_ne!(fs::read(&boot.initrd).unwrap(), before);
 
@@ -1148,7 +1198,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let theirs = kernel_path(&dir, "other");
         fs::write(&theirs, "someone's kernel").unwrap();
         let err =
-            prepare_boot_files_from(&dir, "other", &kernel, &modules, &busybox, None).unwrap_err();
+            prepare_boot_files_from(&dir, "other", &kernel, &modules, &busybox, &Extras::default()).unwrap_err();
         assert!(format!("{err:#}").contains("is not lab's"), "{err:#}");
         assert_eq!(fs::read(&theirs).unwrap(), b"someone's kernel");
         assert!(!initrd_path(&dir, "other").exists());
@@ -1177,13 +1227,17 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             .map(str::to_string)
             .collect();
         assert!(!libs.is_empty(), "/bin/true is dynamically linked");
-        let ramfs = build_initramfs(&modules, &busybox, Some(&agent)).unwrap();
+        let with_agent = Extras {
+            qemu_ga: Some(&agent),
+            ..Extras::default()
+        };
+        let ramfs = build_initramfs(&modules, &busybox, &with_agent).unwrap();
         assert!(ramfs.contains(&agent));
         for lib in &libs {
             assert!(ramfs.contains(lib), "{lib}");
         }
         assert!(
-            !build_initramfs(&modules, &busybox, None)
+            !build_initramfs(&modules, &busybox, &Extras::default())
                 .unwrap()
                 .contains(&agent)
         );
@@ -1191,14 +1245,14 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("images");
         let boot =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, None).unwrap();
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
         let without = inode(&boot.initrd);
         // The agent appears (qemu-guest-agent installed): the initramfs is made again.
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &with_agent).unwrap();
         let with = inode(&boot.initrd);
         assert_ne!(with, without);
         // Nothing changed: left alone.
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &with_agent).unwrap();
         assert_eq!(inode(&boot.initrd), with);
         // The agent is upgraded (other bytes, a new mtime): made again.
         fs::copy("/bin/false", &agent).unwrap();
@@ -1209,7 +1263,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             .unwrap()
             .set_modified(later)
             .unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, Some(&agent)).unwrap();
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &with_agent).unwrap();
         assert_ne!(inode(&boot.initrd), with);
     }
 
@@ -1218,8 +1272,8 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let busybox = host_busybox().expect("busybox-static is installed (setup-host.sh)");
         let dir = tempfile::tempdir().unwrap();
         fake_modules(dir.path(), &[]);
-        let a = build_initramfs(dir.path(), &busybox, None).unwrap();
-        let b = build_initramfs(dir.path(), &busybox, None).unwrap();
+        let a = build_initramfs(dir.path(), &busybox, &Extras::default()).unwrap();
+        let b = build_initramfs(dir.path(), &busybox, &Extras::default()).unwrap();
         assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
         for path in [
             "/init",

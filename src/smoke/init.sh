@@ -1,8 +1,8 @@
 #!/bin/sh
 # /init of a smoke VM: lab's busybox initramfs booted with the host's kernel.
 # It loads the drivers /etc/lab/modules lists, takes a DHCP lease, mounts its disk clone,
-# writes its name there, starts the qemu guest agent when lab put one in, prints one
-# LAB-READY line on the console and stays up. Every
+# writes its name there, starts the qemu guest agent and the SSH server (dropbear) when
+# lab put them in, prints one LAB-READY line on the console and stays up. Every
 # failure is a LAB-ERROR line, and the LAB-READY line still comes, so lab never waits for
 # a VM that has already given up. PID 1 must never exit: the kernel would panic.
 
@@ -12,7 +12,9 @@ export PATH
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mkdir -p /run /tmp /data
+mkdir -p /run /tmp /data /dev/pts
+# Pseudo-terminals, for interactive SSH sessions.
+mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 # The console the kernel named (console=ttyS0), whether or not the archive had a node.
 exec </dev/console >/dev/console 2>&1
 
@@ -129,6 +131,14 @@ if command -v qemu-ga >/dev/null; then
     elif ! qemu-ga --daemonize -m virtio-serial -p "$port" -f /run/qemu-ga.pid \
             -t /run -l /run/qemu-ga.log 2>/tmp/qemu-ga.err; then
         fail "qemu-ga on $port: $(oneline /tmp/qemu-ga.err)"
+    fi
+fi
+
+# The SSH server: host keys made at first use (-R), root logs in with the key lab put in
+# /root/.ssh/authorized_keys, never with a password (-s).
+if command -v dropbear >/dev/null; then
+    if ! dropbear -R -s -P /run/dropbear.pid 2>/tmp/dropbear.err; then
+        fail "dropbear: $(oneline /tmp/dropbear.err)"
     fi
 fi
 
