@@ -287,6 +287,8 @@ fn bring_up(
                     env.storage
                         .clone_base(&env.profile.name, &vm.name, in_use)?,
                 );
+                // A new disk, a new host key.
+                crate::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }
             (Op::Define, Object::Domain) => {
@@ -438,6 +440,7 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
                     let t = Instant::now();
                     env.storage.remove_clone(p, &vm.name, in_use)?;
                     env.storage.clone_base(p, &vm.name, in_use)?;
+                    crate::ssh::forget_host(&env.dir, &vm.domain)?;
                     timings.disk = ms(t);
                     ui::debug(format_args!("lab: start domain {}", vm.domain));
                     let t = Instant::now();
@@ -513,11 +516,24 @@ pub fn down(
         storage_of(base).remove_base(p)?;
         removed.push(format!("base {}", base.location));
     }
-    // Console logs lab asked libvirt to write, also of VMs removed behind lab's back.
+    // Console logs lab asked libvirt to write and the VMs' host keys, also of VMs removed
+    // behind lab's back.
     for (vm, _) in profile.instances() {
-        let log = console_log(dir, &crate::names::domain(p, &vm));
+        let domain = crate::names::domain(p, &vm);
+        let log = console_log(dir, &domain);
         if log.exists() {
             std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
+        }
+        crate::ssh::forget_host(dir, &domain)?;
+    }
+    if purge {
+        let key = crate::ssh::lab_key_path(dir, p);
+        for file in [crate::ssh::pub_path(&key), key] {
+            if file.exists() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("removing {}", file.display()))?;
+                removed.push(format!("key {}", file.display()));
+            }
         }
     }
     for partial in storage.clear_partial(p)? {

@@ -64,6 +64,10 @@ pub enum Command {
     Reset(ResetArgs),
     /// Remove what lab made for a profile, and nothing else
     Down(DownArgs),
+    /// Log in to a lab VM over SSH, or run one command in it
+    Ssh(SshArgs),
+    /// Is the lab ready to show: SSH, nested KVM in the VMs, provisioning, endpoints
+    Ready(ReadyArgs),
     /// Give the space guests freed back to the host: fstrim through the guest agent in
     /// running VMs, offline for stopped ones; says how much came back
     Trim(TrimArgs),
@@ -112,6 +116,29 @@ pub struct UpArgs {
     pub sysroot: Option<PathBuf>,
     /// Seconds each VM may take from start to ready
     #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// Bring the VMs up, but run none of the profile's provisioning steps
+    #[arg(long)]
+    pub no_provision: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VM
+    pub vm: String,
+    /// A command to run instead of an interactive shell (after --)
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadyArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// Seconds each probe (SSH, an endpoint) may take
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub timeout: u64,
 }
 

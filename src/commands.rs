@@ -142,6 +142,8 @@ struct UpReport<'a> {
     profile: &'a str,
     network: &'a plan::NetworkPlan,
     vms: Vec<apply::VmState>,
+    /// Each VM's provisioning steps: done now, or skipped (done before).
+    provision: std::collections::BTreeMap<String, Vec<crate::provision::StepResult>>,
     warnings: &'a [String],
     timings_ms: Timings,
 }
@@ -151,6 +153,7 @@ struct Timings {
     observe_and_plan: u64,
     #[serde(flatten)]
     lab: apply::LabTimings,
+    provision: u64,
     total: u64,
 }
 
@@ -206,14 +209,28 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     };
     let (vms, lab_timings) = apply::apply(&plan, &env)?;
     show_thin_volumes_in_libvirt(&lv, &plan);
+    let t = Instant::now();
+    let provision = if args.no_provision {
+        Default::default()
+    } else {
+        crate::commands_ssh::provision(
+            &lv,
+            &profile,
+            &plan,
+            host.kvm.usable && host.kvm.nested,
+            Duration::from_secs(args.timeout),
+        )?
+    };
     let report = UpReport {
         profile: &profile.name,
         network: &plan.network,
         vms,
+        provision,
         warnings: &plan.warnings,
         timings_ms: Timings {
             observe_and_plan: planned.as_millis() as u64,
             lab: lab_timings,
+            provision: t.elapsed().as_millis() as u64,
             total: started.elapsed().as_millis() as u64,
         },
     };

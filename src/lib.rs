@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod commands_base;
+pub mod commands_ssh;
 pub mod commands_trim;
 pub mod error;
 pub mod host;
@@ -66,6 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Pool(args) => commands::pool(&cli.global, &args),
         Command::Base(args) => commands_base::base(&cli.global, &args),
         Command::Trim(args) => commands_trim::trim(&cli.global, &args),
+        Command::Ssh(args) => commands_ssh::ssh_command(&cli.global, &args),
+        Command::Ready(args) => commands_ssh::ready(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

@@ -87,7 +87,8 @@ pub fn lab_key(dir: &Path, profile: &str) -> Result<Key> {
     })
 }
 
-fn pub_path(private: &Path) -> PathBuf {
+/// The public half of a private key file: the same name with `.pub` added.
+pub fn pub_path(private: &Path) -> PathBuf {
     let mut name = private.as_os_str().to_os_string();
     name.push(".pub");
     PathBuf::from(name)
