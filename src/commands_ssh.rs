@@ -25,6 +25,19 @@ const CONNECT: Duration = Duration::from_secs(10);
 /// The VM `vm` of `profile` as something to log in to: it must be lab's, running, and
 /// have an address.
 pub fn target(lv: &Libvirt, profile: &Profile, vm: &str, key: &Key) -> Result<Target> {
+    let (domain, ip) = locate(lv, profile, vm)?;
+    Ok(Target {
+        vm: vm.to_string(),
+        known_hosts: ssh::known_hosts_path(&profile.storage.dir, &domain),
+        domain,
+        ip,
+        key: key.private.clone(),
+    })
+}
+
+/// The domain and address of VM `vm`; an error when the profile has no such VM, it is not
+/// running, or it has no lease yet.
+pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, String)> {
     let p = &profile.name;
     let instances: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
     if !instances.iter().any(|n| n == vm) {
@@ -47,13 +60,7 @@ pub fn target(lv: &Libvirt, profile: &Profile, vm: &str, key: &Key) -> Result<Ta
             names::network(p)
         );
     };
-    Ok(Target {
-        vm: vm.to_string(),
-        domain: domain.clone(),
-        ip: ip.to_string(),
-        key: key.private.clone(),
-        known_hosts: ssh::known_hosts_path(&profile.storage.dir, &domain),
-    })
+    Ok((domain, ip.to_string()))
 }
 
 fn key(profile: &Profile) -> Result<Key> {
@@ -81,6 +88,7 @@ fn unreachable_hint(profile: &Profile) -> String {
 pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
+    locate(&lv, &profile, &args.vm)?;
     let key = key(&profile)?;
     let t = target(&lv, &profile, &args.vm, &key)?;
     let mut cmd = t.command(!args.command.is_empty(), CONNECT);
@@ -120,11 +128,9 @@ fn wait_ssh(t: &Target, deadline: Instant, hint: &str) -> Result<()> {
             .run();
         match tried {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => bail!(
-                "{}: no SSH answer at {} in time: {e}{hint}",
-                t.vm,
-                t.ip
-            ),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("{}: no SSH answer at {} in time: {e}{hint}", t.vm, t.ip)
+            }
             Err(_) => std::thread::sleep(Duration::from_secs(1)),
         }
     }
@@ -190,7 +196,9 @@ pub fn provision(
                             && a.controller.to_string() == t.ip
                         {
                             bar.set_message("packstack answer file");
-                            remote_answer_file(&t, &a.text)?;
+                            let path = packstack::answer_file_path(profile)
+                                .unwrap_or_else(|| "/root/lab-answers.txt".into());
+                            remote_answer_file(&t, &path, &a.text)?;
                         }
                         let on_line = |step: &str, line: &str| {
                             let line: String = line.chars().take(100).collect();
@@ -207,10 +215,9 @@ pub fn provision(
                         Ok((vm.name.clone(), done))
                     })();
                     match &r {
-                        Ok((_, steps)) => bar.finish_with_message(format!(
-                            "provisioned: {}",
-                            summary(steps)
-                        )),
+                        Ok((_, steps)) => {
+                            bar.finish_with_message(format!("provisioned: {}", summary(steps)))
+                        }
                         Err(e) => bar.abandon_with_message(format!("failed: {e:#}")),
                     }
                     r
@@ -246,18 +253,18 @@ fn summary(steps: &[StepResult]) -> String {
     format!("{ran} run, {skipped} done before")
 }
 
-/// The answer file goes to /root/lab-answers.txt, readable by root only (it holds
-/// passwords), written whole or not at all.
-fn remote_answer_file(t: &Target, text: &str) -> Result<()> {
+/// The answer file goes where the packstack step reads it, readable by root only (it
+/// holds passwords), written whole or not at all. packstack rewrites the file it reads, so
+/// lab writes it anew on every `lab up`.
+fn remote_answer_file(t: &Target, path: &str, text: &str) -> Result<()> {
+    let quoted = crate::runner::quote(path);
+    let tmp = crate::runner::quote(&format!("{path}.new"));
     t.command(true, CONNECT)
-        .arg(
-            "umask 077 && cat >/root/lab-answers.txt.new && \
-             mv /root/lab-answers.txt.new /root/lab-answers.txt",
-        )
+        .arg(format!("umask 077 && cat >{tmp} && mv {tmp} {quoted}"))
         .stdin(text.as_bytes().to_vec())
         .timeout(Duration::from_secs(60))
         .run()
-        .with_context(|| format!("{}: writing /root/lab-answers.txt", t.vm))?;
+        .with_context(|| format!("{}: writing the packstack answer file {path}", t.vm))?;
     Ok(())
 }
 
@@ -354,7 +361,7 @@ pub fn ready(global: &GlobalArgs, args: &ReadyArgs) -> Result<u8> {
     let started = Instant::now();
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let key = key(&profile)?;
+    let key = key(&profile).map_err(|e| format!("{e:#}"));
     let hint = unreachable_hint(&profile);
     let timeout = Duration::from_secs(args.timeout);
     let mut findings: Vec<Finding> = std::thread::scope(|s| {
@@ -424,7 +431,7 @@ fn vm_readiness(
     profile: &Profile,
     vm: &str,
     spec: &crate::profile::VmSpec,
-    key: &Key,
+    key: &std::result::Result<Key, String>,
     hint: &str,
     timeout: Duration,
 ) -> Vec<Finding> {
@@ -433,6 +440,13 @@ fn vm_readiness(
         check: check.to_string(),
         ok,
         detail,
+    };
+    if let Err(e) = locate(lv, profile, vm) {
+        return vec![finding("ssh", false, format!("{e:#}"))];
+    }
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return vec![finding("ssh", false, e.clone())],
     };
     let t = match target(lv, profile, vm, key) {
         Ok(t) => t,
@@ -484,7 +498,11 @@ fn vm_readiness(
                     .map(|(n, _)| n.as_str())
                     .collect();
                 out.push(if missing.is_empty() {
-                    finding("steps", true, format!("{} of {} done", rec.len(), rec.len()))
+                    finding(
+                        "steps",
+                        true,
+                        format!("{} of {} done", rec.len(), rec.len()),
+                    )
                 } else {
                     finding(
                         "steps",
@@ -499,7 +517,11 @@ fn vm_readiness(
                     )
                 });
             }
-            Err(e) => out.push(finding("steps", false, format!("reading the records: {e:#}"))),
+            Err(e) => out.push(finding(
+                "steps",
+                false,
+                format!("reading the records: {e:#}"),
+            )),
         },
         Err(e) => out.push(finding("steps", false, format!("{e:#}"))),
     }
@@ -560,7 +582,10 @@ mod tests {
     fn an_endpoint_answers_with_its_http_status() {
         let t = Duration::from_secs(5);
         assert_eq!(http_status(&serve("300 Multiple Choices"), t).unwrap(), 300);
-        assert_eq!(http_status(&serve("503 Service Unavailable"), t).unwrap(), 503);
+        assert_eq!(
+            http_status(&serve("503 Service Unavailable"), t).unwrap(),
+            503
+        );
         // Nothing listening: a clear error, quickly.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -576,16 +601,27 @@ mod tests {
             }
         });
         let err = http_status(&format!("http://{addr}/"), t).unwrap_err();
-        assert!(format!("{err:#}").contains("did not answer HTTP"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("did not answer HTTP"),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn the_kvm_probe_says_what_is_missing() {
         // Run here, where /dev/kvm exists but the CPU flags do not show vmx/svm (or do):
         // whatever this machine is, the probe answers with one verdict line.
-        let out = Cmd::new("sh").arg("-s").stdin(KVM_PROBE).run().unwrap().stdout;
+        let out = Cmd::new("sh")
+            .arg("-s")
+            .stdin(KVM_PROBE)
+            .run()
+            .unwrap()
+            .stdout;
         let line = out.trim();
-        assert!(line.starts_with("ok: ") || line.starts_with("no: "), "{line}");
+        assert!(
+            line.starts_with("ok: ") || line.starts_with("no: "),
+            "{line}"
+        );
         assert_eq!(out.lines().count(), 1, "{out}");
     }
 

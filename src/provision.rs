@@ -40,7 +40,12 @@ pub fn steps_for(profile: &Profile, vm: &str, role: Option<&str>) -> Result<Vec<
     let mut context: BTreeMap<String, minijinja::Value> = profile
         .vars
         .iter()
-        .map(|(k, v)| (k.clone(), minijinja::Value::from(minijinja::value::Serde(v))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                minijinja::Value::from(minijinja::value::Serde(v)),
+            )
+        })
         .collect();
     context.insert("vm".into(), vm.into());
     context.insert("profile".into(), profile.name.as_str().into());
@@ -141,13 +146,7 @@ pub fn run_steps(
         let (status, lines) = run_one(shell(), &step_script(step, done_dir), step, on_line)
             .with_context(|| format!("{vm}: step {}", step.name))?;
         let ms = started.elapsed().as_millis() as u64;
-        let tail: Vec<String> = lines
-            .iter()
-            .rev()
-            .take(TAIL_LINES)
-            .rev()
-            .cloned()
-            .collect();
+        let tail: Vec<String> = lines.iter().rev().take(TAIL_LINES).rev().cloned().collect();
         let ended = match status {
             Ended::Code(0) if lines.iter().any(|l| l == SKIPPED) => {
                 results.push(StepResult {
@@ -355,7 +354,10 @@ mod tests {
     #[test]
     fn an_undefined_variable_in_a_step_names_the_step() {
         let p = profile("[[provision]]\nname = \"bad\"\nrun = \"echo {{ nope }}\"\n");
-        let err = format!("{:#}", steps_for(&p, "controller", Some("controller")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            steps_for(&p, "controller", Some("controller")).unwrap_err()
+        );
         assert!(err.contains("bad"), "{err}");
         assert!(err.contains("nope"), "{err}");
     }
@@ -388,11 +390,23 @@ mod tests {
         let bad = step("second", "echo about to fail; echo oops >&2; exit 3", 30);
         let never = step("third", &format!("echo third >>{}", witness.display()), 30);
 
-        let err = run_steps("node1", &[ok.clone(), bad.clone(), never.clone()], &shell, done, &on_line)
-            .unwrap_err();
+        let err = run_steps(
+            "node1",
+            &[ok.clone(), bad.clone(), never.clone()],
+            &shell,
+            done,
+            &on_line,
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("node1: provision step second failed with exit status 3"), "{msg}");
-        assert!(msg.contains("about to fail") && msg.contains("oops"), "{msg}");
+        assert!(
+            msg.contains("node1: provision step second failed with exit status 3"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("about to fail") && msg.contains("oops"),
+            "{msg}"
+        );
         assert_eq!(std::fs::read_to_string(&witness).unwrap(), "first\n");
         assert!(seen.lock().unwrap().contains(&"first: one".to_string()));
         assert!(std::path::Path::new(done).join("first").exists());
@@ -400,17 +414,25 @@ mod tests {
 
         // Re-run with the failing step fixed: the first is skipped, not run again.
         let fixed = step("second", "echo fixed", 30);
-        let results = run_steps("node1", &[ok.clone(), fixed, never], &shell, done, &on_line).unwrap();
+        let results =
+            run_steps("node1", &[ok.clone(), fixed, never], &shell, done, &on_line).unwrap();
         let outcomes: Vec<&str> = results.iter().map(|r| r.outcome.as_str()).collect();
         assert_eq!(outcomes, ["skipped", "done", "done"]);
         assert_eq!(std::fs::read_to_string(&witness).unwrap(), "first\nthird\n");
 
         // A step whose command changed runs again.
-        let changed = step("first", &format!("echo first-v2 >>{}", witness.display()), 30);
+        let changed = step(
+            "first",
+            &format!("echo first-v2 >>{}", witness.display()),
+            30,
+        );
         let results = run_steps("node1", &[changed], &shell, done, &on_line).unwrap();
         assert_eq!(results[0].outcome, "done");
         let rec = recorded(shell(), &[ok, step("zzz", "true", 1)], done).unwrap();
-        assert_eq!(rec, [("first".to_string(), false), ("zzz".to_string(), false)]);
+        assert_eq!(
+            rec,
+            [("first".to_string(), false), ("zzz".to_string(), false)]
+        );
     }
 
     #[test]
@@ -420,11 +442,14 @@ mod tests {
         let shell = || Cmd::new("sh").arg("-s");
         let hang = step("hang", "echo waiting; sleep 60", 1);
         let t = Instant::now();
-        let err = run_steps("node2", &[hang], &shell, done.to_str().unwrap(), &|_, _| {})
-            .unwrap_err();
+        let err =
+            run_steps("node2", &[hang], &shell, done.to_str().unwrap(), &|_, _| {}).unwrap_err();
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         let msg = format!("{err:#}");
-        assert!(msg.contains("node2: provision step hang did not finish within 1 s"), "{msg}");
+        assert!(
+            msg.contains("node2: provision step hang did not finish within 1 s"),
+            "{msg}"
+        );
         assert!(msg.contains("waiting"), "{msg}");
         assert!(!done.join("hang").exists());
     }

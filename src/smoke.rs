@@ -232,7 +232,11 @@ pub struct Extras<'a> {
 /// The smoke VMs' initramfs: busybox with its applet links, `/init`, the udhcpc script,
 /// the kernel modules from `modules_dir` and the list `/init` loads them from, and the
 /// qemu guest agent and the SSH server with their libraries when they are given.
-pub fn build_initramfs(modules_dir: &Path, busybox: &Path, extras: &Extras<'_>) -> Result<Initramfs> {
+pub fn build_initramfs(
+    modules_dir: &Path,
+    busybox: &Path,
+    extras: &Extras<'_>,
+) -> Result<Initramfs> {
     let mut ramfs = Initramfs::new();
     ramfs
         .busybox(busybox)
@@ -250,9 +254,11 @@ pub fn build_initramfs(modules_dir: &Path, busybox: &Path, extras: &Extras<'_>) 
         .dir("/root", 0o700)
         .dir("/etc/dropbear", 0o700);
     if let Some(key) = extras.authorized_key {
-        ramfs
-            .dir("/root/.ssh", 0o700)
-            .file("/root/.ssh/authorized_keys", format!("{}\n", key.trim()), 0o600);
+        ramfs.dir("/root/.ssh", 0o700).file(
+            "/root/.ssh/authorized_keys",
+            format!("{}\n", key.trim()),
+            0o600,
+        );
     }
     let loads = add_modules(&mut ramfs, modules_dir)?;
     let list = module_list(&loads);
@@ -1147,8 +1153,15 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("images");
 
-        let boot =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
+        let boot = prepare_boot_files_from(
+            &dir,
+            "demo",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap();
         assert_eq!(boot.kernel, dir.join("lab-demo-vmlinuz"));
         assert_eq!(boot.initrd, dir.join("lab-demo-initrd.img"));
         assert_eq!(boot.cmdline, BASE_CMDLINE);
@@ -1175,14 +1188,29 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
 
         // Same inputs: nothing is written.
         let (k, i) = (inode(&boot.kernel), inode(&boot.initrd));
-        let again =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
+        let again = prepare_boot_files_from(
+            &dir,
+            "demo",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap();
         assert_eq!(again, boot);
         assert_eq!((inode(&boot.kernel), inode(&boot.initrd)), (k, i));
 
         // A new kernel image replaces the copy and only it.
         fs::write(&kernel, "kernel two").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
+        prepare_boot_files_from(
+            &dir,
+            "demo",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap();
         assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel two");
         assert_ne!(inode(&boot.kernel), k);
         assert_eq!(inode(&boot.initrd), i);
@@ -1190,15 +1218,30 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // A changed module rebuilds the initramfs.
         let before = fs::read(&boot.initrd).unwrap();
         fs::write(modules.join("kernel/fs/ext4/ext4.ko"), "ext4, rebuilt").unwrap();
-        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
+        prepare_boot_files_from(
+            &dir,
+            "demo",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap();
         assert_ne!(inode(&boot.initrd), i);
         assert_ne!(fs::read(&boot.initrd).unwrap(), before);
 
         // A file lab did not write is never overwritten, and neither is the other one.
         let theirs = kernel_path(&dir, "other");
         fs::write(&theirs, "someone's kernel").unwrap();
-        let err =
-            prepare_boot_files_from(&dir, "other", &kernel, &modules, &busybox, &Extras::default()).unwrap_err();
+        let err = prepare_boot_files_from(
+            &dir,
+            "other",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("is not lab's"), "{err:#}");
         assert_eq!(fs::read(&theirs).unwrap(), b"someone's kernel");
         assert!(!initrd_path(&dir, "other").exists());
@@ -1244,8 +1287,15 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
 
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("images");
-        let boot =
-            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &Extras::default()).unwrap();
+        let boot = prepare_boot_files_from(
+            &dir,
+            "demo",
+            &kernel,
+            &modules,
+            &busybox,
+            &Extras::default(),
+        )
+        .unwrap();
         let without = inode(&boot.initrd);
         // The agent appears (qemu-guest-agent installed): the initramfs is made again.
         prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &with_agent).unwrap();

@@ -104,7 +104,25 @@ fn key_body(line: &str) -> Option<(&str, &str)> {
 /// The key lab logs in to `profile`'s VMs with.
 pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key> {
     if crate::apply::direct_boot(profile) {
-        return lab_key(dir, &profile.name);
+        // Only read here: a key made now would be in no VM.
+        let private = lab_key_path(dir, &profile.name);
+        let public = pub_path(&private);
+        return match std::fs::read_to_string(&public) {
+            Ok(line) if private.is_file() => Ok(Key {
+                private,
+                public_line: line.trim().to_string(),
+                from: format!("lab's key for {}", profile.name),
+            }),
+            _ => bail!(
+                "lab has no SSH key for {} ({} is missing): its VMs were made without an SSH \
+                 server (dropbear was not installed); install dropbear-bin, then `lab down {} \
+                 --purge && lab up {}`",
+                profile.name,
+                private.display(),
+                profile.name,
+                profile.name
+            ),
+        };
     }
     if let Some(value) = profile.vars.get("ssh_identity") {
         let at = profile.locate("vars.ssh_identity");
@@ -206,7 +224,12 @@ impl Target {
                 "ConnectTimeout={}",
                 connect_timeout.as_secs().max(1)
             ))
-            .args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"])
+            .args([
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=4",
+            ])
             .args(["-o", "LogLevel=ERROR"]);
         if batch {
             cmd = cmd.args(["-o", "BatchMode=yes", "-T"]);
@@ -240,9 +263,7 @@ mod tests {
 
     #[test]
     fn the_command_pins_host_keys_per_vm_and_never_prompts_in_batch() {
-        let line = target()
-            .command(true, Duration::from_secs(5))
-            .cmdline();
+        let line = target().command(true, Duration::from_secs(5)).cmdline();
         for part in [
             "ssh -i /var/lib/lab/images/lab-demo-ssh-key",
             "IdentitiesOnly=yes",
@@ -281,7 +302,11 @@ mod tests {
     fn lab_key_is_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let a = lab_key(dir.path(), "demo").unwrap();
-        assert!(a.public_line.starts_with("ssh-ed25519 "), "{}", a.public_line);
+        assert!(
+            a.public_line.starts_with("ssh-ed25519 "),
+            "{}",
+            a.public_line
+        );
         assert!(a.public_line.ends_with(" lab@demo"), "{}", a.public_line);
         let b = lab_key(dir.path(), "demo").unwrap();
         assert_eq!(a, b);
@@ -291,7 +316,11 @@ mod tests {
         assert_ne!(c.public_line, a.public_line);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&c.private).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the private key is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by others: {mode:o}"
+        );
     }
 
     #[test]

@@ -13,8 +13,7 @@ use lab::profile::{BUILT_IN, Profile, ProfileSource};
 use lab::state::Observed;
 
 fn fixture_options() -> BTreeSet<String> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/packstack_options.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/packstack_options.txt");
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
