@@ -526,6 +526,12 @@ pub fn down(
         }
         crate::ssh::forget_host(dir, &domain)?;
     }
+    // The packstack password lab made up belongs to the OpenStack that was in the VMs.
+    let secret = crate::commands_ssh::packstack_password_path(dir, p);
+    if secret.exists() {
+        std::fs::remove_file(&secret).with_context(|| format!("removing {}", secret.display()))?;
+        removed.push(format!("packstack password {}", secret.display()));
+    }
     if purge {
         let key = crate::ssh::lab_key_path(dir, p);
         for file in [crate::ssh::pub_path(&key), key] {

@@ -157,7 +157,12 @@ pub fn provision(
     let key = key(profile)?;
     let hint = unreachable_hint(profile);
     let answers = if packstack::is_packstack(profile) {
-        let a = packstack::answer_file(profile, plan, nested_kvm_on_host)?;
+        let a = packstack::answer_file_kept(
+            profile,
+            plan,
+            nested_kvm_on_host,
+            &packstack_password_path(&profile.storage.dir, &profile.name),
+        )?;
         ui::info(format_args!(
             "packstack: CONFIG_NOVA_LIBVIRT_VIRT_TYPE={}: {}",
             a.virt_type, a.why_virt_type
@@ -242,6 +247,12 @@ pub fn provision(
         bail!("{}", errors.join("\n"));
     }
     Ok(out)
+}
+
+/// Where lab keeps the packstack password it made up for a lab (mode 0600), until
+/// `lab down`.
+pub fn packstack_password_path(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
+    dir.join(format!("{}-{profile}.packstack-password", names::PREFIX))
 }
 
 fn summary(steps: &[StepResult]) -> String {

@@ -127,6 +127,72 @@ fn answer_file_arg(run: &str) -> Option<String> {
 /// from `[vars]` (else made up), then the profile's `[vars] packstack` options on top.
 /// Errors name the profile's file, line and key when the profile is at fault.
 pub fn answer_file(profile: &Profile, plan: &Plan, host_nested_kvm: bool) -> Result<AnswerFile> {
+    answer_file_inner(profile, plan, host_nested_kvm, &|| {
+        Ok((
+            generate_password()?,
+            format!(
+                "made up at random by lab ({GENERATED_PASSWORD_LEN} letters and digits: \
+                 the profile's [vars] has no default_password)"
+            ),
+        ))
+    })
+}
+
+/// [`answer_file`], with a password lab makes up kept in `secret` (mode 0600) and used
+/// again every later time: packstack runs again with the passwords it was first given
+/// (its database keeps them).
+pub fn answer_file_kept(
+    profile: &Profile,
+    plan: &Plan,
+    host_nested_kvm: bool,
+    secret: &std::path::Path,
+) -> Result<AnswerFile> {
+    answer_file_inner(profile, plan, host_nested_kvm, &|| {
+        let kept = std::fs::read_to_string(secret)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty() && check_value(t).is_ok());
+        let password = match kept {
+            Some(p) => p,
+            None => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let p = generate_password()?;
+                if let Some(dir) = secret.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let tmp = secret.with_extension("new");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                writeln!(f, "{p}").with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, secret)
+                    .with_context(|| format!("writing {}", secret.display()))?;
+                p
+            }
+        };
+        Ok((
+            password,
+            format!(
+                "made up by lab the first time and kept in {} (the profile's [vars] has no \
+                 default_password)",
+                secret.display()
+            ),
+        ))
+    })
+}
+
+fn answer_file_inner(
+    profile: &Profile,
+    plan: &Plan,
+    host_nested_kvm: bool,
+    made_up: &dyn Fn() -> Result<(String, String)>,
+) -> Result<AnswerFile> {
     if plan.profile != profile.name {
         bail!(
             "the plan is for profile {} but the answer file is asked for profile {}",
@@ -161,7 +227,7 @@ pub fn answer_file(profile: &Profile, plan: &Plan, host_nested_kvm: bool) -> Res
         );
         virt_type = chosen;
     }
-    let passwords = passwords(profile, &overrides)?;
+    let passwords = passwords(profile, &overrides, made_up)?;
 
     let controller_ip = controller.ip.to_string();
     let compute_ips: Vec<Ipv4Addr> = computes.iter().map(|v| v.ip).collect();
@@ -353,7 +419,11 @@ struct Passwords {
 /// The admin password: `[vars] packstack` CONFIG_KEYSTONE_ADMIN_PW, `[vars] admin_password`,
 /// else the default password. The default password: `[vars] packstack`
 /// CONFIG_DEFAULT_PASSWORD, `[vars] default_password`, else made up here.
-fn passwords(profile: &Profile, overrides: &BTreeMap<String, String>) -> Result<Passwords> {
+fn passwords(
+    profile: &Profile,
+    overrides: &BTreeMap<String, String>,
+    made_up: &dyn Fn() -> Result<(String, String)>,
+) -> Result<Passwords> {
     let var = |name: &str| -> Result<Option<String>> {
         let Some(value) = profile.vars.get(name) else {
             return Ok(None);
@@ -380,13 +450,7 @@ fn passwords(profile: &Profile, overrides: &BTreeMap<String, String>) -> Result<
             Some(v) => (v, "from [vars] default_password".to_string()),
             None => {
                 generated = true;
-                (
-                    generate_password()?,
-                    format!(
-                        "made up at random by lab ({GENERATED_PASSWORD_LEN} letters and digits: \
-                         the profile's [vars] has no default_password)"
-                    ),
-                )
+                made_up()?
             }
         },
     };

@@ -188,6 +188,45 @@ fn a_made_up_password_is_new_each_time_and_is_both_passwords() {
 }
 
 #[test]
+fn a_made_up_password_is_kept_for_the_next_answer_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let profile = built_in("packstack-aio");
+    let plan = plan_for(&profile, false);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("lab-packstack-aio.packstack-password");
+    let first = packstack::answer_file_kept(&profile, &plan, false, &secret).unwrap();
+    let second = packstack::answer_file_kept(&profile, &plan, false, &secret).unwrap();
+    let a = packstack::parse_answer_file(&first.text).unwrap();
+    let b = packstack::parse_answer_file(&second.text).unwrap();
+    assert_eq!(a["CONFIG_DEFAULT_PASSWORD"], b["CONFIG_DEFAULT_PASSWORD"]);
+    assert_eq!(a["CONFIG_DEFAULT_PASSWORD"].len(), 20);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap().trim(),
+        a["CONFIG_DEFAULT_PASSWORD"]
+    );
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the kept password is readable by others: {mode:o}"
+    );
+    assert!(
+        first.passwords_from.contains("kept in"),
+        "{}",
+        first.passwords_from
+    );
+    // A profile that names its password: the kept one is not used.
+    let text = built_in_text("packstack-aio").replace(
+        "[vars]\n",
+        "[vars]\ndefault_password = \"Default-Secret-2\"\n",
+    );
+    let named = file_profile(dir.path(), &text);
+    let af = packstack::answer_file_kept(&named, &plan_for(&named, false), false, &secret).unwrap();
+    let o = packstack::parse_answer_file(&af.text).unwrap();
+    assert_eq!(o["CONFIG_DEFAULT_PASSWORD"], "Default-Secret-2");
+}
+
+#[test]
 fn a_compute_without_nested_gets_qemu_even_where_the_host_nests() {
     let dir = tempfile::tempdir().unwrap();
     let text = "name = \"half\"\n[base]\nkernel = \"host\"\n\
