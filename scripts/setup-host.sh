@@ -32,7 +32,7 @@ packages=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
-    busybox-static linux-image-amd64
+    busybox-static linux-image-amd64 openssh-client
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
     gcc
@@ -81,16 +81,21 @@ else
     exit 1
 fi
 
-# qemu-guest-agent: lab copies its qemu-ga into the smoke VMs so `lab trim` can fstrim them
-# while they run. Without it lab works and trims stopped VMs only, so a mirror that cannot be
-# reached does not stop the setup: one bounded attempt, and a warning.
-if command -v apt-get >/dev/null && [ -n "$(missing qemu-guest-agent)" ]; then
-    { timeout 120 apt-get update -qq &&
-        timeout 120 apt-get install -y -q --no-install-recommends qemu-guest-agent; } ||
-        echo "$0: warning: qemu-guest-agent could not be installed; smoke VMs get no guest agent" >&2
+# What lab copies into the smoke VMs: qemu-ga (qemu-guest-agent), so `lab trim` can fstrim
+# them while they run, and dropbear (dropbear-bin), their SSH server for `lab ssh`,
+# provisioning steps and `lab ready`. Without them lab works and says what the smoke VMs
+# lack, so a mirror that cannot be reached does not stop the setup: one bounded attempt,
+# and a warning.
+if command -v apt-get >/dev/null; then
+    mapfile -t extras < <(missing qemu-guest-agent dropbear-bin)
+    if [ "${#extras[@]}" -gt 0 ]; then
+        { timeout 120 apt-get update -qq &&
+            timeout 300 apt-get install -y -q --no-install-recommends "${extras[@]}"; } ||
+            echo "$0: warning: ${extras[*]} could not be installed; the smoke VMs go without" >&2
+    fi
 elif command -v dnf >/dev/null; then
-    dnf install -y qemu-guest-agent ||
-        echo "$0: warning: qemu-guest-agent could not be installed; smoke VMs get no guest agent" >&2
+    dnf install -y qemu-guest-agent dropbear ||
+        echo "$0: warning: qemu-guest-agent or dropbear could not be installed; the smoke VMs go without" >&2
 fi
 
 # pykickstart's ksvalidator checks rendered kickstarts (`lab base build` validates with it,
