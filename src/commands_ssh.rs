@@ -156,11 +156,19 @@ pub fn provision(
     }
     let key = key(profile)?;
     let hint = unreachable_hint(profile);
+    let deadline = Instant::now() + wait;
     let answers = if packstack::is_packstack(profile) {
+        // Whether KVM works in the computes is asked of the computes themselves.
+        let kvm_in_vms = if nested_kvm_on_host {
+            kvm_failures(lv, profile, plan, &key, deadline, &hint)?
+        } else {
+            Vec::new()
+        };
         let a = packstack::answer_file_kept(
             profile,
             plan,
             nested_kvm_on_host,
+            &kvm_in_vms,
             &packstack_password_path(&profile.storage.dir, &profile.name),
         )?;
         ui::info(format_args!(
@@ -177,7 +185,6 @@ pub fn provision(
     }
     let style =
         ProgressStyle::with_template("{spinner} {prefix:<12} {msg}").expect("valid template");
-    let deadline = Instant::now() + wait;
     let results: Vec<Result<(String, Vec<StepResult>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .vms
@@ -253,6 +260,71 @@ pub fn provision(
 /// `lab down`.
 pub fn packstack_password_path(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
     dir.join(format!("{}-{profile}.packstack-password", names::PREFIX))
+}
+
+/// The packstack compute VMs (the controller of an all-in-one) that should nest but in
+/// which /dev/kvm does not work, with why: probed over SSH, all at once.
+fn kvm_failures(
+    lv: &Libvirt,
+    profile: &Profile,
+    plan: &crate::plan::Plan,
+    key: &Key,
+    deadline: Instant,
+    hint: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut computes: Vec<&crate::plan::VmPlan> = plan
+        .vms
+        .iter()
+        .filter(|v| v.role.as_deref() == Some(packstack::COMPUTE_ROLE))
+        .collect();
+    if computes.is_empty() {
+        computes = plan
+            .vms
+            .iter()
+            .filter(|v| {
+                v.role
+                    .as_deref()
+                    .is_some_and(|r| packstack::CONTROLLER_ROLES.contains(&r))
+            })
+            .collect();
+    }
+    let probed: Vec<Result<Option<(String, String)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = computes
+            .iter()
+            .filter(|vm| vm.nested && vm.domain_type == "kvm")
+            .map(|vm| {
+                s.spawn(move || {
+                    let t = target(lv, profile, &vm.name, key)?;
+                    wait_ssh(&t, deadline, hint)?;
+                    let line = remote_shell(&t)
+                        .stdin(KVM_PROBE)
+                        .timeout(Duration::from_secs(60))
+                        .run()
+                        .with_context(|| format!("{}: probing /dev/kvm", vm.name))?
+                        .stdout;
+                    let line = line.trim();
+                    Ok(match line.strip_prefix("ok: ") {
+                        Some(_) => None,
+                        None => Some((
+                            vm.name.clone(),
+                            line.strip_prefix("no: ").unwrap_or(line).to_string(),
+                        )),
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for p in probed {
+        if let Some(f) = p? {
+            out.push(f);
+        }
+    }
+    Ok(out)
 }
 
 fn summary(steps: &[StepResult]) -> String {

@@ -127,7 +127,7 @@ fn answer_file_arg(run: &str) -> Option<String> {
 /// from `[vars]` (else made up), then the profile's `[vars] packstack` options on top.
 /// Errors name the profile's file, line and key when the profile is at fault.
 pub fn answer_file(profile: &Profile, plan: &Plan, host_nested_kvm: bool) -> Result<AnswerFile> {
-    answer_file_inner(profile, plan, host_nested_kvm, &|| {
+    answer_file_inner(profile, plan, host_nested_kvm, &[], &|| {
         Ok((
             generate_password()?,
             format!(
@@ -140,14 +140,16 @@ pub fn answer_file(profile: &Profile, plan: &Plan, host_nested_kvm: bool) -> Res
 
 /// [`answer_file`], with a password lab makes up kept in `secret` (mode 0600) and used
 /// again every later time: packstack runs again with the passwords it was first given
-/// (its database keeps them).
+/// (its database keeps them). `kvm_in_vms` are the compute VMs in which `/dev/kvm` was
+/// found not to work, with why (probed over SSH): any of them means `qemu`.
 pub fn answer_file_kept(
     profile: &Profile,
     plan: &Plan,
     host_nested_kvm: bool,
+    kvm_in_vms: &[(String, String)],
     secret: &std::path::Path,
 ) -> Result<AnswerFile> {
-    answer_file_inner(profile, plan, host_nested_kvm, &|| {
+    answer_file_inner(profile, plan, host_nested_kvm, kvm_in_vms, &|| {
         let kept = std::fs::read_to_string(secret)
             .ok()
             .map(|t| t.trim().to_string())
@@ -191,6 +193,7 @@ fn answer_file_inner(
     profile: &Profile,
     plan: &Plan,
     host_nested_kvm: bool,
+    kvm_in_vms: &[(String, String)],
     made_up: &dyn Fn() -> Result<(String, String)>,
 ) -> Result<AnswerFile> {
     if plan.profile != profile.name {
@@ -210,7 +213,8 @@ fn answer_file_inner(
         computes.push(controller);
     }
     let overrides = overrides(profile)?;
-    let (mut virt_type, mut why_virt_type) = choose_virt_type(&computes, host_nested_kvm);
+    let (mut virt_type, mut why_virt_type) =
+        choose_virt_type(&computes, host_nested_kvm, kvm_in_vms);
     if let Some(value) = overrides.get(VIRT_TYPE_KEY) {
         let chosen = match value.as_str() {
             "kvm" => VirtType::Kvm,
@@ -348,7 +352,11 @@ fn controller_vm<'a>(profile: &Profile, plan: &'a Plan) -> Result<&'a VmPlan> {
 
 /// `kvm` when every compute VM is a KVM domain with `nested = true` and nested KVM works on
 /// the host; `qemu` otherwise, saying every reason.
-fn choose_virt_type(computes: &[&VmPlan], host_nested_kvm: bool) -> (VirtType, String) {
+fn choose_virt_type(
+    computes: &[&VmPlan],
+    host_nested_kvm: bool,
+    kvm_in_vms: &[(String, String)],
+) -> (VirtType, String) {
     let names = |vms: &[&VmPlan]| {
         let names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         match names.as_slice() {
@@ -384,6 +392,9 @@ fn choose_virt_type(computes: &[&VmPlan], host_nested_kvm: bool) -> (VirtType, S
             names(&flat),
             is_are(&flat),
         ));
+    }
+    for (vm, why) in kvm_in_vms {
+        reasons.push(format!("/dev/kvm does not work in {vm}: {why}"));
     }
     if reasons.is_empty() {
         (

@@ -194,8 +194,8 @@ fn a_made_up_password_is_kept_for_the_next_answer_file() {
     let plan = plan_for(&profile, false);
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("lab-packstack-aio.packstack-password");
-    let first = packstack::answer_file_kept(&profile, &plan, false, &secret).unwrap();
-    let second = packstack::answer_file_kept(&profile, &plan, false, &secret).unwrap();
+    let first = packstack::answer_file_kept(&profile, &plan, false, &[], &secret).unwrap();
+    let second = packstack::answer_file_kept(&profile, &plan, false, &[], &secret).unwrap();
     let a = packstack::parse_answer_file(&first.text).unwrap();
     let b = packstack::parse_answer_file(&second.text).unwrap();
     assert_eq!(a["CONFIG_DEFAULT_PASSWORD"], b["CONFIG_DEFAULT_PASSWORD"]);
@@ -221,7 +221,8 @@ fn a_made_up_password_is_kept_for_the_next_answer_file() {
         "[vars]\ndefault_password = \"Default-Secret-2\"\n",
     );
     let named = file_profile(dir.path(), &text);
-    let af = packstack::answer_file_kept(&named, &plan_for(&named, false), false, &secret).unwrap();
+    let af =
+        packstack::answer_file_kept(&named, &plan_for(&named, false), false, &[], &secret).unwrap();
     let o = packstack::parse_answer_file(&af.text).unwrap();
     assert_eq!(o["CONFIG_DEFAULT_PASSWORD"], "Default-Secret-2");
 }
@@ -434,4 +435,38 @@ fn a_password_that_is_no_string_is_refused_naming_it() {
          [[vm]]\nname = \"aio\"\nrole = \"allinone\"\n"
     ));
     assert!(err.contains("vars.default_password: a line break"), "{err}");
+}
+
+#[test]
+fn kvm_that_does_not_work_inside_a_compute_gives_qemu_naming_it() {
+    let profile = built_in("packstack-multinode");
+    let plan = plan_for(&profile, true);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    let nests = packstack::answer_file_kept(&profile, &plan, true, &[], &secret).unwrap();
+    assert_eq!(
+        nests.virt_type,
+        packstack::VirtType::Kvm,
+        "{}",
+        nests.why_virt_type
+    );
+    let failed = vec![(
+        "compute2".to_string(),
+        "/dev/kvm is missing (is kvm_intel or kvm_amd loaded in the VM?)".to_string(),
+    )];
+    let af = packstack::answer_file_kept(&profile, &plan, true, &failed, &secret).unwrap();
+    assert_eq!(af.virt_type, packstack::VirtType::Qemu);
+    assert!(
+        af.why_virt_type
+            .contains("/dev/kvm does not work in compute2"),
+        "{}",
+        af.why_virt_type
+    );
+    let o = packstack::parse_answer_file(&af.text).unwrap();
+    assert_eq!(o["CONFIG_NOVA_LIBVIRT_VIRT_TYPE"], "qemu");
+    assert!(
+        af.text.contains("compute2"),
+        "the header says why:\n{}",
+        af.text
+    );
 }
