@@ -13,6 +13,8 @@ use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
 use crate::profile::{Profile, StorageBackend};
 use crate::state::Observed;
+use crate::storage::Storage;
+use crate::storage::lvm_thin::LvmThinStorage;
 use crate::storage::qcow2::Qcow2Storage;
 use crate::trim::{self, TrimEnv, TrimReport};
 use crate::ui;
@@ -26,8 +28,24 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
     observed
         .add_image_dir(dir)
         .with_context(|| format!("looking for lab's images in {}", dir.display()))?;
-    let storage = Qcow2Storage::new(dir);
-    let targets = trim::targets(&profile, &observed, &storage, &lv, &args.vms)?;
+    // The profile's storage: its thin pool when that exists (and the profile does not
+    // insist on qcow2), its image directory otherwise.
+    let pool_before = thin_pool(&profile);
+    let qcow2 = Qcow2Storage::new(dir);
+    let thin = pool_before
+        .as_ref()
+        .map(|p| LvmThinStorage::new(&p.vg, &p.name));
+    if let (Some(vg), Some(_)) = (&profile.storage.vg, &thin) {
+        let rows = LvmSource::for_sysroot(&Sysroot::live())
+            .vg_lvs(vg)
+            .with_context(|| format!("reading the LVs of volume group {vg}"))?;
+        observed.add_lvs(&rows);
+    }
+    let storage: &dyn Storage = match &thin {
+        Some(t) => t,
+        None => &qcow2,
+    };
+    let targets = trim::targets(&profile, &observed, storage, &lv, &args.vms)?;
     if targets.is_empty() {
         let empty = TrimReport {
             profile: profile.name.clone(),
@@ -50,13 +68,13 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
     let env = TrimEnv {
         lv: &lv,
         profile: &profile,
-        storage: &storage,
+        storage,
+        qcow2: thin.is_none().then_some(&qcow2),
         in_use: &in_use,
         stop: args.stop,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         runtime_dir: trim::runtime_dir(),
     };
-    let pool_before = thin_pool(&profile);
     let mut report = trim::trim(&env, &targets);
     if let Some(before) = pool_before {
         let after = thin_pool(&profile);

@@ -209,6 +209,8 @@ pub struct Target {
     pub domain: Option<String>,
     pub running: bool,
     pub image: PathBuf,
+    /// A block device (a thin volume), not an image file.
+    pub block: bool,
     /// Set when lab must leave the image alone, and why.
     pub refuse: Option<String>,
 }
@@ -219,7 +221,7 @@ pub struct Target {
 pub fn targets(
     profile: &Profile,
     observed: &Observed,
-    storage: &Qcow2Storage,
+    storage: &dyn Storage,
     lv: &Libvirt,
     vms: &[String],
 ) -> Result<Vec<Target>> {
@@ -241,7 +243,9 @@ pub fn targets(
     let mut out = Vec::new();
     for vm in wanted {
         let domain = names::domain(p, vm);
-        let clone = storage.clone_volume(p, vm)?.map(|v| v.path);
+        let clone_volume = storage.clone_volume(p, vm)?;
+        let block = clone_volume.as_ref().is_some_and(|v| v.format == "raw");
+        let clone = clone_volume.map(|v| v.path);
         match observed.domain(&domain) {
             Some(d) if d.owner.as_ref().is_some_and(|o| o.is(p)) => {
                 let disk = lv
@@ -263,6 +267,7 @@ pub fn targets(
                     domain: Some(domain),
                     running: d.running,
                     image: disk.or(clone).unwrap_or_default(),
+                    block,
                     refuse,
                 });
             }
@@ -272,6 +277,7 @@ pub fn targets(
                 domain: None,
                 running: false,
                 image: clone.unwrap_or_default(),
+                block,
                 refuse: Some(format!(
                     "domain {domain} is not lab's (no lab mark): it and its disk are left alone"
                 )),
@@ -284,6 +290,7 @@ pub fn targets(
                         domain: None,
                         running: false,
                         image: clone,
+                        block,
                         refuse: None,
                     });
                 }
@@ -300,21 +307,40 @@ pub fn targets(
             .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
             .filter_map(|v| v.owner.as_ref().and_then(|o| o.vm.clone()))
             .collect();
+        let block = base.format == "raw";
         out.push(Target {
             name: "base".into(),
             kind: Kind::Base,
             domain: None,
             running: false,
             image: base.path,
-            refuse: (!clones.is_empty()).then(|| {
-                format!(
-                    "{} clone{} ({}) read from it: a base is trimmed only when no clone \
+            block,
+            refuse: if block {
+                // Sealed read-only, and trimmed when it was sealed: nothing to give back.
+                Some(format!(
+                    "a thin base is read-only once sealed, and was trimmed when it was sealed: \
+                     left alone{}",
+                    if clones.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} clone{} read from it)",
+                            clones.len(),
+                            if clones.len() == 1 { "" } else { "s" }
+                        )
+                    }
+                ))
+            } else {
+                (!clones.is_empty()).then(|| {
+                    format!(
+                        "{} clone{} ({}) read from it: a base is trimmed only when no clone \
                      depends on it (`lab down {p}` removes the clones and keeps the base)",
-                    clones.len(),
-                    if clones.len() == 1 { "" } else { "s" },
-                    clones.join(", ")
-                )
-            }),
+                        clones.len(),
+                        if clones.len() == 1 { "" } else { "s" },
+                        clones.join(", ")
+                    )
+                })
+            },
         });
     }
     Ok(out)
@@ -328,7 +354,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 pub struct TrimEnv<'a> {
     pub lv: &'a Libvirt,
     pub profile: &'a Profile,
-    pub storage: &'a Qcow2Storage,
+    /// The profile's storage: thin volumes or qcow2 images.
+    pub storage: &'a dyn Storage,
+    /// The qcow2 backend, when that is the profile's storage: clones are compacted.
+    pub qcow2: Option<&'a Qcow2Storage>,
     /// Images running domains write to, lab's and everyone else's.
     pub in_use: &'a [InUse],
     /// Shut down a running VM whose guest agent does not answer, trim it offline, and
@@ -398,13 +427,27 @@ fn blank(t: &Target, method: Method) -> ImageTrim {
     }
 }
 
+/// What the host holds for a target: an image file's blocks, a thin volume's data in use.
+fn allocated(env: &TrimEnv<'_>, t: &Target) -> Option<u64> {
+    if !t.block {
+        return qcow2::allocated_bytes(&t.image).ok();
+    }
+    let name = t.image.file_name()?.to_string_lossy().into_owned();
+    let volume = crate::storage::Volume {
+        name,
+        path: t.image.clone(),
+        format: "raw".into(),
+    };
+    env.storage.usage(&volume).ok().map(|u| u.allocated)
+}
+
 fn trim_one(env: &TrimEnv<'_>, t: &Target) -> ImageTrim {
     let started = Instant::now();
     let mut r = blank(t, Method::None);
     if let Some(why) = &t.refuse {
         r.outcome = Outcome::LeftAlone;
         r.message = Some(why.clone());
-        r.allocated_before = qcow2::allocated_bytes(&t.image).ok();
+        r.allocated_before = allocated(env, t);
         r.allocated_after = r.allocated_before;
         return r;
     }
@@ -420,7 +463,7 @@ fn trim_one(env: &TrimEnv<'_>, t: &Target) -> ImageTrim {
                 .push(agent_link(xml, t.domain.as_deref().unwrap_or("")));
         }
     }
-    r.allocated_before = qcow2::allocated_bytes(&t.image).ok();
+    r.allocated_before = allocated(env, t);
     let result = if t.running {
         trim_running(env, t, &mut r)
     } else {
@@ -430,7 +473,7 @@ fn trim_one(env: &TrimEnv<'_>, t: &Target) -> ImageTrim {
         r.outcome = Outcome::Failed;
         r.message = Some(format!("{e:#}"));
     }
-    r.allocated_after = qcow2::allocated_bytes(&t.image).ok();
+    r.allocated_after = allocated(env, t);
     if r.outcome == Outcome::Trimmed
         && let (Some(b), Some(a)) = (r.allocated_before, r.allocated_after)
     {
@@ -507,6 +550,7 @@ fn trim_running(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
             lv: env.lv,
             profile: env.profile,
             storage: env.storage,
+            qcow2: env.qcow2,
             stop: env.stop,
             shutdown_timeout: env.shutdown_timeout,
             runtime_dir: env.runtime_dir.clone(),
@@ -595,16 +639,18 @@ fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
     let work = offline_workdir(&env.runtime_dir, &t.image);
     clear_leftovers(&work)?;
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let result = offline_fstrim(&t.image, "qcow2", &work);
+    let format = if t.block { "raw" } else { "qcow2" };
+    let result = offline_fstrim(&t.image, format, &work);
     let removed = remove_workdir(&work);
     r.filesystems = result?;
     removed?;
-    if t.kind == Kind::Clone {
-        ui::debug(format_args!("lab: compact {}", t.image.display()));
-        env.storage
-            .compact(&env.profile.name, &t.name, env.in_use)?;
-    } else {
-        qcow2::check(&t.image)?;
+    match (t.kind, env.qcow2) {
+        (_, None) => {}
+        (Kind::Clone, Some(q)) => {
+            ui::debug(format_args!("lab: compact {}", t.image.display()));
+            q.compact(&env.profile.name, &t.name, env.in_use)?;
+        }
+        (_, Some(_)) => qcow2::check(&t.image)?,
     }
     if r.filesystems.iter().all(|f| f.trimmed.is_none()) {
         r.outcome = Outcome::NotTrimmed;
@@ -638,6 +684,9 @@ pub fn offline_workdir(runtime_dir: &Path, image: &Path) -> PathBuf {
 /// filesystem lab knows under `work` and fstrim it. Everything is taken down again before
 /// this returns, also on failure.
 pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsTrim>> {
+    if is_block_device(image) {
+        return offline_fstrim_block(image, work);
+    }
     let export = work.join("export");
     std::fs::File::create(&export).with_context(|| format!("creating {}", export.display()))?;
     let daemon = StorageDaemon::start(image, format, &export, &work.join("qsd.pid"))?;
@@ -667,6 +716,31 @@ pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsT
             Err(e).with_context(|| format!("trimming {} offline", image.display()))
         }
     }
+}
+
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// [`offline_fstrim`] of a block device (a thin volume): a loop device with partition
+/// scanning stands on it directly, so the discards go down to the device (and a thin pool
+/// gets its blocks back). The device is recorded in `work/block` for [`clear_leftovers`].
+fn offline_fstrim_block(device: &Path, work: &Path) -> Result<Vec<FsTrim>> {
+    let record = work.join("block");
+    std::fs::write(&record, device.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("writing {}", record.display()))?;
+    let result = (|| -> Result<Vec<FsTrim>> {
+        let dev = LoopDevice::attach(device)?;
+        let parts = dev.filesystems()?;
+        let mut out = Vec::new();
+        for (i, (part, node)) in parts.iter().enumerate() {
+            out.push(trim_filesystem(part, node, &work.join(format!("mnt{i}")))?);
+        }
+        dev.detach()?;
+        Ok(out)
+    })();
+    result.with_context(|| format!("trimming {} offline", device.display()))
 }
 
 /// Mount one filesystem, fstrim it, unmount it.
@@ -970,10 +1044,17 @@ pub fn clear_leftovers(work: &Path) -> Result<()> {
         }
     }
     let export = work.join("export");
-    if export.exists()
+    // The loop device stands on the export, or on the block device recorded in `block`.
+    let backing = match std::fs::read(work.join("block")) {
+        Ok(bytes) if !bytes.is_empty() => Some(PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
+        )),
+        _ => export.exists().then(|| export.clone()),
+    };
+    if let Some(backing) = &backing
         && let Ok(out) = Cmd::new("losetup")
             .args(["--noheadings", "--output", "NAME", "--associated"])
-            .arg(&export)
+            .arg(backing)
             .run()
     {
         for dev in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {

@@ -588,3 +588,109 @@ fn an_offline_trim_gives_back_what_a_filesystem_freed() {
     );
     run("e2fsck", &["-fn", check.to_str().unwrap()]);
 }
+
+/// The block-device path (a thin volume's, in life; a loop device over a file stands in for
+/// it here, as this kernel has no device-mapper): the filesystem on the device is trimmed
+/// in place, no export, and the discards go down to what holds the device, here the file,
+/// whose allocation falls. The device is left as it was: mounted nowhere, no loop device
+/// on it.
+#[test]
+fn an_offline_trim_of_a_block_device_sends_the_discards_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("volume.raw");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(256 * MIB)
+        .unwrap();
+    let run = |program: &str, args: &[&str]| -> String {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    run("mkfs.ext4", &["-q", "-F", backing.to_str().unwrap()]);
+    let data = dir.path().join("fill");
+    let mut random = vec![0u8; (32 * MIB) as usize];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .unwrap();
+    std::fs::write(&data, &random).unwrap();
+    let write = format!("write {} fill", data.display());
+    run("debugfs", &["-w", "-R", &write, backing.to_str().unwrap()]);
+    run(
+        "debugfs",
+        &["-w", "-R", "rm fill", backing.to_str().unwrap()],
+    );
+
+    // The "volume": a block device over the file.
+    let device = run("losetup", &["--find", "--show", backing.to_str().unwrap()]);
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).output();
+        }
+    }
+    let _detach = Detach(device.clone());
+    let before = allocated(&backing);
+    assert!(before >= 32 * MIB, "{before}");
+
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let filesystems = lab::trim::offline_fstrim(Path::new(&device), "raw", &work).unwrap();
+    let after = allocated(&backing);
+    eprintln!("offline trim of block device {device}: {before} -> {after} bytes");
+    assert_eq!(filesystems.len(), 1, "{filesystems:?}");
+    assert_eq!(filesystems[0].fstype, "ext4");
+    assert!(
+        filesystems[0].trimmed.unwrap() >= 32 * MIB,
+        "{filesystems:?}"
+    );
+    assert!(
+        before - after >= 32 * MIB * 95 / 100,
+        "only {} of {} bytes came back",
+        before - after,
+        32 * MIB
+    );
+    // No export was made, no daemon ran, and only our own loop device stands on the file:
+    // the trim's own loop device on the device is gone.
+    assert!(!work.join("export").exists());
+    assert!(!work.join("qsd.pid").exists());
+    let on_device = run(
+        "losetup",
+        &["--noheadings", "--output", "NAME", "--associated", &device],
+    );
+    assert!(on_device.is_empty(), "left on {device}: {on_device}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(work.to_str().unwrap()),
+        "something is still mounted under {}",
+        work.display()
+    );
+    run("e2fsck", &["-fn", &device]);
+
+    // A trim of the device killed after its loop device was attached: the next run's
+    // clearing finds the loop device by the recorded device and detaches it.
+    let killed = dir.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::write(killed.join("block"), &device).unwrap();
+    let leftover = run("losetup", &["--find", "--show", "--partscan", &device]);
+    struct Leftover(String);
+    impl Drop for Leftover {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).output();
+        }
+    }
+    let _leftover = Leftover(leftover.clone());
+    lab::trim::clear_leftovers(&killed).unwrap();
+    let on_device = run(
+        "losetup",
+        &["--noheadings", "--output", "NAME", "--associated", &device],
+    );
+    assert!(
+        on_device.is_empty(),
+        "{leftover} was left on {device}: {on_device}"
+    );
+    assert!(
+        !killed.exists(),
+        "the killed trim's directory is still there"
+    );
+}
