@@ -255,6 +255,45 @@ fn importing_an_image_converts_a_copy() {
     );
 }
 
+/// The base's name removed by hand while a clone of it exists: the next import is a new
+/// generation, and the clone keeps reading the base it was made from, never the new one.
+#[test]
+fn an_imported_base_made_again_leaves_the_old_clones_their_own_base() {
+    let (t, s) = storage();
+    let make = |name: &str, pattern: u8| {
+        let src = PathBuf::from(t.path()).join(name);
+        let ok = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&src)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        qemu_io(&src, &format!("write -P {pattern:#x} 0 1M"));
+        src
+    };
+    let first = make("first.qcow2", 0x11);
+    let base = s.import_base("demo", &first).unwrap();
+    s.seal_base("demo").unwrap();
+    let a = s.clone_base("demo", "a", &[]).unwrap();
+    qemu_io(&a.path, "read -P 0x11 0 1M");
+
+    std::fs::remove_file(&base.path).unwrap();
+    assert_eq!(s.base("demo").unwrap(), None);
+    let second = make("second.qcow2", 0x22);
+    s.import_base("demo", &second).unwrap();
+    s.seal_base("demo").unwrap();
+    let b = s.clone_base("demo", "b", &[]).unwrap();
+    qemu_io(&b.path, "read -P 0x22 0 1M");
+    // The old clone still reads the old base, which is kept while it is used.
+    qemu_io(&a.path, "read -P 0x11 0 1M");
+    assert_eq!(s.generations("demo").len(), 2);
+    s.remove_clone("demo", "a", &[]).unwrap();
+    s.prune_generations("demo", &[]).unwrap();
+    assert_eq!(s.generations("demo").len(), 1);
+    qemu_io(&b.path, "read -P 0x22 0 1M");
+}
+
 #[test]
 fn an_unsealed_base_left_by_an_interrupted_build_is_replaced_not_cloned() {
     let (_t, s) = storage();

@@ -424,16 +424,37 @@ impl Storage for Qcow2Storage {
         Ok(volume(names::base_volume(profile), path))
     }
 
+    /// An imported base is a generation too (`lab-P-base.gN.qcow2`, the stable name a link
+    /// to it once sealed): when the base is made again (its link removed by hand, say), the
+    /// clones made from the old one keep reading the old one, never a new base under the
+    /// same name.
     fn import_base(&self, profile: &str, image: &Path) -> Result<Volume> {
-        let path = self.base_path(profile);
-        Self::clear_unsealed_base(&path, profile)?;
-        Self::refuse_existing(&path)?;
+        let stable = self.base_path(profile);
+        self.clear_unfinished(profile)?;
+        let stable_is_link =
+            std::fs::symlink_metadata(&stable).is_ok_and(|m| m.file_type().is_symlink());
+        if !stable_is_link {
+            // A plain file: an older lab's imported base (rebuilt only once removed), or
+            // someone else's.
+            Self::refuse_existing(&stable)?;
+        } else if !Self::is_ours(&stable, profile, VolumeRole::Base) {
+            bail!(
+                "{} exists and is not lab's: lab will not touch it",
+                stable.display()
+            );
+        } else if stable.exists() {
+            // A current base: imported once, kept.
+            Self::refuse_existing(&stable)?;
+        }
         let src = info(image)?;
         self.ensure_dir()?;
         self.ensure_space(
             src.actual_size.unwrap_or(src.virtual_size),
             &format!("importing {}", image.display()),
         )?;
+        let n = self.generations(profile).last().map_or(1, |(n, _)| n + 1);
+        let path = self.generation_path(profile, n);
+        Self::refuse_existing(&path)?;
         let tmp = self.partial_path(&path)?;
         let result = Cmd::new("qemu-img")
             .args(["convert", "-O", "qcow2", "-f", &src.format])
@@ -446,7 +467,12 @@ impl Storage for Qcow2Storage {
         }
         Self::write_marker(&path, profile, None, VolumeRole::Base)?;
         std::fs::rename(&tmp, &path)?;
-        Ok(volume(names::base_volume(profile), path))
+        if !stable.exists() {
+            // A first base, or one whose link was removed: the name shows the unfinished
+            // base until it is sealed.
+            self.point_base_at(profile, &path)?;
+        }
+        Ok(volume(names::base_volume(profile), stable))
     }
 
     fn seal_base(&self, profile: &str) -> Result<()> {
