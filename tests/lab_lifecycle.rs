@@ -250,6 +250,27 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
         assert!(v["ip"].as_str().is_some(), "{v}");
     }
 
+    // lab check of the profile while its lab is up: the lab's own network is where the
+    // lab already is, no collision. (Exit 3 here: KVM does not work on this machine.)
+    let check = lab.run(
+        &["check", "--profile", profile, "--no-throughput", "--json"],
+        3,
+    );
+    let check: Value = serde_json::from_str(&check).unwrap();
+    let subnet = check["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "network.subnet")
+        .unwrap_or_else(|| panic!("no network.subnet in {check:#}"));
+    assert_eq!(subnet["status"], "pass", "{subnet:#}");
+    let up_subnet = up["network"]["subnet"].as_str().unwrap();
+    let finding = subnet["summary"].as_str().unwrap();
+    assert!(
+        finding.contains("lab's own network") && finding.contains(up_subnet),
+        "{finding}"
+    );
+
     // 4. Reset one VM: only it restarts, on a fresh clone.
     let clone = lab.images().join(format!("{}.qcow2", lab.domain("node2")));
     let before = std::fs::metadata(&clone).unwrap().modified().unwrap();

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use super::{Check, CheckContext, Report};
 use crate::host::net::NetFacts;
-use crate::libvirt::Libvirt;
+use crate::libvirt::{Libvirt, NetworkInfo};
+use crate::names;
 use crate::profile::{self, SubnetSpec};
 use crate::subnet::{self, SubnetAllocator, Taken};
 
@@ -17,11 +18,17 @@ struct NetworkFacts {
 }
 
 /// Networks libvirt knows (active or not: a defined network comes back at next start).
-pub fn taken_by_libvirt(uri: &str) -> Result<Vec<Taken>, String> {
+pub fn libvirt_networks(uri: &str) -> Result<Vec<NetworkInfo>, String> {
     let lv = Libvirt::open(uri).map_err(|e| e.to_string())?;
-    let nets = lv.networks().map_err(|e| format!("{e:#}"))?;
-    Ok(nets
-        .into_iter()
+    lv.networks().map_err(|e| format!("{e:#}"))
+}
+
+/// What `networks` take, less the lab's own network `own` (by name).
+pub fn taken_by_libvirt(networks: &[NetworkInfo], own: &str) -> Vec<Taken> {
+    networks
+        .iter()
+        .filter(|n| n.name != own)
+        .cloned()
         .flat_map(|n| {
             let what = format!(
                 "libvirt network {}{}",
@@ -37,28 +44,55 @@ pub fn taken_by_libvirt(uri: &str) -> Result<Vec<Taken>, String> {
                 iface: None,
             })
         })
-        .collect())
+        .collect()
+}
+
+/// The host's networks less the lab's own: its bridge's route and address are the lab
+/// itself, not a collision.
+pub fn without_own(host: Vec<Taken>, own: Option<&NetworkInfo>) -> Vec<Taken> {
+    let Some(own) = own else { return host };
+    host.into_iter()
+        .filter(|t| match &t.iface {
+            Some(iface) => own.bridge.as_deref() != Some(iface.as_str()),
+            None => !own.subnets.iter().any(|s| s.contains(&t.net.network())),
+        })
+        .collect()
 }
 
 pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
     let host = NetFacts::read(ctx.sysroot);
-    let mut taken = subnet::taken_by_host(&host);
+    let key = ctx.profile.map(|p| p.name.as_str()).unwrap_or("smoke");
+    let own_name = names::network(key);
     let mut note = String::new();
-    let libvirt_read = if ctx.sysroot.is_live() {
-        match taken_by_libvirt(ctx.connect) {
-            Ok(t) => {
-                taken.extend(t);
-                true
-            }
+    let networks = if ctx.sysroot.is_live() {
+        match libvirt_networks(ctx.connect) {
+            Ok(n) => Some(n),
             Err(_) => {
                 note = "; libvirt networks not read (libvirt unreachable)".into();
-                false
+                None
             }
         }
     } else {
         note = "; libvirt networks not read under --sysroot".into();
-        false
+        None
     };
+    let libvirt_read = networks.is_some();
+    let networks = networks.unwrap_or_default();
+    // The lab's own network, when it is up, is where the lab already is: not a collision.
+    let own = networks
+        .iter()
+        .find(|n| n.name == own_name && n.bridge.as_deref() == Some(&names::bridge(key)));
+    let mut taken = without_own(subnet::taken_by_host(&host), own);
+    taken.extend(taken_by_libvirt(
+        &networks,
+        own.map_or("", |n| n.name.as_str()),
+    ));
+    if let Some(n) = own
+        && let Some(net) = n.subnets.first()
+    {
+        note.push_str(&format!("; the lab's own network {} is on {net}", n.name));
+    }
+    let current = own.and_then(|n| n.subnets.first().copied());
     let vpns: Vec<&str> = host
         .ifaces
         .iter()
@@ -69,15 +103,13 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
         note.push_str(&format!("; VPN interfaces seen: {}", vpns.join(", ")));
     }
 
-    let (key, spec, range, source) = match ctx.profile {
+    let (spec, range, source) = match ctx.profile {
         Some(p) => (
-            p.name.as_str(),
             p.network.subnet,
             p.network.auto_range,
             format!("profile {} ({})", p.name, p.source),
         ),
         None => (
-            "smoke",
             SubnetSpec::Auto,
             profile::DEFAULT_AUTO_RANGE
                 .parse()
@@ -100,7 +132,7 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
             } else {
                 let with: Vec<String> = hits.iter().map(|t| t.to_string()).collect();
                 let suggestion = allocator
-                    .allocate(key, None, &taken)
+                    .allocate(key, current, &taken)
                     .map(|a| format!(" or a free one such as \"{}\"", a.subnet))
                     .unwrap_or_default();
                 Check::fail(
@@ -110,7 +142,7 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
                 )
             }
         }
-        SubnetSpec::Auto => match allocator.allocate(key, None, &taken) {
+        SubnetSpec::Auto => match allocator.allocate(key, current, &taken) {
             Ok(a) => Check::pass(
                 "network.subnet",
                 format!(
@@ -142,5 +174,50 @@ fn in_use(n: usize) -> String {
     match n {
         1 => "1 network in use".into(),
         n => format!("{n} networks in use"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(net: &str, iface: Option<&str>) -> Taken {
+        Taken {
+            net: net.parse().unwrap(),
+            what: format!("route {net}"),
+            iface: iface.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_labs_own_network_is_no_collision_and_others_are() {
+        let own = NetworkInfo {
+            name: names::network("smoke"),
+            bridge: Some(names::bridge("smoke")),
+            subnets: vec!["10.213.166.0/24".parse().unwrap()],
+            active: true,
+        };
+        let other = NetworkInfo {
+            name: "default".into(),
+            bridge: Some("virbr0".into()),
+            subnets: vec!["192.168.122.0/24".parse().unwrap()],
+            active: true,
+        };
+        let host = vec![
+            // The kernel's route to the lab's bridge, and the bridge's address.
+            taken("10.213.166.0/24", Some(&names::bridge("smoke"))),
+            taken("10.213.166.1/32", None),
+            // The LAN.
+            taken("192.168.1.0/24", Some("wlan0")),
+        ];
+        let nets = vec![own.clone(), other];
+        let mut t = without_own(host.clone(), Some(&own));
+        t.extend(taken_by_libvirt(&nets, &own.name));
+        let found: Vec<String> = t.iter().map(|t| t.net.to_string()).collect();
+        assert_eq!(found, ["192.168.1.0/24", "192.168.122.0/24"]);
+        // Without the lab up, everything counts.
+        let mut t = without_own(host, None);
+        t.extend(taken_by_libvirt(&nets, ""));
+        assert_eq!(t.len(), 5);
     }
 }
