@@ -248,6 +248,19 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 crate::profile::NetMode::Nat => "NAT",
             }
         );
+        let ssh = crate::ssh::key_for(
+            &profile,
+            &profile.storage.dir,
+            crate::kickstart::home_dir().as_deref(),
+        );
+        match (ssh, report.vms.first()) {
+            (Ok(_), Some(vm)) => println!(
+                "log in: lab ssh {} {}   (or any VM; ready? lab ready {})",
+                args.profile, vm.name, args.profile
+            ),
+            (Err(e), _) => ui::debug(format_args!("no lab ssh for {}: {e:#}", profile.name)),
+            _ => {}
+        }
     }
     Ok(exit::OK)
 }
