@@ -136,11 +136,31 @@ else
     getent passwd libvirt-qemu >/dev/null ||
         useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
     mkdir -p /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+    daemons=()
     if ! { [ -f /run/virtlogd.pid ] && kill -0 "$(cat /run/virtlogd.pid)" 2>/dev/null; }; then
-        virtlogd -d -p /run/virtlogd.pid
+        daemons+=(-- virtlogd -d -p /run/virtlogd.pid)
     fi
     if ! { [ -f /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)" 2>/dev/null; }; then
-        libvirtd -d -p /run/libvirtd.pid
+        daemons+=(-- libvirtd -d -p /run/libvirtd.pid)
+    fi
+    if [ "${#daemons[@]}" -gt 0 ]; then
+        # Under a subreaper (scripts/subreaper.py), so the QEMU processes libvirtd kills are
+        # reaped at once: libvirt waits for that, and a PID 1 that is not an init system may
+        # reap late (2 s on the development machines, on every `lab reset` and `lab down`).
+        if command -v python3 >/dev/null; then
+            setsid python3 "$(dirname "$0")/subreaper.py" /run/lab-subreaper.pid \
+                "${daemons[@]}" </dev/null >/var/log/libvirt/subreaper.log 2>&1 &
+        else
+            while [ "${#daemons[@]}" -gt 0 ]; do
+                daemons=("${daemons[@]:1}")
+                cmd=()
+                while [ "${#daemons[@]}" -gt 0 ] && [ "${daemons[0]}" != -- ]; do
+                    cmd+=("${daemons[0]}")
+                    daemons=("${daemons[@]:1}")
+                done
+                "${cmd[@]}"
+            done
+        fi
     fi
     for _ in $(seq 1 200); do
         [ -S /run/libvirt/libvirt-sock ] && break
