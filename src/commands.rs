@@ -376,9 +376,7 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             } else {
                 None
             },
-            disk_allocated: disk
-                .as_deref()
-                .and_then(|p| crate::storage::qcow2::allocated_bytes(std::path::Path::new(p)).ok()),
+            disk_allocated: disk.as_deref().and_then(disk_allocated),
             disk,
             state: if d.running { "running" } else { "shut off" }.into(),
             domain: d.name.clone(),
@@ -440,6 +438,29 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
         print!("{}", t.render(Stream::Stdout));
     }
     Ok(exit::OK)
+}
+
+/// What the host holds for a VM's disk: an image file's blocks, or a thin volume's data in
+/// use (read from LVM: a block device's own size says nothing of that).
+fn disk_allocated(path: &str) -> Option<u64> {
+    match thin_volume_of(path) {
+        Some((vg, lv)) => LvmThinStorage::new(vg, "")
+            .usage(&crate::storage::Volume {
+                name: lv.to_string(),
+                path: path.into(),
+                format: "raw".into(),
+            })
+            .ok()
+            .map(|u| u.allocated),
+        None => crate::storage::qcow2::allocated_bytes(std::path::Path::new(path)).ok(),
+    }
+}
+
+/// `/dev/VG/LV` (or `/dev/mapper/...` is not ours): the VG and LV of a disk path.
+fn thin_volume_of(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/dev/")?;
+    let (vg, lv) = rest.split_once('/')?;
+    (!vg.is_empty() && vg != "mapper" && !lv.is_empty() && !lv.contains('/')).then_some((vg, lv))
 }
 
 /// `lab reset PROFILE [VM...]`: each VM back to a fresh clone of the base, in parallel.
@@ -622,4 +643,23 @@ fn thin_pool_exists(sysroot: &Sysroot, vg: &str, pool: &str) -> bool {
     source
         .lvs(vg, pool)
         .is_ok_and(|rows| crate::host::lvm::ThinPool::find(&rows, vg, pool).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_path_under_dev_vg_is_a_volume() {
+        assert_eq!(
+            thin_volume_of("/dev/vg_lab/lab-demo-web1"),
+            Some(("vg_lab", "lab-demo-web1"))
+        );
+        assert_eq!(thin_volume_of("/dev/mapper/vg_lab-lab--demo--web1"), None);
+        assert_eq!(
+            thin_volume_of("/var/lib/lab/images/lab-demo-web1.qcow2"),
+            None
+        );
+        assert_eq!(thin_volume_of("/dev/vda"), None);
+    }
 }
