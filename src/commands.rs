@@ -265,8 +265,8 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// A libvirt storage pool over the thin pool's VG, so `virsh vol-list` and virt-manager
-/// show lab's volumes (virt-manager cannot manage thin volumes by path). A failure here
+/// A libvirt storage pool (`dir`, over `/dev/VG`) for the thin pool's VG, so `virsh vol-list`
+/// and virt-manager show lab's volumes (virt-manager cannot manage thin volumes by path). A failure here
 /// costs the presenter nothing but that view: a warning.
 fn show_thin_volumes_in_libvirt(lv: &Libvirt, plan: &plan::Plan) {
     if plan.storage.backend != plan::Backend::LvmThin {

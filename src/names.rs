@@ -44,10 +44,15 @@ pub fn bridge(profile: &str) -> String {
     format!("{PREFIX}-{}-{hash}", head.trim_end_matches('-'))
 }
 
-/// The libvirt storage pool (type `logical`) lab defines over a volume group, so that
-/// `virsh vol-list` and virt-manager show lab's thin volumes.
+/// The libvirt storage pool (type `dir`, over [`vg_dir`]) lab defines for a volume group,
+/// so that `virsh vol-list` and virt-manager show lab's thin volumes.
 pub fn storage_pool(vg: &str) -> String {
     format!("{PREFIX}-{vg}")
+}
+
+/// The directory where LVM links each active LV of `vg`: `/dev/VG`.
+pub fn vg_dir(vg: &str) -> String {
+    format!("/dev/{vg}")
 }
 
 pub fn base_volume(profile: &str) -> String {

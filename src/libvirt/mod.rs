@@ -5,7 +5,7 @@ pub mod xml;
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use virt::connect::Connect;
@@ -321,6 +321,8 @@ pub struct StoragePoolInfo {
     pub source_name: Option<String>,
     pub target_path: Option<String>,
     pub active: bool,
+    /// libvirt starts it when the daemon starts.
+    pub autostart: bool,
 }
 
 #[derive(Deserialize)]
@@ -356,13 +358,14 @@ impl StoragePoolInfo {
             source_name: parsed.source.and_then(|s| s.name),
             target_path: parsed.target.and_then(|t| t.path),
             active: false,
+            autostart: false,
         })
     }
 }
 
-/// Storage pools: lab defines one of type `logical` over a volume group so libvirt's tools
-/// show its thin volumes. Never `build` or `delete`: for a logical pool those would create
-/// or remove the volume group itself.
+/// Storage pools: lab defines one of type `dir` over a volume group's `/dev/VG` so libvirt's
+/// tools show its thin volumes. Never `build` or `delete`: for a dir pool those would mkdir
+/// or rmdir the target (for a logical pool, create or remove the volume group itself).
 impl Libvirt {
     /// Every storage pool libvirt knows, active or not.
     pub fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>> {
@@ -377,6 +380,7 @@ impl Libvirt {
                 .context("reading a libvirt storage pool's XML")?;
             let mut info = StoragePoolInfo::from_xml(&xml)?;
             info.active = pool.is_active().unwrap_or(false);
+            info.autostart = pool.autostart().unwrap_or(false);
             out.push(info);
         }
         Ok(out)
@@ -388,29 +392,44 @@ impl Libvirt {
             .map_err(|e| anyhow::anyhow!("looking up storage pool {name}: {}", e.message()))
     }
 
-    /// Define a persistent storage pool, start it and mark it to start with libvirt. When it
-    /// cannot start it is undefined again: a failure leaves nothing behind.
+    /// Define a persistent storage pool and start it; libvirt does not start it by itself
+    /// (no autostart). When it cannot start it is undefined again: a failure leaves nothing
+    /// behind.
     pub fn define_storage_pool(&self, name: &str, xml: &str) -> Result<()> {
         let pool = self
             .conn
             .define_storage_pool_xml(xml, 0)
             .map_err(|e| anyhow::anyhow!("defining storage pool {name}: {}", e.message()))?;
-        let started = pool
-            .create(0)
-            .map_err(|e| anyhow::anyhow!("starting storage pool {name}: {}", e.message()))
-            .and_then(|()| {
-                pool.set_autostart(true).map(|_| ()).map_err(|e| {
-                    anyhow::anyhow!("marking storage pool {name} autostart: {}", e.message())
-                })
-            });
-        if let Err(e) = started {
-            if pool.is_active().unwrap_or(false) {
-                let _ = pool.destroy();
-            }
+        if let Err(e) = pool.create(0) {
             let _ = pool.undefine();
-            return Err(e.context(format!("storage pool {name} was not kept")));
+            bail!(
+                "starting storage pool {name}: {}; storage pool {name} was not kept",
+                e.message()
+            );
         }
         Ok(())
+    }
+
+    /// Whether libvirt starts the pool when the daemon starts. Only the definition changes:
+    /// the pool is neither started nor stopped.
+    pub fn set_storage_pool_autostart(&self, name: &str, autostart: bool) -> Result<()> {
+        self.storage_pool(name)?
+            .set_autostart(autostart)
+            .map(|_| ())
+            .map_err(|e| {
+                anyhow::anyhow!("setting autostart of storage pool {name}: {}", e.message())
+            })
+    }
+
+    /// Undefine an inactive pool: nothing runs, the definition goes. An active pool is
+    /// refused (libvirt refuses too): stopping it is the caller's decision.
+    pub fn undefine_storage_pool(&self, name: &str) -> Result<()> {
+        let pool = self.storage_pool(name)?;
+        if pool.is_active().unwrap_or(true) {
+            bail!("storage pool {name} is active: not undefined");
+        }
+        pool.undefine()
+            .map_err(|e| anyhow::anyhow!("undefining storage pool {name}: {}", e.message()))
     }
 
     pub fn start_storage_pool(&self, name: &str) -> Result<()> {

@@ -334,30 +334,18 @@ pub struct RngBackend {
     pub path: &'static str,
 }
 
-/// A libvirt storage pool of type `logical` over a volume group. libvirt lists the VG's
-/// active LVs, thin volumes included, as the pool's volumes. Defining it changes nothing in
-/// the VG; lab never asks libvirt to build or delete it (that would make or remove the VG).
+/// A libvirt storage pool of type `dir` over `/dev/VG`, the directory that holds a link per
+/// active LV of a volume group. libvirt's `dir` backend lists the entries of its target and
+/// opens regular files and block devices alike, so the VG's active LVs, thin volumes
+/// included, are its volumes. It never runs an LVM command; lab never asks libvirt to build
+/// or delete it (that would mkdir or rmdir the target).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename = "pool")]
 pub struct StoragePoolXml {
     #[serde(rename = "@type")]
     pub kind: &'static str,
     pub name: String,
-    pub source: PoolSource,
     pub target: PoolTarget,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PoolSource {
-    /// The volume group's name.
-    pub name: String,
-    pub format: PoolFormat,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PoolFormat {
-    #[serde(rename = "@type")]
-    pub kind: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -365,17 +353,13 @@ pub struct PoolTarget {
     pub path: String,
 }
 
-/// lab's pool over `vg`: named [`names::storage_pool`], its volumes under `/dev/VG`.
-pub fn logical_pool_for(vg: &str) -> StoragePoolXml {
+/// lab's pool over `vg`: named [`names::storage_pool`], a `dir` pool over `/dev/VG`.
+pub fn dir_pool_for(vg: &str) -> StoragePoolXml {
     StoragePoolXml {
-        kind: "logical",
+        kind: "dir",
         name: names::storage_pool(vg),
-        source: PoolSource {
-            name: vg.to_string(),
-            format: PoolFormat { kind: "lvm2" },
-        },
         target: PoolTarget {
-            path: format!("/dev/{vg}"),
+            path: names::vg_dir(vg),
         },
     }
 }
@@ -656,16 +640,31 @@ mod tests {
     }
 
     #[test]
-    fn a_logical_pool_names_its_volume_group() {
-        let xml = to_xml(&logical_pool_for("vg_lab"));
+    fn lab_pool_is_a_dir_pool_over_the_volume_groups_directory() {
+        let xml = to_xml(&dir_pool_for("vg_lab"));
         assert_eq!(
             xml,
-            "<pool type=\"logical\">\n  <name>lab-vg_lab</name>\n  <source>\n    <name>vg_lab</name>\n    \
-             <format type=\"lvm2\"/>\n  </source>\n  <target>\n    <path>/dev/vg_lab</path>\n  </target>\n</pool>"
+            "<pool type=\"dir\">\n  <name>lab-vg_lab</name>\n  <target>\n    \
+             <path>/dev/vg_lab</path>\n  </target>\n</pool>"
         );
         let info = crate::libvirt::StoragePoolInfo::from_xml(&xml).unwrap();
         assert_eq!(info.name, "lab-vg_lab");
+        assert_eq!(info.kind, "dir");
+        assert_eq!(info.source_name, None);
+        assert_eq!(info.target_path.as_deref(), Some("/dev/vg_lab"));
+        assert!(!xml.contains("<source"), "{xml}");
+    }
+
+    #[test]
+    fn an_older_labs_logical_pool_is_read_with_its_volume_group() {
+        // What lab defined before its pool became a dir pool.
+        let xml = "<pool type='logical'><name>lab-vg_lab</name><source><name>vg_lab</name>\
+                   <format type='lvm2'/></source><target><path>/dev/vg_lab</path></target></pool>";
+        let info = crate::libvirt::StoragePoolInfo::from_xml(xml).unwrap();
+        assert_eq!(info.name, "lab-vg_lab");
         assert_eq!(info.kind, "logical");
         assert_eq!(info.source_name.as_deref(), Some("vg_lab"));
+        assert_eq!(info.target_path.as_deref(), Some("/dev/vg_lab"));
+        assert!(!info.active && !info.autostart);
     }
 }

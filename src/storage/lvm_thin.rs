@@ -800,51 +800,118 @@ pub enum LibvirtPool {
     Defined(String),
     /// lab's pool was there already (and is now active).
     Lab(String),
-    /// Another logical pool over the VG already shows its volumes: lab adds none.
+    /// An older lab's `logical` pool of that name was inactive: lab undefined it and defined
+    /// and started its `dir` pool in its place.
+    Replaced(String),
+    /// Someone else's `dir` pool over `/dev/VG` already shows the volumes: lab adds none
+    /// (libvirt would refuse a second pool over the same directory anyway).
     Other(String),
 }
 
-/// A libvirt storage pool of type `logical` over `vg`, so `virsh vol-list` and virt-manager
-/// show lab's volumes. Storage pools have no `<metadata>` element, so lab's pool is known
-/// by its name, `lab-<vg>`, together with its type and source VG; a pool of that name that
-/// is anything else is someone else's and is left alone with an error.
+/// lab's libvirt storage pool for `vg`: a `dir` pool over `/dev/VG`, where LVM links each
+/// active LV, so `virsh vol-list` and virt-manager show lab's thin volumes (and the VG's other
+/// active LVs: a dir pool lists what is in the directory; lab only ever removes LVs with its
+/// tags). libvirt's `logical` pools list no thin volume, and starting or stopping one runs
+/// `vgchange` over the whole VG; a dir pool never runs an LVM command.
+///
+/// Storage pools have no `<metadata>` element, so lab's pool is known by its name,
+/// `lab-<vg>`, together with its type and target. The pool is not marked autostart:
+/// `/dev/VG` exists only while an LV of the VG is active, which libvirtd's start may precede,
+/// and `lab up` starts and refreshes it anyway.
+///
+/// A `logical` pool of that name over the VG is what older versions of lab defined. When
+/// inactive it is undefined (that runs nothing) and replaced. When active it is left as it
+/// is, with an error: stopping it runs `vgchange -aln VG`, which deactivates every LV of the
+/// VG not in use, other people's too, and libvirt refuses to undefine an active pool. Its
+/// autostart is turned off, so it is inactive after the next reboot and the next `lab up`
+/// replaces it. Someone else's pools are left alone: a pool of lab's name that is neither,
+/// with an error; a `logical` pool of another name over the VG, beside lab's dir pool.
 pub fn define_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<LibvirtPool> {
     let name = names::storage_pool(vg);
+    let dir = names::vg_dir(vg);
     let pools = lv.storage_pools()?;
-    let over_vg = |p: &&crate::libvirt::StoragePoolInfo| {
-        p.kind == "logical" && p.source_name.as_deref() == Some(vg)
-    };
-    if let Some(existing) = pools.iter().find(over_vg) {
-        if existing.name == name {
-            lv.start_storage_pool(&name)?;
+    let mut replaced = false;
+    if let Some(existing) = pools.iter().find(|p| p.name == name) {
+        if is_lab_dir_pool(existing, vg) {
+            start_lab_pool(lv, &name, vg)?;
             return Ok(LibvirtPool::Lab(name));
         }
-        return Ok(LibvirtPool::Other(existing.name.clone()));
+        if !is_older_lab_pool(existing, vg) {
+            bail!(
+                "libvirt storage pool {name} exists but is not lab's pool of volume group {vg} \
+                 (type {}, source {}, target {}): left alone",
+                existing.kind,
+                existing.source_name.as_deref().unwrap_or("none"),
+                existing.target_path.as_deref().unwrap_or("none"),
+            );
+        }
+        if existing.active {
+            if existing.autostart {
+                lv.set_storage_pool_autostart(&name, false)?;
+            }
+            bail!(
+                "libvirt storage pool {name} is an older lab's `logical` pool over volume group \
+                 {vg} and is active: left as it is, because stopping it runs `vgchange -aln \
+                 {vg}`, which deactivates every LV of {vg} not in use; libvirt no longer \
+                 starts it by itself (autostart off), so after the next reboot `lab up` \
+                 replaces it by a `dir` pool over {dir} (a logical pool lists no thin volume)"
+            );
+        }
+        lv.undefine_storage_pool(&name)?;
+        replaced = true;
     }
-    if let Some(clash) = pools.iter().find(|p| p.name == name) {
-        bail!(
-            "libvirt storage pool {name} exists but is not lab's pool of volume group {vg} \
-             (type {}, source {}): left alone",
-            clash.kind,
-            clash.source_name.as_deref().unwrap_or("none")
-        );
+    if let Some(other) = pools
+        .iter()
+        .find(|p| p.name != name && p.kind == "dir" && p.target_path.as_deref() == Some(&dir))
+    {
+        return Ok(LibvirtPool::Other(other.name.clone()));
     }
-    let xml = crate::libvirt::xml::to_xml(&crate::libvirt::xml::logical_pool_for(vg));
-    lv.define_storage_pool(&name, &xml)?;
-    Ok(LibvirtPool::Defined(name))
+    let xml = crate::libvirt::xml::to_xml(&crate::libvirt::xml::dir_pool_for(vg));
+    lv.define_storage_pool(&name, &xml)
+        .map_err(|e| why_not_started(e, vg))?;
+    Ok(if replaced {
+        LibvirtPool::Replaced(name)
+    } else {
+        LibvirtPool::Defined(name)
+    })
+}
+
+fn is_lab_dir_pool(p: &crate::libvirt::StoragePoolInfo, vg: &str) -> bool {
+    p.name == names::storage_pool(vg)
+        && p.kind == "dir"
+        && p.target_path.as_deref() == Some(names::vg_dir(vg).as_str())
+}
+
+/// The pool older versions of lab defined: `logical`, over the VG.
+fn is_older_lab_pool(p: &crate::libvirt::StoragePoolInfo, vg: &str) -> bool {
+    p.name == names::storage_pool(vg) && p.kind == "logical" && p.source_name.as_deref() == Some(vg)
+}
+
+fn start_lab_pool(lv: &Libvirt, name: &str, vg: &str) -> Result<()> {
+    lv.start_storage_pool(name)
+        .map_err(|e| why_not_started(e, vg))
+}
+
+/// A pool start that failed, with the likely reason when `/dev/VG` is missing here.
+fn why_not_started(e: anyhow::Error, vg: &str) -> anyhow::Error {
+    let dir = names::vg_dir(vg);
+    if Path::new(&dir).exists() {
+        e
+    } else {
+        anyhow!("{e:#}: {dir} does not exist: no LV of volume group {vg} is active")
+    }
 }
 
 /// lab's libvirt pool over `vg`, when there is one.
 fn lab_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<Option<crate::libvirt::StoragePoolInfo>> {
-    let name = names::storage_pool(vg);
     Ok(lv
         .storage_pools()?
         .into_iter()
-        .find(|p| p.name == name && p.kind == "logical" && p.source_name.as_deref() == Some(vg)))
+        .find(|p| is_lab_dir_pool(p, vg)))
 }
 
-/// Have libvirt list the VG's volumes again after lab made or removed some (libvirt reads
-/// them on refresh only). Nothing to do without lab's pool.
+/// Have libvirt list `/dev/VG` again after lab made or removed volumes (libvirt reads the
+/// directory on refresh only). Nothing to do without lab's active pool.
 pub fn refresh_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<()> {
     match lab_libvirt_pool(lv, vg)? {
         Some(pool) if pool.active => lv.refresh_storage_pool(&pool.name),
@@ -852,11 +919,20 @@ pub fn refresh_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<()> {
     }
 }
 
-/// Stop and undefine lab's libvirt pool over `vg`; the VG and its volumes stay.
+/// Stop and undefine lab's libvirt pool for `vg` (stopping a dir pool runs nothing); the VG
+/// and its volumes stay, active. An older lab's `logical` pool is undefined when inactive and
+/// refused when active (see [`define_libvirt_pool`]).
 pub fn remove_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<()> {
-    match lab_libvirt_pool(lv, vg)? {
-        Some(pool) => lv.remove_storage_pool(&pool.name),
-        None => Ok(()),
+    let name = names::storage_pool(vg);
+    let pools = lv.storage_pools()?;
+    match pools.iter().find(|p| p.name == name) {
+        Some(p) if is_lab_dir_pool(p, vg) => lv.remove_storage_pool(&name),
+        Some(p) if is_older_lab_pool(p, vg) && p.active => bail!(
+            "libvirt storage pool {name} is an older lab's `logical` pool and is active: not \
+             removed, because stopping it runs `vgchange -aln {vg}`"
+        ),
+        Some(p) if is_older_lab_pool(p, vg) => lv.undefine_storage_pool(&name),
+        _ => Ok(()),
     }
 }
 

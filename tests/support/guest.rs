@@ -57,6 +57,19 @@ backup {
 }
 ";
 
+/// Where the host's libvirt keeps the drivers libvirtd loads.
+pub const LIBVIRT_MODULES: &str = "/usr/lib/x86_64-linux-gnu/libvirt";
+
+/// The guest's libvirtd log (see [`Guest::libvirtd`]).
+pub const LIBVIRTD_LOG: &str = "/var/log/libvirt/libvirtd.log";
+
+/// The LVM commands libvirt's logical backend runs, by the paths it was built with
+/// (`/sbin/lvs`...): each is `lvm` under another name.
+const LIBVIRT_LVM_COMMANDS: [&str; 12] = [
+    "lvs", "vgs", "pvs", "vgscan", "vgchange", "vgcreate", "vgremove", "pvcreate", "pvremove",
+    "lvcreate", "lvremove", "lvchange",
+];
+
 /// Shell helpers every test script can call (sourced before it runs).
 const LIB_SH: &str = r#"# lab_step NAME CMD...: run CMD; LAB-STEP NAME ok, or fail with its exit status and output
 lab_step() {
@@ -148,6 +161,8 @@ pub struct Guest {
     executables: Vec<String>,
     host_files: Vec<PathBuf>,
     files: Vec<(String, Vec<u8>, u32)>,
+    symlinks: Vec<(String, String)>,
+    dirs: Vec<String>,
     disks: Vec<Disk>,
     memory_mib: u32,
     timeout: Duration,
@@ -224,6 +239,8 @@ impl Guest {
             executables: Vec::new(),
             host_files: Vec::new(),
             files: Vec::new(),
+            symlinks: Vec::new(),
+            dirs: Vec::new(),
             disks: Vec::new(),
             memory_mib: 512,
             timeout: Duration::from_secs(300),
@@ -254,6 +271,18 @@ impl Guest {
         self
     }
 
+    /// A symbolic link at `path` to `target`.
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        self.symlinks.push((path.to_string(), target.to_string()));
+        self
+    }
+
+    /// An empty directory (mode 0755).
+    pub fn dir(mut self, path: &str) -> Self {
+        self.dirs.push(path.to_string());
+        self
+    }
+
     /// Device-mapper thin provisioning and LVM: the modules, lvm, thin_check and an
     /// /etc/lvm/lvm.conf fit for a guest without udev. dm_snapshot too: lvcreate checks for
     /// its target even for thin snapshots, and the guest has no modprobe to load it then.
@@ -268,6 +297,58 @@ impl Guest {
         self.modules(&["ext4"])
             .executables(&["mkfs.ext4", "fstrim"])
             .host_files(&["/etc/mke2fs.conf"])
+    }
+
+    /// libvirtd and virsh with the given connection drivers (`storage`, `qemu`) and storage
+    /// backends (`logical`) from the host's libvirt, each with its libraries; a
+    /// `/etc/libvirt/libvirtd.conf` that logs to [`LIBVIRTD_LOG`] every command libvirt runs
+    /// (and its warnings and errors); root and the `libvirt-qemu` user in /etc/passwd (the
+    /// QEMU driver refuses to start without that user); the LVM commands at the `/sbin`
+    /// paths libvirt was built with; /var/run as a link to /run. The script starts the
+    /// daemon itself.
+    pub fn libvirtd(mut self, drivers: &[&str], backends: &[&str]) -> Self {
+        self.executables
+            .extend(["libvirtd", "virsh"].iter().map(|s| s.to_string()));
+        for driver in drivers {
+            self.executables.push(format!(
+                "{LIBVIRT_MODULES}/connection-driver/libvirt_driver_{driver}.so"
+            ));
+        }
+        for backend in backends {
+            self.executables.push(format!(
+                "{LIBVIRT_MODULES}/storage-backend/libvirt_storage_backend_{backend}.so"
+            ));
+        }
+        let lvm = find_executable("lvm")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/usr/sbin/lvm".to_string());
+        for cmd in LIBVIRT_LVM_COMMANDS {
+            self = self.symlink(&format!("/sbin/{cmd}"), &lvm);
+        }
+        // The client looks for the daemon's socket under /var/run, the daemon makes it
+        // under /run.
+        self = self.symlink("/var/run", "/run");
+        for dir in [
+            "/etc/libvirt",
+            "/run/libvirt",
+            "/var/lib/libvirt",
+            "/var/cache/libvirt",
+            "/var/log/libvirt",
+        ] {
+            self = self.dir(dir);
+        }
+        self.file(
+            "/etc/libvirt/libvirtd.conf",
+            format!("log_filters = \"1:util.command\"\nlog_outputs = \"1:file:{LIBVIRTD_LOG}\"\n"),
+            0o644,
+        )
+        .file(
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\n\
+             libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin\n",
+            0o644,
+        )
+        .file("/etc/group", "root:x:0:\nlibvirt-qemu:x:64055:\n", 0o644)
     }
 
     /// A sparse scratch disk: /dev/vda for the first, /dev/vdb for the next...
@@ -422,6 +503,12 @@ impl Guest {
         }
         for (path, bytes, mode) in &self.files {
             ramfs.file(path, bytes.clone(), *mode);
+        }
+        for (path, target) in &self.symlinks {
+            ramfs.symlink(path, target);
+        }
+        for path in &self.dirs {
+            ramfs.dir(path, 0o755);
         }
         ramfs.file("/lab/modules", module_list(&modules), 0o644);
         ramfs.file("/lab/lib.sh", LIB_SH, 0o644);
