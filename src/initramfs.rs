@@ -283,6 +283,22 @@ impl Initramfs {
         self.entries.contains_key(&archive_path(path.as_ref()))
     }
 
+    /// The content and permission bits of the file at this path.
+    pub fn file_entry(&self, path: impl AsRef<Path>) -> Option<(&[u8], u32)> {
+        match self.entries.get(&archive_path(path.as_ref()))? {
+            Entry::File { data, mode } => Some((data, *mode)),
+            _ => None,
+        }
+    }
+
+    /// The permission bits of the directory at this path.
+    pub fn dir_mode(&self, path: impl AsRef<Path>) -> Option<u32> {
+        match self.entries.get(&archive_path(path.as_ref()))? {
+            Entry::Dir { mode } => Some(*mode),
+            _ => None,
+        }
+    }
+
     /// The archive as bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();

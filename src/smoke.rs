@@ -1318,6 +1318,59 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
     }
 
     #[test]
+    fn the_ssh_server_goes_in_with_roots_key_and_rebuilds_the_initramfs_when_the_key_changes() {
+        let busybox = host_busybox().expect("busybox-static is installed (setup-host.sh)");
+        let src = tempfile::tempdir().unwrap();
+        let modules = src.path().join("6.1.0-test");
+        fs::create_dir(&modules).unwrap();
+        fake_modules(&modules, &[]);
+        // A dynamically linked stand-in for dropbear: it and its libraries go in.
+        let server = src.path().join("dropbear");
+        fs::copy("/bin/true", &server).unwrap();
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9kZXZlbG9wZXJrZXlmb3J0ZXN0cw lab@demo";
+        let extras = Extras {
+            dropbear: Some(&server),
+            authorized_key: Some(key),
+            ..Extras::default()
+        };
+        let ramfs = build_initramfs(&modules, &busybox, &extras).unwrap();
+        assert!(ramfs.contains(&server));
+        let (keys, mode) = ramfs.file_entry("/root/.ssh/authorized_keys").unwrap();
+        assert_eq!(keys, format!("{key}\n").as_bytes());
+        assert_eq!(mode, 0o600);
+        assert_eq!(ramfs.dir_mode("/root/.ssh"), Some(0o700));
+        assert_eq!(ramfs.dir_mode("/root"), Some(0o700));
+        let (passwd, _) = ramfs.file_entry("/etc/passwd").unwrap();
+        assert!(passwd.starts_with(b"root:x:0:0:root:/root:/bin/sh\n"));
+        // /init starts it when it is there.
+        let (init, _) = ramfs.file_entry("/init").unwrap();
+        let init = String::from_utf8_lossy(init);
+        assert!(init.contains("dropbear -R -s"), "{init}");
+        // Without a key, no authorized_keys.
+        let bare = build_initramfs(&modules, &busybox, &Extras::default()).unwrap();
+        assert!(!bare.contains("/root/.ssh/authorized_keys"));
+
+        // A new key (lab's key made again) makes the initramfs again.
+        let kernel = src.path().join("vmlinuz-6.1.0-test");
+        fs::write(&kernel, "kernel").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("images");
+        let boot =
+            prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &extras).unwrap();
+        let first = inode(&boot.initrd);
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &extras).unwrap();
+        assert_eq!(inode(&boot.initrd), first);
+        let other = Extras {
+            authorized_key: Some(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKeyOther lab@demo",
+            ),
+            ..extras
+        };
+        prepare_boot_files_from(&dir, "demo", &kernel, &modules, &busybox, &other).unwrap();
+        assert_ne!(inode(&boot.initrd), first);
+    }
+
+    #[test]
     fn the_initramfs_is_the_same_bytes_every_time() {
         let busybox = host_busybox().expect("busybox-static is installed (setup-host.sh)");
         let dir = tempfile::tempdir().unwrap();
