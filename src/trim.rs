@@ -727,17 +727,24 @@ fn is_block_device(path: &Path) -> bool {
 /// scanning stands on it directly, so the discards go down to the device (and a thin pool
 /// gets its blocks back). The device is recorded in `work/block` for [`clear_leftovers`].
 fn offline_fstrim_block(device: &Path, work: &Path) -> Result<Vec<FsTrim>> {
+    use crate::kickstart::seal::{RegionDevice, region_tag, regions};
     let record = work.join("block");
     std::fs::write(&record, device.as_os_str().as_encoded_bytes())
         .with_context(|| format!("writing {}", record.display()))?;
     let result = (|| -> Result<Vec<FsTrim>> {
-        let dev = LoopDevice::attach(device)?;
-        let parts = dev.filesystems()?;
         let mut out = Vec::new();
-        for (i, (part, node)) in parts.iter().enumerate() {
-            out.push(trim_filesystem(part, node, &work.join(format!("mnt{i}")))?);
+        for (i, region) in regions(device)?.into_iter().enumerate() {
+            let part = if region.number == 0 {
+                "whole disk".to_string()
+            } else {
+                format!("partition {}", region.number)
+            };
+            let dev = RegionDevice::attach(device, region, &region_tag(device))?;
+            let trimmed = trim_filesystem(&part, dev.path(), &work.join(format!("mnt{i}")));
+            let detached = dev.detach();
+            out.push(trimmed?);
+            detached?;
         }
-        dev.detach()?;
         Ok(out)
     })();
     result.with_context(|| format!("trimming {} offline", device.display()))
@@ -1051,6 +1058,18 @@ pub fn clear_leftovers(work: &Path) -> Result<()> {
         )),
         _ => export.exists().then(|| export.clone()),
     };
+    // Partition mappings of a block device (see kickstart::seal::RegionDevice).
+    if let Ok(bytes) = std::fs::read(work.join("block"))
+        && !bytes.is_empty()
+    {
+        let device =
+            PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes));
+        for name in crate::kickstart::seal::mappings_with_prefix(
+            &crate::kickstart::seal::region_tag(&device),
+        ) {
+            crate::kickstart::seal::remove_mapping(&name);
+        }
+    }
     if let Some(backing) = &backing
         && let Ok(out) = Cmd::new("losetup")
             .args(["--noheadings", "--output", "NAME", "--associated"])

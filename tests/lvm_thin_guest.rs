@@ -60,7 +60,18 @@ fn lvm_thin_backend_in_a_tcg_guest() {
     let run = Guest::new(script)
         .lvm_thin()
         .ext4()
-        .executables(&["lvmconfig", "qemu-img", &exe])
+        // lab trim's offline path: util-linux losetup and blkid, the loop driver.
+        .modules(&["loop"])
+        .executables(&[
+            "lvmconfig",
+            "qemu-img",
+            "losetup",
+            "blkid",
+            "partx",
+            "blockdev",
+            "dmsetup",
+            &exe,
+        ])
         .disk(2 * GIB, DiskFormat::Raw)
         .memory_mib(1024)
         .timeout(Duration::from_secs(600))
@@ -79,6 +90,8 @@ fn lvm_thin_backend_in_a_tcg_guest() {
         "deactivate-db1",
         "clone-volume-db1",
         "trim",
+        "lab-trim-offline",
+        "lab-trim-offline-partitioned",
         "full-copy",
         "clone-filler",
         "fill",
@@ -96,6 +109,8 @@ fn lvm_thin_backend_in_a_tcg_guest() {
     check_base(&run);
     check_snapshots(&run);
     check_trim(&run);
+    check_lab_trim_offline(&run);
+    check_lab_trim_offline_partitioned(&run);
     check_threshold(&run);
     check_removal(&run);
     check_commands_are_logged(&run);
@@ -359,6 +374,58 @@ fn check_trim(run: &GuestRun) {
     // usage() reads the same growth on the clone itself.
     let grown = t["usage_written"].as_u64().unwrap() - t["usage_before"].as_u64().unwrap();
     assert!(grown >= WRITE * 9 / 10, "usage grew by {grown}");
+}
+
+/// lab trim's offline path on a thin snapshot: the pool gets the deleted data back.
+fn check_lab_trim_offline(run: &GuestRun) {
+    let t = run.data_json("lab-trim-offline");
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}"));
+    let (before, deleted, trimmed) = (f("before"), f("deleted"), f("trimmed"));
+    let share = WRITE as f64 / POOL_SIZE as f64 * 100.0;
+    assert!(
+        deleted - before > share * 0.9,
+        "the deleted data still held its pool blocks before the trim: {before}% -> {deleted}%"
+    );
+    assert!(
+        deleted - trimmed > share * 0.9,
+        "lab's offline trim gave the pool too little back: {deleted}% -> {trimmed}%"
+    );
+    let fs = &t["filesystems"][0];
+    assert_eq!(fs["part"], "whole disk", "{t}");
+    assert_eq!(fs["fstype"], "ext4", "{t}");
+    assert!(fs["trimmed"].as_u64().unwrap() >= WRITE, "{t}");
+    assert_eq!(
+        t["loops_left"], "",
+        "a loop device was left on the volume: {t}"
+    );
+    eprintln!(
+        "lab trim offline of a thin snapshot in the guest: pool data {deleted:.1}% -> \
+         {trimmed:.1}% ({} MiB deleted) in {:.0} ms",
+        WRITE / MIB,
+        f("ms")
+    );
+}
+
+/// lab trim's offline path on a partitioned thin volume: the partition is mapped, trimmed,
+/// and the mapping taken down.
+fn check_lab_trim_offline_partitioned(run: &GuestRun) {
+    let t = run.data_json("lab-trim-offline-partitioned");
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}"));
+    let (before, deleted, trimmed) = (f("before"), f("deleted"), f("trimmed"));
+    let share = WRITE as f64 / POOL_SIZE as f64 * 100.0;
+    assert!(deleted - before > share * 0.9, "{t}");
+    assert!(
+        deleted - trimmed > share * 0.9,
+        "lab's offline trim of a partition gave the pool too little back: {t}"
+    );
+    let fs = &t["filesystems"][0];
+    assert_eq!(fs["part"], "partition 1", "{t}");
+    assert_eq!(fs["fstype"], "ext4", "{t}");
+    assert!(fs["trimmed"].as_u64().unwrap() >= WRITE, "{t}");
+    assert!(
+        !t["mappings"].as_str().unwrap().contains("lab-trim-"),
+        "lab left a mapping: {t}"
+    );
 }
 
 fn check_threshold(run: &GuestRun) {
@@ -848,6 +915,99 @@ mod in_guest {
                 }),
             );
         }
+
+        // lab trim's offline path on a stopped VM's thin snapshot: data written and deleted
+        // while mounted, unmounted untrimmed; lab::trim::offline_fstrim (a loop device on
+        // the volume, its ext4 mounted and fstrimmed) gives the pool its blocks back.
+        step("lab-trim-offline", || {
+            let web1 = s.clone_volume(PROFILE, "web1")?.context("no web1")?;
+            let dev = web1.path.to_str().context("path")?;
+            sh("mount", &["-t", "ext4", "-o", "nodiscard", dev, "/mnt"])?;
+            let before = pool_percent(&s)?;
+            write_pattern(Path::new("/mnt/blob2"), 0, WRITE)?;
+            fs::remove_file("/mnt/blob2")?;
+            sh("sync", &[])?;
+            sh("umount", &["/mnt"])?;
+            let deleted = pool_percent(&s)?;
+            let work = Path::new("/tmp/lab-trim-work");
+            fs::create_dir_all(work)?;
+            let t = Instant::now();
+            let filesystems = lab::trim::offline_fstrim(&web1.path, "raw", work)?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let trimmed = pool_percent(&s)?;
+            let loops = sh(
+                "losetup",
+                &["--noheadings", "--output", "NAME", "--associated", dev],
+            )?;
+            data(
+                "lab-trim-offline",
+                json!({
+                    "before": before, "deleted": deleted, "trimmed": trimmed, "ms": ms,
+                    "filesystems": filesystems, "loops_left": loops.trim(),
+                }),
+            );
+            Ok(())
+        });
+
+        // The same on a thin volume with a partition table, as an installed system has: lab
+        // maps the partition with a device-mapper linear mapping (a loop device on a thin
+        // volume takes no discard).
+        step("lab-trim-offline-partitioned", || {
+            s.command("lvcreate")
+                .args(["--type", "thin", "-V", "48m", "--thinpool", POOL])
+                .args(["-n", "parted", VG])
+                .run()?;
+            let dev = format!("/dev/{VG}/parted");
+            // An MBR with one Linux partition, sectors 2048 to the end.
+            let sectors = 48 * MIB / 512 - 2048;
+            let mut mbr = [0u8; 512];
+            let entry = &mut mbr[446..462];
+            entry[4] = 0x83;
+            entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+            entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+            mbr[510] = 0x55;
+            mbr[511] = 0xaa;
+            {
+                let mut f = OpenOptions::new().write(true).open(&dev)?;
+                f.write_all(&mbr)?;
+                f.sync_all()?;
+            }
+            // By hand for mkfs and the data: the same partition as a linear mapping.
+            let table = format!("0 {sectors} linear {dev} 2048");
+            sh(
+                "dmsetup",
+                &["create", "--noudevsync", "hand-p1", "--table", &table],
+            )?;
+            sh("dmsetup", &["mknodes", "--noudevsync", "hand-p1"])?;
+            sh(
+                "mkfs.ext4",
+                &["-q", "-E", "nodiscard", "/dev/mapper/hand-p1"],
+            )?;
+            sh("mount", &["-t", "ext4", "/dev/mapper/hand-p1", "/mnt"])?;
+            let before = pool_percent(&s)?;
+            write_pattern(Path::new("/mnt/blob3"), 0, WRITE)?;
+            fs::remove_file("/mnt/blob3")?;
+            sh("sync", &[])?;
+            sh("umount", &["/mnt"])?;
+            sh("dmsetup", &["remove", "--noudevsync", "hand-p1"])?;
+            let deleted = pool_percent(&s)?;
+            let work = Path::new("/tmp/lab-trim-work-2");
+            fs::create_dir_all(work)?;
+            let filesystems = lab::trim::offline_fstrim(Path::new(&dev), "raw", work)?;
+            let trimmed = pool_percent(&s)?;
+            let left = sh("dmsetup", &["ls"])?;
+            data(
+                "lab-trim-offline-partitioned",
+                json!({
+                    "before": before, "deleted": deleted, "trimmed": trimmed,
+                    "filesystems": filesystems, "mappings": left.trim(),
+                }),
+            );
+            s.command("lvremove")
+                .args(["-y", &format!("{VG}/parted")])
+                .run()?;
+            Ok(())
+        });
 
         // A full copy, for comparison: COPY bytes of the 1 GiB base read and written into a
         // new thin volume, synced. The rate gives what copying whole bases would take.

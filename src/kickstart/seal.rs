@@ -10,7 +10,9 @@
 //! device nodes are needed), is mounted (nodev,nosuid,noexec), `fstrim`med, unmounted and
 //! detached. fstrim on a loop device punches holes in the raw file; converting that back to
 //! qcow2 leaves them out. A raw base (a block device, as on a thin pool) is trimmed in
-//! place the same way, its discards going down to the pool.
+//! place, its discards going down to the pool: the whole device itself, or each partition
+//! through a device-mapper linear mapping (see [`RegionDevice`]: a loop device on a thin
+//! volume takes no discard).
 //!
 //! Filesystems trimmed: ext2/3/4, xfs, btrfs, vfat. Others (swap, an LVM PV: device-mapper
 //! is not available everywhere) are left as they are and named in the report.
@@ -109,11 +111,11 @@ pub fn trim_image(image: &Path, scratch: &Path, report: &mut SealReport) -> Resu
         } else {
             format!("partition {}", region.number)
         };
-        let device = LoopDevice::attach(image, region)?;
-        let fstype = filesystem_type(&device.path)?;
+        let device = RegionDevice::attach(image, region, &region_tag(image))?;
+        let fstype = filesystem_type(device.path())?;
         match fstype.as_deref() {
             Some(t) if TRIMMABLE.contains(&t) => {
-                let trimmed = trim_filesystem(&device.path, t, scratch)
+                let trimmed = trim_filesystem(device.path(), t, scratch)
                     .with_context(|| format!("trimming {what} ({t}) of {}", image.display()))?;
                 report.trimmed.push(format!("{what} ({t}): {trimmed}"));
             }
@@ -230,8 +232,177 @@ fn trim_filesystem(device: &Path, fstype: &str, scratch: &Path) -> Result<String
         .to_string())
 }
 
+/// The device-mapper names of the mappings lab makes for `image`'s partitions start with
+/// this: `lab-trim-<hash of the path>`, so what a killed run left is found again.
+pub fn region_tag(image: &Path) -> String {
+    format!(
+        "lab-trim-{:08x}",
+        crate::names::fnv1a(image.as_os_str().as_encoded_bytes()) & 0xffff_ffff
+    )
+}
+
+/// A device standing for one region of an image, taken down when dropped:
+/// - a file: a loop device over the region (`--offset --sizelimit`);
+/// - a block device (a thin volume): the device itself for the whole disk, a device-mapper
+///   `linear` mapping for a partition. Never a loop device there: a loop device on a block
+///   device takes discards only when that device takes write-zeroes, which dm-thin does
+///   not (measured: fstrim says "the discard operation is not supported"); a linear
+///   mapping passes discards through to the pool.
+pub enum RegionDevice {
+    Loop(LoopDevice),
+    Whole(PathBuf),
+    Linear(LinearMapping),
+}
+
+impl RegionDevice {
+    /// `tag` names linear mappings (`TAG-pN`): see [`region_tag`].
+    pub fn attach(image: &Path, region: Region, tag: &str) -> Result<RegionDevice> {
+        let is_block = std::fs::metadata(image).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+        if !is_block {
+            return Ok(RegionDevice::Loop(LoopDevice::attach(image, region)?));
+        }
+        if region.number == 0 {
+            return Ok(RegionDevice::Whole(image.to_path_buf()));
+        }
+        Ok(RegionDevice::Linear(LinearMapping::create(
+            image,
+            region,
+            &format!("{tag}-p{}", region.number),
+        )?))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            RegionDevice::Loop(l) => &l.path,
+            RegionDevice::Whole(p) => p,
+            RegionDevice::Linear(m) => &m.path,
+        }
+    }
+
+    pub fn detach(self) -> Result<()> {
+        match self {
+            RegionDevice::Loop(l) => l.detach(),
+            RegionDevice::Whole(_) => Ok(()),
+            RegionDevice::Linear(m) => m.remove(),
+        }
+    }
+}
+
+/// A device-mapper linear mapping of one partition of a block device, removed when
+/// dropped. Made without udev's help (`--noudevsync`, then `mknodes`), so it works where
+/// no udev runs.
+pub struct LinearMapping {
+    name: String,
+    path: PathBuf,
+    made: bool,
+}
+
+impl LinearMapping {
+    fn create(device: &Path, region: Region, name: &str) -> Result<LinearMapping> {
+        if !region.offset.is_multiple_of(512) || !region.size.is_multiple_of(512) {
+            bail!(
+                "partition {} of {} is not in whole sectors",
+                region.number,
+                device.display()
+            );
+        }
+        // A mapping of this name left by a killed run is taken down first.
+        remove_mapping(name);
+        let table = format!(
+            "0 {} linear {} {}",
+            region.size / 512,
+            device.display(),
+            region.offset / 512
+        );
+        Cmd::new("dmsetup")
+            .args(["create", "--noudevsync", name, "--table", &table])
+            .run()
+            .with_context(|| {
+                format!(
+                    "mapping partition {} of {} (dmsetup, from lvm2)",
+                    region.number,
+                    device.display()
+                )
+            })?;
+        let mut mapping = LinearMapping {
+            name: name.to_string(),
+            path: Path::new("/dev/mapper").join(name),
+            made: true,
+        };
+        let _ = Cmd::new("dmsetup")
+            .args(["mknodes", "--noudevsync", name])
+            .run();
+        if !mapping.path.exists() {
+            let err = anyhow::anyhow!("{} did not appear", mapping.path.display());
+            mapping.made = false;
+            remove_mapping(name);
+            return Err(err);
+        }
+        ui::debug(format_args!(
+            "{} is partition {} of {}",
+            mapping.path.display(),
+            region.number,
+            device.display()
+        ));
+        Ok(mapping)
+    }
+
+    fn remove(mut self) -> Result<()> {
+        self.made = false;
+        let mut last = None;
+        // A filesystem just unmounted may hold the mapping a moment longer.
+        for _ in 0..10 {
+            match Cmd::new("dmsetup")
+                .args(["remove", "--noudevsync", &self.name])
+                .run()
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(anyhow::Error::new(last.expect("tried")))
+            .with_context(|| format!("removing the mapping {}", self.name))
+    }
+}
+
+impl Drop for LinearMapping {
+    fn drop(&mut self) {
+        if self.made {
+            remove_mapping(&self.name);
+        }
+    }
+}
+
+/// Remove a device-mapper device by name, if there is one; errors are ignored.
+pub fn remove_mapping(name: &str) {
+    let _ = Cmd::new("dmsetup")
+        .args(["remove", "--noudevsync", name])
+        .capture();
+    let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name));
+}
+
+/// The device-mapper devices whose names start with `prefix` (`dmsetup ls`).
+pub fn mappings_with_prefix(prefix: &str) -> Vec<String> {
+    Cmd::new("dmsetup")
+        .args(["ls"])
+        .capture()
+        .map(|c| {
+            c.stdout
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A loop device over one region of an image, detached when dropped.
-struct LoopDevice {
+pub struct LoopDevice {
     path: PathBuf,
     attached: bool,
 }
