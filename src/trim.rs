@@ -5,7 +5,7 @@
 //!   the qcow2 clone, and QEMU punches holes in the clone's file.
 //! - A stopped VM, and a base that no clone depends on: offline. qemu-storage-daemon exports
 //!   the image as a raw disk over FUSE (a clone's backing file stays where it is, read
-//!   only), a loop device with partition scanning stands on the export, and each filesystem
+//!   only), each partition of it (read with `partx`) gets a loop device, and each filesystem
 //!   on it is mounted and fstrimmed; QEMU turns the discards into zero clusters and holes.
 //!   A clone is then compacted keeping its backing file (`qemu-img convert -B`).
 //! - Before and after, the image's allocation on the host is read (its blocks, not its
@@ -679,28 +679,24 @@ pub fn offline_workdir(runtime_dir: &Path, image: &Path) -> PathBuf {
     ))
 }
 
-/// Trim the filesystems of a disk image that nothing runs on: export it with
-/// qemu-storage-daemon over FUSE, put a loop device on it (partitions scanned), mount each
-/// filesystem lab knows under `work` and fstrim it. Everything is taken down again before
-/// this returns, also on failure.
+/// Trim the filesystems of a disk image that nothing runs on. An image file is exported
+/// raw with qemu-storage-daemon over FUSE; a block device (a thin volume) is used as it is
+/// and recorded in `work/block` for [`clear_leftovers`]. Each region of it (a partition, or
+/// the whole disk) then gets a device of its own (see `kickstart::seal::RegionDevice`), and
+/// each filesystem lab knows is mounted under `work` and fstrimmed. Everything is taken
+/// down again before this returns, also on failure.
 pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsTrim>> {
-    if is_block_device(image) {
-        return offline_fstrim_block(image, work);
+    if crate::kickstart::seal::is_block_device(image) {
+        let record = work.join("block");
+        std::fs::write(&record, image.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("writing {}", record.display()))?;
+        return trim_regions(image, work)
+            .with_context(|| format!("trimming {} offline", image.display()));
     }
     let export = work.join("export");
     std::fs::File::create(&export).with_context(|| format!("creating {}", export.display()))?;
     let daemon = StorageDaemon::start(image, format, &export, &work.join("qsd.pid"))?;
-    let result = (|| -> Result<Vec<FsTrim>> {
-        let dev = LoopDevice::attach(&export)?;
-        let parts = dev.filesystems()?;
-        let mut out = Vec::new();
-        for (i, (part, node)) in parts.iter().enumerate() {
-            out.push(trim_filesystem(part, node, &work.join(format!("mnt{i}")))?);
-        }
-        dev.detach()?;
-        Ok(out)
-    })();
-    match result {
+    match trim_regions(&export, work) {
         Ok(out) => {
             daemon.stop()?;
             Ok(out)
@@ -718,36 +714,23 @@ pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsT
     }
 }
 
-fn is_block_device(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
-}
-
-/// [`offline_fstrim`] of a block device (a thin volume): a loop device with partition
-/// scanning stands on it directly, so the discards go down to the device (and a thin pool
-/// gets its blocks back). The device is recorded in `work/block` for [`clear_leftovers`].
-fn offline_fstrim_block(device: &Path, work: &Path) -> Result<Vec<FsTrim>> {
+/// fstrim each filesystem of a raw disk (a file or a block device), region by region.
+fn trim_regions(disk: &Path, work: &Path) -> Result<Vec<FsTrim>> {
     use crate::kickstart::seal::{RegionDevice, region_tag, regions};
-    let record = work.join("block");
-    std::fs::write(&record, device.as_os_str().as_encoded_bytes())
-        .with_context(|| format!("writing {}", record.display()))?;
-    let result = (|| -> Result<Vec<FsTrim>> {
-        let mut out = Vec::new();
-        for (i, region) in regions(device)?.into_iter().enumerate() {
-            let part = if region.number == 0 {
-                "whole disk".to_string()
-            } else {
-                format!("partition {}", region.number)
-            };
-            let dev = RegionDevice::attach(device, region, &region_tag(device))?;
-            let trimmed = trim_filesystem(&part, dev.path(), &work.join(format!("mnt{i}")));
-            let detached = dev.detach();
-            out.push(trimmed?);
-            detached?;
-        }
-        Ok(out)
-    })();
-    result.with_context(|| format!("trimming {} offline", device.display()))
+    let mut out = Vec::new();
+    for (i, region) in regions(disk)?.into_iter().enumerate() {
+        let part = if region.number == 0 {
+            "whole disk".to_string()
+        } else {
+            format!("partition {}", region.number)
+        };
+        let dev = RegionDevice::attach(disk, region, &region_tag(disk))?;
+        let trimmed = trim_filesystem(&part, dev.path(), &work.join(format!("mnt{i}")));
+        let detached = dev.detach();
+        out.push(trimmed?);
+        detached?;
+    }
+    Ok(out)
 }
 
 /// Mount one filesystem, fstrim it, unmount it.
@@ -960,78 +943,6 @@ fn stop_process(pid: i32, patience: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-/// A loop device on the export, partitions scanned.
-struct LoopDevice {
-    node: PathBuf,
-    attached: bool,
-}
-
-impl LoopDevice {
-    fn attach(file: &Path) -> Result<LoopDevice> {
-        let out = Cmd::new("losetup")
-            .args(["--find", "--show", "--partscan"])
-            .arg(file)
-            .run()
-            .context("attaching a loop device")?;
-        Ok(LoopDevice {
-            node: PathBuf::from(out.stdout.trim()),
-            attached: true,
-        })
-    }
-
-    /// The places a filesystem can be: each partition, or the whole disk when it has none.
-    fn filesystems(&self) -> Result<Vec<(String, PathBuf)>> {
-        let name = self
-            .node
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let sys = Path::new("/sys/block").join(&name);
-        let mut parts: Vec<(u32, String)> = std::fs::read_dir(&sys)
-            .with_context(|| format!("reading {}", sys.display()))?
-            .flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                let num = n.strip_prefix(&format!("{name}p"))?.parse().ok()?;
-                Some((num, n))
-            })
-            .collect();
-        parts.sort();
-        if parts.is_empty() {
-            return Ok(vec![("whole disk".into(), self.node.clone())]);
-        }
-        let mut out = Vec::new();
-        for (num, part) in parts {
-            let node = Path::new("/dev").join(&part);
-            // devtmpfs makes the node as the kernel scans the table: wait a moment for it.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !node.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            out.push((format!("partition {num}"), node));
-        }
-        Ok(out)
-    }
-
-    fn detach(mut self) -> Result<()> {
-        self.attached = false;
-        Cmd::new("losetup")
-            .arg("-d")
-            .arg(&self.node)
-            .run()
-            .with_context(|| format!("detaching {}", self.node.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        if self.attached {
-            let _ = Cmd::new("losetup").arg("-d").arg(&self.node).run();
-        }
-    }
 }
 
 /// Take down what a killed offline trim left in `work`: its mounts, its loop devices and

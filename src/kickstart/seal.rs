@@ -241,6 +241,11 @@ pub fn region_tag(image: &Path) -> String {
     )
 }
 
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
 /// A device standing for one region of an image, taken down when dropped:
 /// - a file: a loop device over the region (`--offset --sizelimit`);
 /// - a block device (a thin volume): the device itself for the whole disk, a device-mapper
@@ -257,11 +262,7 @@ pub enum RegionDevice {
 impl RegionDevice {
     /// `tag` names linear mappings (`TAG-pN`): see [`region_tag`].
     pub fn attach(image: &Path, region: Region, tag: &str) -> Result<RegionDevice> {
-        let is_block = std::fs::metadata(image).is_ok_and(|m| {
-            use std::os::unix::fs::FileTypeExt;
-            m.file_type().is_block_device()
-        });
-        if !is_block {
+        if !is_block_device(image) {
             return Ok(RegionDevice::Loop(LoopDevice::attach(image, region)?));
         }
         if region.number == 0 {
