@@ -181,21 +181,13 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     let t = Instant::now();
 
     let in_use = env.lv.disks_in_use()?;
-    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    if ui::verbosity() < 0 {
-        progress.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    let style =
-        ProgressStyle::with_template("{spinner} {prefix:<12} {msg}").expect("valid template");
+    let progress = VmProgress::new();
     let results: Vec<Result<VmState>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .vms
             .iter()
             .map(|vm| {
-                let bar = progress.add(ProgressBar::new_spinner());
-                bar.set_style(style.clone());
-                bar.set_prefix(vm.name.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
+                let bar = progress.bar(&vm.name);
                 let boot = boot.as_ref();
                 let in_use = &in_use;
                 s.spawn(move || {
@@ -221,8 +213,43 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     Ok((states, timings))
 }
 
-/// Every VM's state, or one error listing every VM that failed.
-fn all_or_errors(results: Vec<Result<VmState>>) -> Result<Vec<VmState>> {
+/// A spinner line per VM on stderr, updated from the VM's thread (hidden with -q).
+pub struct VmProgress {
+    multi: MultiProgress,
+    style: ProgressStyle,
+}
+
+impl VmProgress {
+    pub fn new() -> VmProgress {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        if ui::verbosity() < 0 {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        VmProgress {
+            multi,
+            style: ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
+                .expect("valid template"),
+        }
+    }
+
+    /// The line of VM `name`, ticking.
+    pub fn bar(&self, name: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(self.style.clone());
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+}
+
+impl Default for VmProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every VM's result, or one error listing every VM that failed.
+pub fn all_or_errors<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     let mut states = Vec::new();
     let mut errors = Vec::new();
     for r in results {

@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ReadyArgs, SshArgs};
@@ -179,21 +178,13 @@ pub fn provision(
     } else {
         None
     };
-    let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    if ui::verbosity() < 0 {
-        progress.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    let style =
-        ProgressStyle::with_template("{spinner} {prefix:<12} {msg}").expect("valid template");
+    let progress = crate::apply::VmProgress::new();
     let results: Vec<Result<(String, Vec<StepResult>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .vms
             .iter()
             .map(|vm| {
-                let bar = progress.add(ProgressBar::new_spinner());
-                bar.set_style(style.clone());
-                bar.set_prefix(vm.name.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
+                let bar = progress.bar(&vm.name);
                 let (key, hint, answers) = (&key, &hint, &answers);
                 s.spawn(move || {
                     let r = (|| {
@@ -241,18 +232,7 @@ pub fn provision(
             .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
             .collect()
     });
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok((vm, steps)) => {
-                out.insert(vm, steps);
-            }
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("\n"));
-    }
+    out.extend(crate::apply::all_or_errors(results)?);
     Ok(out)
 }
 
