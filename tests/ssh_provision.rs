@@ -5,94 +5,40 @@
 //! The test that logs in needs dropbear on the host (package dropbear-bin); the refusals
 //! (an unknown VM, a lab that is not up) need only libvirtd.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::Value;
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
+#[path = "support/lab_cli.rs"]
+mod lab_cli;
+use lab_cli::Lab;
 
-struct Lab {
-    dir: tempfile::TempDir,
-    profile: PathBuf,
-    name: String,
+/// The test profile, with `broken`'s command.
+fn profile_text(name: &str, images: &Path, broken: &str) -> String {
+    format!(
+        "name = \"{name}\"\n\
+         [network]\nsubnet = \"auto\"\nauto_range = \"10.249.0.0/16\"\n\
+         [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
+         [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"64MiB\"\n\
+         [vars]\ngreeting = \"hello\"\n\
+         [[vm]]\nname = \"node\"\nmemory = \"256MiB\"\nrole = \"web\"\n\
+         [[provision]]\nname = \"greet\"\nrun = \"echo {{{{ greeting }}}} from {{{{ vm }}}} >/root/greeting\"\n\
+         [[provision]]\nname = \"broken\"\nrun = \"echo failing-now; {broken}\"\nrole = \"web\"\ntimeout = 20\n",
+        images.display()
+    )
+}
+
+fn new_lab(tag: &str) -> Lab {
+    Lab::new(tag, |name, images| profile_text(name, images, "exit 7"))
 }
 
 impl Lab {
-    fn new(tag: &str) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        // QEMU runs as libvirt-qemu and must reach the images.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let profile = dir.path().join(format!("{name}.toml"));
-        let lab = Lab { dir, profile, name };
-        lab.write_profile("exit 7");
-        lab
-    }
-
-    /// The profile, with `broken`'s command.
     fn write_profile(&self, broken: &str) {
         std::fs::write(
             &self.profile,
-            format!(
-                "name = \"{}\"\n\
-                 [network]\nsubnet = \"auto\"\nauto_range = \"10.249.0.0/16\"\n\
-                 [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
-                 [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"64MiB\"\n\
-                 [vars]\ngreeting = \"hello\"\n\
-                 [[vm]]\nname = \"node\"\nmemory = \"256MiB\"\nrole = \"web\"\n\
-                 [[provision]]\nname = \"greet\"\nrun = \"echo {{{{ greeting }}}} from {{{{ vm }}}} >/root/greeting\"\n\
-                 [[provision]]\nname = \"broken\"\nrun = \"echo failing-now; {broken}\"\nrole = \"web\"\ntimeout = 20\n",
-                self.name,
-                self.dir.path().join("images").display()
-            ),
+            profile_text(&self.name, &self.images(), broken),
         )
         .unwrap();
-    }
-
-    fn profile(&self) -> &str {
-        self.profile.to_str().unwrap()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(LAB);
-        c.args(args)
-            .env("LAB_CONNECT", "qemu:///system")
-            .env("LAB_LOCK", self.dir.path().join("lab.lock"))
-            .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
-            .current_dir(self.dir.path());
-        c
-    }
-
-    fn run(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cmd(args).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "lab {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-        (stdout, stderr)
-    }
-
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let (stdout, stderr) = self.run(&all, code);
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("lab {args:?}: {e}\n{stdout}\n{stderr}"))
-    }
-
-    fn images(&self) -> PathBuf {
-        self.dir.path().join("images")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["down", self.profile(), "--purge"]).output();
     }
 }
 
@@ -107,7 +53,7 @@ fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
 
 #[test]
 fn ssh_and_ready_refuse_what_is_not_there() {
-    let lab = Lab::new("sr");
+    let lab = new_lab("sr");
     // A VM the profile does not have: a usage error naming its VMs.
     let (_, err) = lab.run(&["ssh", lab.profile(), "nosuch", "--", "true"], 2);
     assert!(
@@ -134,7 +80,7 @@ fn ssh_and_ready_refuse_what_is_not_there() {
 #[test]
 #[ignore = "needs dropbear (Debian dropbear-bin) on the host for the smoke VMs' SSH server, which this machine could not install when this was written (no package mirror reachable): run with --ignored"]
 fn ssh_provisioning_and_ready_on_a_smoke_lab() {
-    let lab = Lab::new("sp");
+    let lab = new_lab("sp");
 
     // 1. Up: the VM boots, `greet` runs, `broken` fails and is named with its output.
     let (_, err) = lab.run(&["up", lab.profile()], 1);

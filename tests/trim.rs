@@ -13,106 +13,48 @@
 //! `lab trim` uses: no test hook in the guest. One VM, one test: CPU is scarce.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const LAB: &str = env!("CARGO_BIN_EXE_lab");
+#[path = "support/lab_cli.rs"]
+mod lab_cli;
+use lab_cli::Lab;
+
 const MIB: u64 = 1024 * 1024;
 /// What the guest writes and deletes each time.
 const WRITTEN: u64 = 64 * MIB;
 
-struct Lab {
-    dir: tempfile::TempDir,
-    profile: PathBuf,
-    name: String,
+fn smoke_profile(name: &str, images: &Path) -> String {
+    format!(
+        "name = \"{name}\"\n\
+         [network]\nsubnet = \"auto\"\nauto_range = \"10.248.0.0/16\"\n\
+         [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
+         [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"256MiB\"\n\
+         [[vm]]\nname = \"node\"\nmemory = \"256MiB\"\n",
+        images.display()
+    )
 }
 
 impl Lab {
-    /// `tag` keeps the labs of the tests in this file apart.
-    fn new(tag: &str) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        // QEMU runs as libvirt-qemu and must reach the images.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        // A name of its own, so a developer's labs are never touched.
-        let name = format!("{tag}{}", std::process::id() % 100_000);
-        let profile = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &profile,
-            format!(
-                "name = \"{name}\"\n\
-                 [network]\nsubnet = \"auto\"\nauto_range = \"10.248.0.0/16\"\n\
-                 [storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n\
-                 [base]\nkernel = \"host\"\ninitrd = \"busybox\"\ndisk = \"256MiB\"\n\
-                 [[vm]]\nname = \"node\"\nmemory = \"256MiB\"\n",
-                dir.path().join("images").display()
-            ),
-        )
-        .unwrap();
-        Lab { dir, profile, name }
-    }
-
-    fn profile(&self) -> &str {
-        self.profile.to_str().unwrap()
-    }
-
     fn domain(&self) -> String {
         format!("lab-{}-node", self.name)
     }
 
     fn clone_image(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join("images")
-            .join(format!("lab-{}-node.qcow2", self.name))
+        self.images().join(format!("lab-{}-node.qcow2", self.name))
     }
 
     fn console(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join("images")
+        self.images()
             .join(format!("lab-{}-node.console.log", self.name))
     }
 
     fn base_image(&self) -> PathBuf {
-        self.dir
-            .path()
-            .join("images")
-            .join(format!("lab-{}-base.qcow2", self.name))
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(LAB);
-        c.args(args)
-            .env("LAB_CONNECT", "qemu:///system")
-            .env("LAB_LOCK", self.dir.path().join("lab.lock"))
-            .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
-            .current_dir(self.dir.path());
-        c
-    }
-
-    /// Run; the exit status must be `code`; returns (stdout, stderr).
-    fn run(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cmd(args).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "lab {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-        (stdout, stderr)
-    }
-
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        let (stdout, stderr) = self.run(&all, code);
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("lab {args:?}: {e}\n{stdout}\n{stderr}"))
+        self.images().join(format!("lab-{}-base.qcow2", self.name))
     }
 
     /// `lab trim` as data, with the wall time it took.
@@ -127,13 +69,6 @@ impl Lab {
             report["given_back"]
         );
         report
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        // Leave nothing behind, whatever happened.
-        let _ = self.cmd(&["down", self.profile(), "--purge"]).output();
     }
 }
 
@@ -322,7 +257,7 @@ fn sha256(path: &Path) -> String {
 #[test]
 #[ignore = "needs qemu-guest-agent (Debian), which this machine could not install when this was written (no package mirror reachable): run with --ignored"]
 fn trim_gives_back_what_the_guest_deleted_running_and_stopped() {
-    let lab = Lab::new("tr");
+    let lab = Lab::new("tr", smoke_profile);
     let domain = lab.domain();
     let image = lab.clone_image();
 
@@ -504,7 +439,7 @@ fn trim_gives_back_what_the_guest_deleted_running_and_stopped() {
 /// VM comes up again on its trimmed disk.
 #[test]
 fn lab_trim_gives_back_what_a_stopped_vms_filesystem_freed() {
-    let lab = Lab::new("ts");
+    let lab = Lab::new("ts", smoke_profile);
     let domain = lab.domain();
     let image = lab.clone_image();
     let up = lab.json(&["up", lab.profile()], 0);

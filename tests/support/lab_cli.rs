@@ -1,0 +1,84 @@
+//! A lab in a temporary directory, driven through the `lab` binary against the real
+//! libvirtd: its own profile name (so a developer's labs are never touched), lock and
+//! runtime directory, and `lab down --purge` when it goes out of scope.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub profile: PathBuf,
+    pub name: String,
+}
+
+impl Lab {
+    /// A lab named `TAG<pid>`; `profile` gives the profile's text from the name and the
+    /// image directory.
+    pub fn new(tag: &str, profile: impl FnOnce(&str, &std::path::Path) -> String) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        // QEMU runs as libvirt-qemu and must reach the images.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, profile(&name, &dir.path().join("images"))).unwrap();
+        Lab {
+            dir,
+            profile: path,
+            name,
+        }
+    }
+
+    pub fn profile(&self) -> &str {
+        self.profile.to_str().unwrap()
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(LAB);
+        c.args(args)
+            .env("LAB_CONNECT", "qemu:///system")
+            .env("LAB_LOCK", self.dir.path().join("lab.lock"))
+            .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Run; the exit status must be `code`; returns (stdout, stderr).
+    pub fn run(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.cmd(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "lab {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        (stdout, stderr)
+    }
+
+    /// Run with `--json`; the exit status must be `code`; stdout as JSON.
+    pub fn json(&self, args: &[&str], code: i32) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (stdout, stderr) = self.run(&all, code);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("lab {args:?}: {e}\n{stdout}\n{stderr}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Leave nothing behind, whatever happened.
+        let _ = self.cmd(&["down", self.profile(), "--purge"]).output();
+    }
+}
