@@ -394,16 +394,27 @@ pub fn http_status(url: &str, timeout: Duration) -> Result<u16> {
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
+    // One write: a server may answer and hang up as soon as it has the first bytes, and a
+    // request still being written then fails; its answer is read all the same.
+    let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: lab\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    let sent = stream.write_all(request.as_bytes());
     let mut head = [0u8; 64];
     let mut got = 0;
     while got < 12 {
-        let n = stream
-            .read(&mut head[got..])
-            .with_context(|| format!("reading the answer of {url}"))?;
+        let n = match stream.read(&mut head[got..]) {
+            Ok(n) => n,
+            Err(_) if got > 0 => break,
+            Err(e) => {
+                return Err(match sent {
+                    Err(w) => {
+                        anyhow::Error::new(w).context(format!("sending the request to {url}"))
+                    }
+                    Ok(()) => anyhow::Error::new(e).context(format!("reading the answer of {url}")),
+                });
+            }
+        };
         if n == 0 {
             break;
         }
