@@ -28,6 +28,8 @@ fi
 # qemu-guest-agent: its qemu-ga goes into the smoke VMs' initramfs, for `lab trim`;
 # qemu-storage-daemon (qemu-system-common; Fedora: qemu-img) exports stopped VMs' disks
 # for an offline trim.
+# libssh-4 (libvirt links it too): on a host without dropbear the tests build the smoke
+# VMs' SSH server on it (tests/support/libssh_server.c), with gcc.
 packages=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
     qemu-system-x86 dnsmasq-base iptables
@@ -36,6 +38,7 @@ packages=(
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
     gcc
+    libssh-4
 )
 
 # A package mirror that does not answer once is tried again.

@@ -143,6 +143,10 @@ pub fn preflight_dir(dir: &Path) -> Result<()> {
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
 pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     preflight_dir(&env.dir)?;
+    if direct_boot(env.profile) {
+        // What the boot files are made of, before anything is made.
+        smoke::preflight()?;
+    }
     let mut timings = LabTimings::default();
     // Network first: domains need it to start.
     let t = Instant::now();
@@ -444,16 +448,17 @@ pub fn console_tail(console: &Path) -> String {
 /// started, and waited for, all at once.
 pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
     preflight_dir(&env.dir)?;
-    for vm in targets {
-        ui::debug(format_args!("lab: stop domain {}", vm.domain));
-        env.lv.stop_domain(&vm.domain)?;
-    }
-    let in_use = env.lv.disks_in_use()?;
+    // Boot files before any VM is stopped: a failure there leaves the VMs as they were.
     let boot = if direct_boot(env.profile) {
         Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?)
     } else {
         None
     };
+    for vm in targets {
+        ui::debug(format_args!("lab: stop domain {}", vm.domain));
+        env.lv.stop_domain(&vm.domain)?;
+    }
+    let in_use = env.lv.disks_in_use()?;
     let results: Vec<Result<VmState>> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()

@@ -72,7 +72,9 @@ fn key(profile: &Profile) -> Result<Key> {
 
 /// What to say when ssh itself failed (exit status 255) to reach a VM.
 fn unreachable_hint(profile: &Profile) -> String {
-    if crate::apply::direct_boot(profile) && crate::smoke::host_dropbear().is_none() {
+    if crate::apply::direct_boot(profile)
+        && crate::smoke::host_ssh_server().ok().flatten().is_none()
+    {
         format!(
             "; the {} VMs carry an SSH server only when the host has dropbear when they are \
              made: install dropbear-bin, then `lab down {} --purge && lab up {}`",

@@ -32,6 +32,9 @@ pub const DHCP_SCRIPT: &str = include_str!("smoke/default.script");
 /// Where `/init` finds the modules to load, in order: `PATH required|optional` lines.
 pub const MODULE_LIST: &str = "/etc/lab/modules";
 
+/// The file in the initramfs that names the SSH server `/init` starts.
+pub const SSH_SERVER_FILE: &str = "/etc/lab/ssh-server";
+
 /// The kernel command line every smoke VM gets; [`vm_cmdline`] appends its own words.
 /// The serial console carries the ready line; `quiet` keeps kernel chatter off it.
 pub const BASE_CMDLINE: &str = "console=ttyS0 quiet";
@@ -205,10 +208,28 @@ pub fn host_qemu_ga() -> Option<PathBuf> {
     find_program("qemu-ga")
 }
 
-/// The SSH server lab puts into the initramfs (package dropbear-bin), when the host has
-/// it: `lab ssh`, provisioning steps and `lab ready` log in with it.
-pub fn host_dropbear() -> Option<PathBuf> {
-    find_program("dropbear")
+/// The environment variable that names another SSH server for the smoke VMs than the
+/// host's dropbear: an absolute path to a program that takes dropbear's options
+/// (`-R -s -P PIDFILE`) and logs root in with `/root/.ssh/authorized_keys`.
+pub const SSH_SERVER_ENV: &str = "LAB_SMOKE_SSH_SERVER";
+
+/// The SSH server lab puts into the initramfs, when the host has one: the program named
+/// by `LAB_SMOKE_SSH_SERVER`, else dropbear (package dropbear-bin). `lab ssh`,
+/// provisioning steps and `lab ready` log in with it.
+pub fn host_ssh_server() -> Result<Option<PathBuf>> {
+    match std::env::var_os(SSH_SERVER_ENV) {
+        Some(value) if !value.is_empty() => {
+            let path = PathBuf::from(value);
+            if !path.is_absolute() || !path.is_file() {
+                bail!(
+                    "{SSH_SERVER_ENV}={}: not an absolute path to a program",
+                    path.display()
+                );
+            }
+            Ok(Some(path))
+        }
+        _ => Ok(find_program("dropbear")),
+    }
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -224,7 +245,8 @@ fn find_program(name: &str) -> Option<PathBuf> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extras<'a> {
     pub qemu_ga: Option<&'a Path>,
-    pub dropbear: Option<&'a Path>,
+    /// Started by `/init` with dropbear's options: `-R -s -P /run/sshd.pid`.
+    pub ssh_server: Option<&'a Path>,
     /// One OpenSSH public key line, root's `authorized_keys`.
     pub authorized_key: Option<&'a str>,
 }
@@ -241,7 +263,7 @@ pub fn build_initramfs(
     ramfs
         .busybox(busybox)
         .with_context(|| format!("adding {} to the initramfs", busybox.display()))?;
-    for program in [extras.qemu_ga, extras.dropbear].into_iter().flatten() {
+    for program in [extras.qemu_ga, extras.ssh_server].into_iter().flatten() {
         ramfs
             .executable_with_libs(program)
             .with_context(|| format!("adding {} to the initramfs", program.display()))?;
@@ -253,6 +275,10 @@ pub fn build_initramfs(
         .file("/etc/shells", "/bin/sh\n", 0o644)
         .dir("/root", 0o700)
         .dir("/etc/dropbear", 0o700);
+    if let Some(server) = extras.ssh_server {
+        // /init starts the program named here.
+        ramfs.file(SSH_SERVER_FILE, format!("{}\n", server.display()), 0o644);
+    }
     if let Some(key) = extras.authorized_key {
         ramfs.dir("/root/.ssh", 0o700).file(
             "/root/.ssh/authorized_keys",
@@ -327,6 +353,15 @@ pub fn digest_path(file: &Path) -> PathBuf {
     file.with_file_name(name)
 }
 
+/// Check what the boot files are made of (the host's kernel and modules, busybox, and the
+/// SSH server when one is named), without making anything.
+pub fn preflight() -> Result<()> {
+    host_kernel()?;
+    host_busybox()?;
+    host_ssh_server()?;
+    Ok(())
+}
+
 /// Write `<dir>/lab-<profile>-vmlinuz` (a copy of the host kernel: libvirt relabels what it
 /// boots, and /boot is not lab's) and `<dir>/lab-<profile>-initrd.img`, each with lab's
 /// marker beside it, and return them with the base command line.
@@ -339,8 +374,8 @@ pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
     let (kernel, modules) = host_kernel()?;
     let busybox = host_busybox()?;
     let qemu_ga = host_qemu_ga();
-    let dropbear = host_dropbear();
-    let key = match &dropbear {
+    let ssh_server = host_ssh_server()?;
+    let key = match &ssh_server {
         Some(_) => Some(crate::ssh::lab_key(dir, profile)?.public_line),
         None => None,
     };
@@ -352,7 +387,7 @@ pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
         &busybox,
         &Extras {
             qemu_ga: qemu_ga.as_deref(),
-            dropbear: dropbear.as_deref(),
+            ssh_server: ssh_server.as_deref(),
             authorized_key: key.as_deref(),
         },
     )
@@ -416,10 +451,11 @@ pub fn prepare_boot_files_from(
              trims them only while they are stopped (install qemu-guest-agent)"
         ));
     }
-    if extras.dropbear.is_none() {
+    if extras.ssh_server.is_none() {
         ui::warn(format_args!(
             "dropbear is not installed: the {profile} VMs get no SSH server, so `lab ssh`, \
-             provisioning steps and `lab ready` cannot reach them (install dropbear-bin)"
+             provisioning steps and `lab ready` cannot reach them (install dropbear-bin, or \
+             name another server in {SSH_SERVER_ENV})"
         ));
     }
     let initrd_bytes = build_initramfs(modules_dir, busybox, extras)?
@@ -483,7 +519,10 @@ fn inputs_fingerprint(
         tree.push_str(&format!("{} {size} {mtime}.{nsec}\n", p.display()));
     }
     let mut agent = String::new();
-    for (name, program) in [("qemu-ga", extras.qemu_ga), ("dropbear", extras.dropbear)] {
+    for (name, program) in [
+        ("qemu-ga", extras.qemu_ga),
+        ("ssh-server", extras.ssh_server),
+    ] {
         match program {
             Some(p) => agent.push_str(&stamp(p)),
             None => agent.push_str(&format!("{name} none\n")),
@@ -1329,7 +1368,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         fs::copy("/bin/true", &server).unwrap();
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9kZXZlbG9wZXJrZXlmb3J0ZXN0cw lab@demo";
         let extras = Extras {
-            dropbear: Some(&server),
+            ssh_server: Some(&server),
             authorized_key: Some(key),
             ..Extras::default()
         };
@@ -1345,7 +1384,9 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // /init starts it when it is there.
         let (init, _) = ramfs.file_entry("/init").unwrap();
         let init = String::from_utf8_lossy(init);
-        assert!(init.contains("dropbear -R -s"), "{init}");
+        assert!(init.contains("\"$server\" -R -s"), "{init}");
+        let (named, _) = ramfs.file_entry(SSH_SERVER_FILE).unwrap();
+        assert_eq!(named, format!("{}\n", server.display()).as_bytes());
         // Without a key, no authorized_keys.
         let bare = build_initramfs(&modules, &busybox, &Extras::default()).unwrap();
         assert!(!bare.contains("/root/.ssh/authorized_keys"));

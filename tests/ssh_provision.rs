@@ -2,10 +2,14 @@
 //! (TCG guests). The smoke VMs carry the host's dropbear as their SSH server and lab's own
 //! key for root.
 //!
-//! The test that logs in needs dropbear on the host (package dropbear-bin); the refusals
-//! (an unknown VM, a lab that is not up) need only libvirtd.
+//! On a host without dropbear, the test that logs in builds `tests/support/libssh_server.c`
+//! (an SSH server on Debian's libssh, which libvirt itself links) and gives it to lab
+//! through `LAB_SMOKE_SSH_SERVER`: the VMs then carry that server, and everything else, the
+//! OpenSSH client, the keys, the pinned host keys, is what a user gets. The refusals (an
+//! unknown VM, a lab that is not up) need only libvirtd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -26,6 +30,34 @@ fn profile_text(name: &str, images: &Path, broken: &str) -> String {
          [[provision]]\nname = \"broken\"\nrun = \"echo failing-now; {broken}\"\nrole = \"web\"\ntimeout = 20\n",
         images.display()
     )
+}
+
+/// The SSH server for the smoke VMs: none to give when the host has dropbear (lab takes
+/// it), else `libssh_server.c` built into `dir`.
+fn ssh_server(dir: &Path) -> Option<PathBuf> {
+    let has_dropbear = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join("dropbear").is_file());
+    if has_dropbear {
+        return None;
+    }
+    let program = dir.join("libssh-server");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/libssh_server.c");
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .arg("-l:libssh.so.4")
+        .output()
+        .expect("cc (gcc) is installed");
+    assert!(
+        out.status.success(),
+        "neither dropbear (dropbear-bin) nor libssh (libssh-4) for the smoke VMs' SSH server: \
+         building {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(program)
 }
 
 fn new_lab(tag: &str) -> Lab {
@@ -75,12 +107,39 @@ fn ssh_and_ready_refuse_what_is_not_there() {
     );
     // Nothing was made.
     assert!(!lab.images().exists(), "lab ssh or ready made something");
+
+    // An SSH server named that is no program: lab up says so before it makes anything.
+    let mut bad = new_lab("sb");
+    bad.env
+        .push(("LAB_SMOKE_SSH_SERVER".into(), "bin/sshd".into()));
+    let (_, err) = bad.run(&["up", bad.profile()], 1);
+    assert!(
+        err.contains("LAB_SMOKE_SSH_SERVER=bin/sshd: not an absolute path to a program"),
+        "{err}"
+    );
+    assert!(!bad.images().exists(), "lab up made files");
+    let nets = Command::new("virsh")
+        .args(["-c", "qemu:///system", "net-list", "--all", "--name"])
+        .output()
+        .unwrap();
+    let nets = String::from_utf8_lossy(&nets.stdout);
+    assert!(
+        !nets
+            .lines()
+            .any(|n| n.trim() == format!("lab-{}", bad.name)),
+        "lab up defined its network: {nets}"
+    );
 }
 
 #[test]
-#[ignore = "needs dropbear (Debian dropbear-bin) on the host for the smoke VMs' SSH server, which this machine could not install when this was written (no package mirror reachable): run with --ignored"]
 fn ssh_provisioning_and_ready_on_a_smoke_lab() {
-    let lab = new_lab("sp");
+    let mut lab = new_lab("sp");
+    if let Some(server) = ssh_server(lab.dir.path()) {
+        lab.env.push((
+            "LAB_SMOKE_SSH_SERVER".into(),
+            server.to_string_lossy().into_owned(),
+        ));
+    }
 
     // 1. Up: the VM boots, `greet` runs, `broken` fails and is named with its output.
     let (_, err) = lab.run(&["up", lab.profile()], 1);

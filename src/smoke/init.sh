@@ -134,11 +134,13 @@ if command -v qemu-ga >/dev/null; then
     fi
 fi
 
-# The SSH server: host keys made at first use (-R), root logs in with the key lab put in
+# The SSH server lab named in /etc/lab/ssh-server (dropbear, or a program with its
+# options): host keys made at first use (-R), root logs in with the key lab put in
 # /root/.ssh/authorized_keys, never with a password (-s).
-if command -v dropbear >/dev/null; then
-    if ! dropbear -R -s -P /run/dropbear.pid 2>/tmp/dropbear.err; then
-        fail "dropbear: $(oneline /tmp/dropbear.err)"
+server=$(cat /etc/lab/ssh-server 2>/dev/null)
+if [ -n "$server" ]; then
+    if ! "$server" -R -s -P /run/sshd.pid 2>/tmp/sshd.err; then
+        fail "$server: $(oneline /tmp/sshd.err)"
     fi
 fi
 

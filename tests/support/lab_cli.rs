@@ -16,6 +16,8 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub profile: PathBuf,
     pub name: String,
+    /// Set for every lab command, besides lab's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -32,6 +34,7 @@ impl Lab {
             dir,
             profile: path,
             name,
+            env: Vec::new(),
         }
     }
 
@@ -50,6 +53,9 @@ impl Lab {
             .env("LAB_LOCK", self.dir.path().join("lab.lock"))
             .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
             .current_dir(self.dir.path());
+        for (key, value) in &self.env {
+            c.env(key, value);
+        }
         c
     }
 
