@@ -600,7 +600,7 @@ impl Profile {
         }
     }
 
-    /// Every VM instance name, expanding `count` (name-1, name-2, ... when count > 1).
+    /// Every VM instance name, expanding `count` (name1, name2, ... when count > 1).
     pub fn instances(&self) -> Vec<(String, &VmSpec)> {
         let mut out = Vec::new();
         for vm in &self.vms {
@@ -724,41 +724,59 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Best-effort line of a key path such as `vm[1].memory` in the text: the `[[vm]]` table
-/// with that index, then the key inside it.
+/// The line of a key path such as `vm[1].memory`, `provision.2.run` or `vars.ssh_identity`
+/// in the text, found by TOML's own parser, so keys in inline tables, dotted keys and
+/// sub-tables are found where they are written. A key that is not written gives the line
+/// of the nearest table on its path that is (the line of `[[vm]]` for `vm[1].disk` left
+/// out); a text that does not parse, line 1.
 fn line_of_key(text: &str, key: &str) -> usize {
-    let mut parts = key.split('.');
-    let first = parts.next().unwrap_or_default();
-    let leaf = parts.next_back();
-    let (table, index) = match first.split_once('[') {
-        Some((t, rest)) => (t, rest.trim_end_matches(']').parse::<usize>().ok()),
-        None => (first, None),
+    use toml::de::{DeTable, DeValue};
+    let Ok(doc) = DeTable::parse(text) else {
+        return 1;
     };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0;
-    if let Some(index) = index {
-        let header = format!("[[{table}]]");
-        let mut seen = 0;
-        for (i, l) in lines.iter().enumerate() {
-            if l.trim() == header {
-                if seen == index {
-                    start = i;
-                    break;
-                }
-                seen += 1;
+    // The path's parts: `vm[1].memory` and `vm.1.memory` both give vm, 1, memory.
+    let mut parts = Vec::new();
+    for segment in key.split('.').filter(|s| !s.is_empty()) {
+        let mut rest = segment;
+        if let Some(open) = rest.find('[') {
+            parts.push(&rest[..open]);
+            rest = &rest[open..];
+            while let Some(inner) = rest.strip_prefix('[') {
+                let close = inner.find(']').unwrap_or(inner.len());
+                parts.push(&inner[..close]);
+                rest = inner.get(close + 1..).unwrap_or("");
             }
+        } else {
+            parts.push(rest);
         }
     }
-    let want = leaf.unwrap_or(first);
-    for (i, l) in lines.iter().enumerate().skip(start) {
-        let t = l.trim_start();
-        if let Some(rest) = t.strip_prefix(want)
-            && rest.trim_start().starts_with('=')
-        {
-            return i + 1;
-        }
+    let mut at = 0;
+    let mut value: Option<&DeValue<'_>> = None;
+    let mut table = Some(doc.get_ref());
+    for part in parts {
+        let next = match (table, value) {
+            (Some(t), _) => t
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == part)
+                .map(|(k, v)| (k.span().start, v)),
+            (None, Some(DeValue::Array(items))) => part
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|v| (v.span().start, v)),
+            _ => None,
+        };
+        let Some((start, v)) = next else {
+            break;
+        };
+        at = start;
+        value = Some(v.get_ref());
+        table = match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => None,
+        };
     }
-    start + 1
+    line_col(text, at).0
 }
 
 /// Load check for a path given on the command line, so errors say which flag it was.
@@ -787,6 +805,48 @@ mod tests {
             let p = Profile::parse(text, ProfileSource::BuiltIn).unwrap();
             assert_eq!(&p.name, name);
         }
+    }
+
+    #[test]
+    fn keys_are_found_where_they_are_written() {
+        let text = "name = \"x\"\n\
+                    [network]\n\
+                    mode = \"isolated\"\n\
+                    subnet = \"10.1.0.0/24\"\n\
+                    [vars]\n\
+                    other = 1\n\
+                    ssh = { identity = \"~/.ssh/id\" }\n\
+                    [[vm]]\n\
+                    name = \"a\"\n\
+                    subnet = \"not this one\"\n\
+                    [[vm]]\n\
+                    name = \"b\"\n\
+                    cpu.mode = \"host\"\n\
+                    [[provision]]\n\
+                    run = \"one\"\n\
+                    [[provision]]\n\
+                    name = \"two\"\n\
+                    run = \"two\"\n";
+        for (key, line) in [
+            ("name", 1),
+            ("network", 2),
+            ("network.subnet", 4),
+            ("vars.ssh.identity", 7),
+            ("vars.ssh", 7),
+            ("vm[0].subnet", 10),
+            ("vm[1].name", 12),
+            ("vm[1].cpu.mode", 13),
+            ("provision.1.run", 18),
+            ("provision[1].run", 18),
+            ("provision.0.run", 15),
+            // Not written: the nearest table that is.
+            ("vm[1].memory", 11),
+            ("network.dns", 2),
+            ("base", 1),
+        ] {
+            assert_eq!(line_of_key(text, key), line, "{key}");
+        }
+        assert_eq!(line_of_key("name = [", "name"), 1);
     }
 
     #[test]
