@@ -8,8 +8,9 @@
 //! OpenSSH client, the keys, the pinned host keys, is what a user gets. The refusals (an
 //! unknown VM, a lab that is not up) need only libvirtd.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -58,6 +59,37 @@ fn ssh_server(dir: &Path) -> Option<PathBuf> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(program)
+}
+
+/// `lab ssh PROFILE VM` with no command, as a person runs it: on a terminal (`script`
+/// gives it one), `input` typed. Returns the exit status and what the terminal showed.
+fn interactive_ssh(lab: &Lab, vm: &str, input: &str) -> (Option<i32>, String) {
+    let inner = lab.cmd(&["ssh", lab.profile(), vm]);
+    let line = format!("{} ssh {} {vm}", lab_cli::LAB, lab.profile());
+    let mut script = Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    for (key, value) in inner.get_envs() {
+        if let Some(value) = value {
+            script.env(key, value);
+        }
+    }
+    script
+        .env("TERM", "xterm")
+        .current_dir(inner.get_current_dir().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = script.spawn().expect("script (util-linux) is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    shown.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), shown)
 }
 
 fn new_lab(tag: &str) -> Lab {
@@ -163,6 +195,14 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
         .images()
         .join(format!("lab-{}-node.known_hosts", lab.name));
     assert!(known.is_file(), "the VM's host key was not pinned");
+    // A session, as a person opens one: a terminal in the VM, the shell's exit status back.
+    let (code, shown) = interactive_ssh(&lab, "node", "tty; echo answer-$((6 * 7)); exit 4\n");
+    assert_eq!(code, Some(4), "{shown}");
+    assert!(shown.contains("answer-42"), "{shown}");
+    assert!(
+        shown.contains("/dev/pts/"),
+        "no terminal in the VM: {shown}"
+    );
 
     // 3. Not ready while a step is not done.
     let report = lab.json(&["ready", lab.profile()], 3);

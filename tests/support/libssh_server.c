@@ -11,7 +11,7 @@
  * stderr anyway); -A names another authorized_keys file. Each connection is served by a child process: public-key
  * authentication, then session channels whose "exec" (or "shell") runs through
  * /bin/sh -c with stdin, stdout, stderr and the exit status carried over the channel.
- * Terminals are refused (the client carries on without one).
+ * A terminal, when the client asks for one, is a pseudo-terminal (forkpty).
  *
  * The libssh development headers are not on every host, so the few declarations this
  * needs are written here; the enum values are libssh's public ABI.
@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +63,9 @@ ssh_channel ssh_message_channel_request_open_reply_accept(ssh_message);
 ssh_channel ssh_message_channel_request_channel(ssh_message);
 int ssh_message_channel_request_reply_success(ssh_message);
 const char *ssh_message_channel_request_command(ssh_message);
+const char *ssh_message_channel_request_pty_term(ssh_message);
+int ssh_message_channel_request_pty_width(ssh_message);
+int ssh_message_channel_request_pty_height(ssh_message);
 void ssh_set_message_callback(ssh_session,
                               int (*cb)(ssh_session, ssh_message, void *), void *);
 int ssh_channel_read_nonblocking(ssh_channel, void *dest, uint32_t count, int is_stderr);
@@ -152,45 +156,72 @@ static void set_nonblocking(int fd)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-/* Run `command` (NULL: a shell) for the channel and carry its streams and its end. */
-static void run(ssh_session session, ssh_channel chan, const char *command)
+/* The child's side: root's environment, then the command (NULL: a login shell). */
+static void exec_command(const char *command, const char *term)
 {
-    int in[2], out[2], err[2];
+    signal(SIGPIPE, SIG_DFL);
+    setenv("HOME", "/root", 1);
+    setenv("USER", "root", 1);
+    setenv("LOGNAME", "root", 1);
+    setenv("SHELL", "/bin/sh", 1);
+    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    if (term)
+        setenv("TERM", term, 1);
+    if (chdir("/root") != 0 && chdir("/") != 0)
+        _exit(127);
+    if (command)
+        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+    else
+        execl("/bin/sh", "-sh", (char *)NULL);
+    _exit(127);
+}
+
+/* Run `command` (NULL: a shell) for the channel, on a terminal when the client asked for
+ * one (`term` set), and carry its streams and its end. */
+static void run(ssh_session session, ssh_channel chan, const char *command, const char *term,
+                struct winsize *size)
+{
+    int to_child, from_out, from_err = -1;
     pid_t pid;
-    int out_open = 1, err_open = 1, in_open = 1, status = 0;
+    int out_open = 1, err_open = 0, in_open = 1, status = 0;
     char buf[32768];
     ssh_event events;
 
-    if (pipe(in) || pipe(out) || pipe(err))
-        die("pipe", strerror(errno));
-    pid = fork();
-    if (pid < 0)
-        die("fork", strerror(errno));
-    if (pid == 0) {
-        setsid();
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        dup2(err[1], 2);
-        close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
-        signal(SIGPIPE, SIG_DFL);
-        setenv("HOME", "/root", 1);
-        setenv("USER", "root", 1);
-        setenv("LOGNAME", "root", 1);
-        setenv("SHELL", "/bin/sh", 1);
-        setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
-        if (chdir("/root") != 0)
-            (void)chdir("/");
-        if (command)
-            execl("/bin/sh", "sh", "-c", command, (char *)NULL);
-        else
-            execl("/bin/sh", "-sh", (char *)NULL);
-        _exit(127);
+    if (term) {
+        /* One terminal for stdin, stdout and stderr: the master side carries them all. */
+        int master;
+        pid = forkpty(&master, NULL, NULL, size);
+        if (pid < 0)
+            die("forkpty", strerror(errno));
+        if (pid == 0)
+            exec_command(command, term);
+        to_child = from_out = master;
+    } else {
+        int in[2], out[2], err[2];
+        if (pipe(in) || pipe(out) || pipe(err))
+            die("pipe", strerror(errno));
+        pid = fork();
+        if (pid < 0)
+            die("fork", strerror(errno));
+        if (pid == 0) {
+            setsid();
+            dup2(in[0], 0);
+            dup2(out[1], 1);
+            dup2(err[1], 2);
+            close(in[0]); close(in[1]); close(out[0]); close(out[1]);
+            close(err[0]); close(err[1]);
+            exec_command(command, NULL);
+        }
+        close(in[0]);
+        close(out[1]);
+        close(err[1]);
+        to_child = in[1];
+        from_out = out[0];
+        from_err = err[0];
+        err_open = 1;
+        set_nonblocking(from_err);
     }
-    close(in[0]);
-    close(out[1]);
-    close(err[1]);
-    set_nonblocking(out[0]);
-    set_nonblocking(err[0]);
+    set_nonblocking(from_out);
     ssh_set_message_callback(session, reply_default, NULL);
     /* Packets are taken in by the event loop: a channel read alone stops reading the
      * socket once the client has sent its EOF, and would miss keepalives and a client
@@ -200,8 +231,8 @@ static void run(ssh_session session, ssh_channel chan, const char *command)
 
     while (out_open || err_open) {
         struct pollfd fds[3] = {
-            {.fd = out_open ? out[0] : -1, .events = POLLIN},
-            {.fd = err_open ? err[0] : -1, .events = POLLIN},
+            {.fd = out_open ? from_out : -1, .events = POLLIN},
+            {.fd = err_open ? from_err : -1, .events = POLLIN},
             {.fd = ssh_get_fd(session), .events = POLLIN},
         };
         int n;
@@ -220,11 +251,12 @@ static void run(ssh_session session, ssh_channel chan, const char *command)
         if (n > 0 && in_open) {
             const char *p = buf;
             while (n > 0) {
-                ssize_t w = write(in[1], p, n);
+                ssize_t w = write(to_child, p, n);
                 if (w < 0 && errno == EINTR)
                     continue;
                 if (w < 0) { /* the command closed its stdin: drop the rest */
-                    close(in[1]);
+                    if (!term)
+                        close(to_child);
                     in_open = 0;
                     break;
                 }
@@ -232,14 +264,14 @@ static void run(ssh_session session, ssh_channel chan, const char *command)
                 n -= w;
             }
         }
-        if (in_open && ssh_channel_is_eof(chan)) {
-            close(in[1]);
+        if (in_open && !term && ssh_channel_is_eof(chan)) {
+            close(to_child);
             in_open = 0;
         }
         /* From the command to the client. */
         for (int i = 0; i < 2; i++) {
             int *open = i == 0 ? &out_open : &err_open;
-            int fd = i == 0 ? out[0] : err[0];
+            int fd = i == 0 ? from_out : from_err;
             ssize_t r;
             if (!*open)
                 continue;
@@ -253,13 +285,14 @@ static void run(ssh_session session, ssh_channel chan, const char *command)
                     return;
                 }
             } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                /* End of output (a terminal says EIO once the command is gone). */
                 close(fd);
                 *open = 0;
             }
         }
     }
-    if (in_open)
-        close(in[1]);
+    if (in_open && !term)
+        close(to_child);
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     if (WIFEXITED(status)) {
@@ -286,6 +319,8 @@ static void serve(ssh_session session)
     ssh_message msg;
     ssh_channel chan = NULL;
     int authenticated = 0;
+    char *term = NULL;
+    struct winsize size = {.ws_row = 24, .ws_col = 80};
 
     if (ssh_handle_key_exchange(session) != SSH_OK) {
         fprintf(stderr, "libssh-server: key exchange: %s\n", ssh_get_error(session));
@@ -320,6 +355,18 @@ static void serve(ssh_session session)
                    && subtype == CHANNEL_REQUEST_ENV) {
             ssh_message_channel_request_reply_success(msg);
         } else if (authenticated && type == REQUEST_CHANNEL && chan != NULL
+                   && subtype == CHANNEL_REQUEST_PTY) {
+            const char *t = ssh_message_channel_request_pty_term(msg);
+            int cols = ssh_message_channel_request_pty_width(msg);
+            int rows = ssh_message_channel_request_pty_height(msg);
+            free(term);
+            term = strdup(t && *t ? t : "vt100");
+            if (cols > 0 && rows > 0) {
+                size.ws_col = (unsigned short)cols;
+                size.ws_row = (unsigned short)rows;
+            }
+            ssh_message_channel_request_reply_success(msg);
+        } else if (authenticated && type == REQUEST_CHANNEL && chan != NULL
                    && (subtype == CHANNEL_REQUEST_EXEC || subtype == CHANNEL_REQUEST_SHELL)) {
             char *command = NULL;
             if (subtype == CHANNEL_REQUEST_EXEC) {
@@ -328,8 +375,9 @@ static void serve(ssh_session session)
             }
             ssh_message_channel_request_reply_success(msg);
             ssh_message_free(msg);
-            run(session, chan, command);
+            run(session, chan, command, term, &size);
             free(command);
+            free(term);
             return;
         } else {
             ssh_message_reply_default(msg);
