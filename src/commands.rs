@@ -497,7 +497,9 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         if observed.domain(&v.domain).is_none() {
             return Err(usage(format!(
                 "{} is not up (no domain {}): run `lab up {}` first",
-                v.name, v.domain, profile.name
+                v.name,
+                v.domain,
+                profile.cli_name()
             )));
         }
     }

@@ -40,7 +40,7 @@ fn kickstart_profile(arg: &str) -> Result<Profile> {
             "profile {} makes its base without a kickstart ({}): `lab up {}` makes it",
             profile.name,
             profile.locate("base"),
-            profile.name
+            profile.cli_name()
         )));
     }
     Ok(profile)

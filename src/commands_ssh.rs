@@ -46,16 +46,17 @@ pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, Stri
         )));
     }
     let domain = names::domain(p, vm);
+    let cli = profile.cli_name();
     if !lv.domain_running(&domain) {
         bail!(usage(format!(
-            "{vm} of {p} is not running (domain {domain}): `lab up {p}` first"
+            "{vm} of {p} is not running (domain {domain}): `lab up {cli}` first"
         )));
     }
     let mac = names::mac(p, vm);
     let Some(ip) = lv.lease(&domain, &mac) else {
         bail!(
             "{vm} of {p} has no IP yet (no DHCP lease for {mac} on network {}): it is still \
-             booting, or its network is down; `lab status {p}` shows it",
+             booting, or its network is down; `lab status {cli}` shows it",
             names::network(p)
         );
     };
@@ -77,8 +78,9 @@ fn unreachable_hint(profile: &Profile) -> String {
     {
         format!(
             "; the {} VMs carry an SSH server only when the host has dropbear when they are \
-             made: install dropbear-bin, then `lab down {} --purge && lab up {}`",
-            profile.name, profile.name, profile.name
+             made: install dropbear-bin, then `lab down {cli} --purge && lab up {cli}`",
+            profile.name,
+            cli = profile.cli_name()
         )
     } else {
         String::new()
@@ -588,7 +590,7 @@ fn vm_readiness(
                             rec.len() - missing.len(),
                             rec.len(),
                             missing.join(", "),
-                            profile.name
+                            profile.cli_name()
                         ),
                     )
                 });

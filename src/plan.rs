@@ -298,12 +298,13 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
         )),
         Some(n) if !n.subnets.contains(&subnet) => {
             return Err(PlanError(format!(
-                "network {net_name} is on {} but the profile now wants {subnet}: run `lab down {p}` first",
+                "network {net_name} is on {} but the profile now wants {subnet}: run `lab down {cli}` first",
                 n.subnets
                     .iter()
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                cli = profile.cli_name()
             )));
         }
         Some(n) if !n.active => actions.push(act(

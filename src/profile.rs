@@ -38,6 +38,10 @@ pub struct Profile {
     /// Where this profile was read from (not part of the file).
     #[serde(skip)]
     pub source: ProfileSource,
+    /// How it was named on the command line (a name or a path), for the commands lab
+    /// suggests (not part of the file).
+    #[serde(skip)]
+    pub arg: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -319,6 +323,12 @@ impl Profile {
     }
 
     pub fn load_from(arg: &str, dirs: &[PathBuf]) -> anyhow::Result<Profile> {
+        let mut profile = Profile::find(arg, dirs)?;
+        profile.arg = Some(arg.to_string());
+        Ok(profile)
+    }
+
+    fn find(arg: &str, dirs: &[PathBuf]) -> anyhow::Result<Profile> {
         if is_path(arg) {
             let path = PathBuf::from(arg);
             let text = std::fs::read_to_string(&path)
@@ -582,6 +592,12 @@ impl Profile {
         Ok(())
     }
 
+    /// How to name this profile in a command lab suggests (`lab up X`): as it was named on
+    /// the command line, a path included, else by its name; quoted for a shell.
+    pub fn cli_name(&self) -> String {
+        crate::runner::quote(self.arg.as_deref().unwrap_or(&self.name))
+    }
+
     /// "FILE:LINE" of a key path such as `network.subnet` or `vm[1].memory`, for errors
     /// found after parsing (the line of the table when the key is not written).
     pub fn locate(&self, key: &str) -> String {
@@ -805,6 +821,30 @@ mod tests {
             let p = Profile::parse(text, ProfileSource::BuiltIn).unwrap();
             assert_eq!(&p.name, name);
         }
+    }
+
+    #[test]
+    fn suggested_commands_name_the_profile_as_the_command_line_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let profiles = dir.path().join("profiles");
+        std::fs::create_dir(&profiles).unwrap();
+        // The file's name and the profile's name differ: only the file name finds it.
+        std::fs::write(
+            profiles.join("demo.toml"),
+            "name = \"stage\"\n[base]\nkernel = \"host\"\ninitrd = \"busybox\"\n[[vm]]\nname = \"a\"\n",
+        )
+        .unwrap();
+        let by_name = Profile::load_from("demo", std::slice::from_ref(&profiles)).unwrap();
+        assert_eq!(by_name.name, "stage");
+        assert_eq!(by_name.cli_name(), "demo");
+        let spaced = dir.path().join("my labs");
+        std::fs::create_dir(&spaced).unwrap();
+        let path = spaced.join("talk.toml");
+        std::fs::write(&path, "name = \"talk\"\n[base]\nkernel = \"host\"\ninitrd = \"busybox\"\n[[vm]]\nname = \"a\"\n").unwrap();
+        let by_path = Profile::load_from(path.to_str().unwrap(), &[]).unwrap();
+        assert_eq!(by_path.cli_name(), format!("'{}'", path.display()));
+        let built_in = Profile::load_from("smoke", &[]).unwrap();
+        assert_eq!(built_in.cli_name(), "smoke");
     }
 
     #[test]

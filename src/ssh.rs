@@ -115,12 +115,11 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
             }),
             _ => bail!(
                 "lab has no SSH key for {} ({} is missing): its VMs were made without an SSH \
-                 server (dropbear was not installed); install dropbear-bin, then `lab down {} \
-                 --purge && lab up {}`",
+                 server (dropbear was not installed); install dropbear-bin, then `lab down {cli} \
+                 --purge && lab up {cli}`",
                 profile.name,
                 private.display(),
-                profile.name,
-                profile.name
+                cli = profile.cli_name()
             ),
         };
     }

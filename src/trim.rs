@@ -334,10 +334,11 @@ pub fn targets(
                 (!clones.is_empty()).then(|| {
                     format!(
                         "{} clone{} ({}) read from it: a base is trimmed only when no clone \
-                     depends on it (`lab down {p}` removes the clones and keeps the base)",
+                     depends on it (`lab down {cli}` removes the clones and keeps the base)",
                         clones.len(),
                         if clones.len() == 1 { "" } else { "s" },
-                        clones.join(", ")
+                        clones.join(", "),
+                        cli = profile.cli_name()
                     )
                 })
             },
@@ -524,7 +525,9 @@ fn trim_running(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
             "{} is running and cannot be trimmed from inside: {why}. Install and start \
              qemu-guest-agent in the guest, or run `lab trim {} {} --stop` to shut it down, \
              trim it offline and start it again",
-            t.name, env.profile.name, t.name
+            t.name,
+            env.profile.cli_name(),
+            t.name
         ));
         return Ok(());
     }
@@ -1479,15 +1482,16 @@ pub fn runtime_dir() -> PathBuf {
 /// What `lab trim` says when the profile has no image to trim.
 pub fn nothing_to_trim(profile: &Profile, vms: &[String]) -> String {
     let p = &profile.name;
+    let cli = profile.cli_name();
     if vms.is_empty() {
         format!(
             "{p}: nothing to trim: lab owns no VM disk and no base of this profile in {} \
-             (`lab up {p}` makes them)",
+             (`lab up {cli}` makes them)",
             profile.storage.dir.display()
         )
     } else {
         format!(
-            "{p}: nothing to trim: {} {} not up (`lab up {p}`)",
+            "{p}: nothing to trim: {} {} not up (`lab up {cli}`)",
             vms.join(", "),
             if vms.len() == 1 { "is" } else { "are" }
         )

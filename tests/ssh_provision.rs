@@ -127,7 +127,11 @@ fn ssh_and_ready_refuse_what_is_not_there() {
     // Not up: said so, with what to run.
     let (_, err) = lab.run(&["ssh", lab.profile(), "node", "--", "true"], 2);
     assert!(err.contains("not running"), "{err}");
-    assert!(err.contains(&format!("lab up {}", lab.name)), "{err}");
+    // ... as the profile was named: the suggested command runs as it is.
+    assert!(
+        err.contains(&format!("`lab up {}`", lab.profile())),
+        "{err}"
+    );
     // Not ready: exit 3, the VM named with why.
     let report = lab.json(&["ready", lab.profile()], 3);
     assert_eq!(report["ready"], false);
