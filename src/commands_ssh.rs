@@ -129,13 +129,18 @@ fn wait_ssh(t: &Target, deadline: Instant, hint: &str) -> Result<()> {
             .arg("true")
             .timeout(Duration::from_secs(15))
             .run();
-        match tried {
+        let e = match tried {
             Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                bail!("{}: no SSH answer at {} in time: {e}{hint}", t.vm, t.ip)
-            }
-            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            Err(e) => e,
+        };
+        // Waiting longer would only show the same key again.
+        if let Some(refused) = t.host_key_refused(&format!("{e}")) {
+            bail!("{refused}");
         }
+        if Instant::now() >= deadline {
+            bail!("{}: no SSH answer at {} in time: {e}{hint}", t.vm, t.ip);
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -536,11 +541,10 @@ fn vm_readiness(
         .timeout(timeout + Duration::from_secs(5))
         .run();
     if let Err(e) = reach {
-        return vec![finding(
-            "ssh",
-            false,
-            format!("no SSH answer at {}: {e}{hint}", t.ip),
-        )];
+        let detail = t
+            .host_key_refused(&format!("{e}"))
+            .unwrap_or_else(|| format!("no SSH answer at {}: {e}{hint}", t.ip));
+        return vec![finding("ssh", false, detail)];
     }
     let mut out = vec![finding("ssh", true, format!("root@{} answers", t.ip))];
     if spec.nested {

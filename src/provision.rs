@@ -100,7 +100,9 @@ pub struct StepResult {
 }
 
 /// The script a VM's shell runs for a step: skip when recorded, run under `timeout`,
-/// record on success. Everything the step prints goes to stdout.
+/// record on success. The step's writes reach the disk before its record and the record
+/// before lab hears of it, so a VM powered off hard afterwards neither repeats the step
+/// nor skips one that did not last. Everything the step prints goes to stdout.
 pub fn step_script(step: &Step, done_dir: &str) -> String {
     let record = format!("{done_dir}/{}", step.name);
     format!(
@@ -113,7 +115,8 @@ pub fn step_script(step: &Step, done_dir: &str) -> String {
          fi\n\
          rc=$?\n\
          [ $rc -eq 0 ] || exit $rc\n\
-         mkdir -p {done_dir} && echo {digest} >{record}.new && mv {record}.new {record} || exit 125\n",
+         sync\n\
+         mkdir -p {done_dir} && echo {digest} >{record}.new && mv {record}.new {record} && sync || exit 125\n",
         record = quote(&record),
         digest = step.digest,
         secs = step.timeout.as_secs().max(1),

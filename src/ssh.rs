@@ -236,8 +236,30 @@ impl Target {
         cmd.arg(format!("{USER}@{}", self.ip))
     }
 
-    /// The remote command line ssh runs: words quoted for the remote shell.
+    /// What to say when ssh's error output `err` shows it refused the VM's host key
+    /// because it is not the one pinned for this VM; None for any other failure.
+    pub fn host_key_refused(&self, err: &str) -> Option<String> {
+        if !err.contains("Host key verification failed") {
+            return None;
+        }
+        Some(format!(
+            "{vm}: the SSH server at {ip} shows another host key than the one lab pinned for \
+             {vm} in {file}: the VM's disk was changed outside lab, or another machine has its \
+             address. If the VM was made anew on purpose, remove {file} (lab does so itself \
+             whenever it makes a clone: up, reset, down)",
+            vm = self.vm,
+            ip = self.ip,
+            file = self.known_hosts.display()
+        ))
+    }
+
+    /// The remote command line ssh runs. One word is a command line for the remote shell,
+    /// as with ssh (`-- 'dmesg | tail'`); several are a command and its arguments, each
+    /// quoted so it arrives as it was given (`-- cat 'my file'`).
     pub fn remote(words: &[String]) -> String {
+        if let [line] = words {
+            return line.clone();
+        }
         words
             .iter()
             .map(|w| crate::runner::quote(w))
@@ -288,6 +310,14 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let remote = Target::remote(&words);
+        // One word: a command line, as ssh takes it.
+        let line = Target::remote(&["echo a | tr a b; echo $((6 * 7))".to_string()]);
+        let one = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&one.stdout), "b\n42\n");
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&remote)

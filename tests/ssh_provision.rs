@@ -235,6 +235,49 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     let report = lab.json(&["ready", lab.profile()], 0);
     assert_eq!(report["ready"], true, "{report:#}");
 
+    // 4b. The records are on the VM's disk: after a restart nothing runs again.
+    let domain = format!("lab-{}-node", lab.name);
+    let destroyed = Command::new("virsh")
+        .args(["-c", "qemu:///system", "destroy", &domain])
+        .output()
+        .unwrap();
+    assert!(destroyed.status.success(), "{destroyed:?}");
+    let up = lab.json(&["up", lab.profile()], 0);
+    let outcomes: Vec<&str> = up["provision"]["node"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["skipped", "skipped"], "{up:#}");
+
+    // 4c. Another host key than the pinned one: refused at once, the pinned file named.
+    let pinned = std::fs::read_to_string(&known).unwrap();
+    let other = lab.dir.path().join("other-key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    std::fs::write(&known, format!("{domain} {other_pub}")).unwrap();
+    let report = lab.json(&["ready", lab.profile()], 3);
+    let detail = finding(&report, "ssh")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("another host key") && detail.contains(&known.display().to_string()),
+        "{report:#}"
+    );
+    let (_, err) = lab.run(&["up", lab.profile()], 1);
+    assert!(
+        err.contains("node: the SSH server at") && err.contains("another host key"),
+        "{err}"
+    );
+    std::fs::write(&known, pinned).unwrap();
+
     // 5. A step that hangs is killed at its timeout and named.
     lab.write_profile("sleep 600");
     let (_, err) = lab.run(&["up", lab.profile()], 1);

@@ -99,6 +99,11 @@ elif [ -n "$profile" ] && ! grep -qx "profile=$profile" /data/lab-base; then
 elif ! echo "$vm" >/data/lab-vm 2>/tmp/write.err; then
     fail "writing /data/lab-vm: $(oneline /tmp/write.err)"
 else
+    # Provisioning records and SSH host keys live on the disk, as in any installed VM: a
+    # restart keeps them (the pinned host key stays right), a new clone (lab reset) starts
+    # without.
+    mkdir -p /data/lab-steps /var/lib/lab && ln -sfn /data/lab-steps /var/lib/lab/steps
+    mkdir -p -m 700 /data/lab-ssh && rm -rf /etc/dropbear && ln -s /data/lab-ssh /etc/dropbear
     # On the virtual disk (journal included) before lab hears the VM is ready.
     sync
     disk=ok

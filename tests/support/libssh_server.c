@@ -5,12 +5,13 @@
  *
  *   libssh-server [-R] [-s] [-F] [-E] [-P PIDFILE] [-p PORT] [-A AUTHORIZED_KEYS]
  *
- * -R and -s are dropbear's "make host keys" and "no password logins": this server
- * always makes a fresh Ed25519 host key at start and only ever accepts the public keys in
- * /root/.ssh/authorized_keys. -F stays in the foreground, -E is accepted (it logs to
- * stderr anyway); -A names another authorized_keys file. Each connection is served by a child process: public-key
- * authentication, then session channels whose "exec" (or "shell") runs through
- * /bin/sh -c with stdin, stdout, stderr and the exit status carried over the channel.
+ * -R and -s are dropbear's "make host keys when missing" and "no password logins": this
+ * server makes an Ed25519 host key in /etc/dropbear/ when there is none, and only ever
+ * accepts the public keys in /root/.ssh/authorized_keys. -F stays in the foreground, -E
+ * is accepted (it logs to stderr anyway); -A names another authorized_keys file. Each
+ * connection is served by a child process: public-key authentication, then session
+ * channels whose "exec" (or "shell") runs through /bin/sh -c with stdin, stdout, stderr
+ * and the exit status carried over the channel.
  * A terminal, when the client asks for one, is a pseudo-terminal (forkpty).
  *
  * The libssh development headers are not on every host, so the few declarations this
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -101,7 +103,7 @@ enum { AUTH_METHOD_PUBLICKEY = 0x0004 };
 enum { PUBLICKEY_STATE_NONE = 0, PUBLICKEY_STATE_VALID = 1 };
 enum { KEYCMP_PUBLIC = 0 };
 
-#define HOST_KEY "/run/libssh-server-host-key"
+#define HOST_KEY "/etc/dropbear/libssh_host_ed25519_key"
 static const char *authorized_keys = "/root/.ssh/authorized_keys";
 
 static void die(const char *what, const char *why)
@@ -406,11 +408,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (ssh_pki_generate(ssh_key_type_from_name("ssh-ed25519"), 0, &host) != SSH_OK)
-        die("making the host key", "ssh_pki_generate failed");
-    unlink(HOST_KEY);
-    if (ssh_pki_export_privkey_file(host, NULL, NULL, NULL, HOST_KEY) != SSH_OK)
-        die("writing the host key", HOST_KEY);
+    /* The host key is made once, where dropbear keeps its own: a restarted VM shows the
+     * same one. */
+    if (access(HOST_KEY, R_OK) != 0) {
+        mode_t old = umask(077);
+        if (ssh_pki_generate(ssh_key_type_from_name("ssh-ed25519"), 0, &host) != SSH_OK)
+            die("making the host key", "ssh_pki_generate failed");
+        if (ssh_pki_export_privkey_file(host, NULL, NULL, NULL, HOST_KEY) != SSH_OK)
+            die("writing the host key", HOST_KEY);
+        umask(old);
+        /* On the disk now: a VM powered off hard keeps the key its clients pinned. */
+        sync();
+    }
     bind = ssh_bind_new();
     if (ssh_bind_options_set(bind, BIND_HOSTKEY, HOST_KEY) != SSH_OK
         || ssh_bind_options_set(bind, BIND_BINDPORT, &port) != SSH_OK)
