@@ -34,6 +34,8 @@ pub const MODULE_LIST: &str = "/etc/lab/modules";
 
 /// The file in the initramfs that names the SSH server `/init` starts.
 pub const SSH_SERVER_FILE: &str = "/etc/lab/ssh-server";
+/// The file in the initramfs that names the guest agent `/init` starts.
+pub const GUEST_AGENT_FILE: &str = "/etc/lab/guest-agent";
 
 /// The kernel command line every smoke VM gets; [`vm_cmdline`] appends its own words.
 /// The serial console carries the ready line; `quiet` keeps kernel chatter off it.
@@ -201,11 +203,17 @@ pub fn host_busybox() -> Result<PathBuf> {
         .context("busybox is not installed: install busybox-static (Fedora: busybox)")
 }
 
-/// The qemu guest agent lab puts into the initramfs (package qemu-guest-agent), when the
-/// host has it: `lab trim` asks it to fstrim a running smoke VM. Without it the smoke VMs
-/// still boot; they are then trimmed only while stopped.
-pub fn host_qemu_ga() -> Option<PathBuf> {
-    find_program("qemu-ga")
+/// The environment variable that names another guest agent for the smoke VMs than the
+/// host's qemu-ga: an absolute path to a program that takes qemu-ga's options
+/// (`--daemonize -m virtio-serial -p PORT -f PIDFILE -t DIR -l LOG`).
+pub const GUEST_AGENT_ENV: &str = "LAB_SMOKE_GUEST_AGENT";
+
+/// The guest agent lab puts into the initramfs, when the host has one: the program named
+/// by `LAB_SMOKE_GUEST_AGENT`, else qemu-ga (package qemu-guest-agent). `lab trim` asks it
+/// to fstrim a running smoke VM. Without one the smoke VMs still boot; they are then
+/// trimmed only while stopped.
+pub fn host_qemu_ga() -> Result<Option<PathBuf>> {
+    program_from_env(GUEST_AGENT_ENV, "qemu-ga")
 }
 
 /// The environment variable that names another SSH server for the smoke VMs than the
@@ -217,18 +225,24 @@ pub const SSH_SERVER_ENV: &str = "LAB_SMOKE_SSH_SERVER";
 /// by `LAB_SMOKE_SSH_SERVER`, else dropbear (package dropbear-bin). `lab ssh`,
 /// provisioning steps and `lab ready` log in with it.
 pub fn host_ssh_server() -> Result<Option<PathBuf>> {
-    match std::env::var_os(SSH_SERVER_ENV) {
+    program_from_env(SSH_SERVER_ENV, "dropbear")
+}
+
+/// The program the environment variable `var` names (an absolute path, or an error), else
+/// the host's `default` when it has one.
+fn program_from_env(var: &str, default: &str) -> Result<Option<PathBuf>> {
+    match std::env::var_os(var) {
         Some(value) if !value.is_empty() => {
             let path = PathBuf::from(value);
             if !path.is_absolute() || !path.is_file() {
                 bail!(
-                    "{SSH_SERVER_ENV}={}: not an absolute path to a program",
+                    "{var}={}: not an absolute path to a program",
                     path.display()
                 );
             }
             Ok(Some(path))
         }
-        _ => Ok(find_program("dropbear")),
+        _ => Ok(find_program(default)),
     }
 }
 
@@ -244,6 +258,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 /// it: the qemu guest agent, an SSH server, and the public key root logs in with.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Extras<'a> {
+    /// Started by `/init` with qemu-ga's options on the agent's virtio serial port.
     pub qemu_ga: Option<&'a Path>,
     /// Started by `/init` with dropbear's options: `-R -s -P /run/sshd.pid`.
     pub ssh_server: Option<&'a Path>,
@@ -275,9 +290,12 @@ pub fn build_initramfs(
         .file("/etc/shells", "/bin/sh\n", 0o644)
         .dir("/root", 0o700)
         .dir("/etc/dropbear", 0o700);
+    // /init starts the programs named here.
     if let Some(server) = extras.ssh_server {
-        // /init starts the program named here.
         ramfs.file(SSH_SERVER_FILE, format!("{}\n", server.display()), 0o644);
+    }
+    if let Some(agent) = extras.qemu_ga {
+        ramfs.file(GUEST_AGENT_FILE, format!("{}\n", agent.display()), 0o644);
     }
     if let Some(key) = extras.authorized_key {
         ramfs.dir("/root/.ssh", 0o700).file(
@@ -354,11 +372,12 @@ pub fn digest_path(file: &Path) -> PathBuf {
 }
 
 /// Check what the boot files are made of (the host's kernel and modules, busybox, and the
-/// SSH server when one is named), without making anything.
+/// SSH server and guest agent when they are named), without making anything.
 pub fn preflight() -> Result<()> {
     host_kernel()?;
     host_busybox()?;
     host_ssh_server()?;
+    host_qemu_ga()?;
     Ok(())
 }
 
@@ -373,7 +392,7 @@ pub fn preflight() -> Result<()> {
 pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
     let (kernel, modules) = host_kernel()?;
     let busybox = host_busybox()?;
-    let qemu_ga = host_qemu_ga();
+    let qemu_ga = host_qemu_ga()?;
     let ssh_server = host_ssh_server()?;
     let key = match &ssh_server {
         Some(_) => Some(crate::ssh::lab_key(dir, profile)?.public_line),
@@ -448,7 +467,8 @@ pub fn prepare_boot_files_from(
     if extras.qemu_ga.is_none() {
         ui::warn(format_args!(
             "qemu-ga is not installed: the {profile} VMs get no guest agent, so `lab trim` \
-             trims them only while they are stopped (install qemu-guest-agent)"
+             trims them only while they are stopped (install qemu-guest-agent, or name \
+             another agent in {GUEST_AGENT_ENV})"
         ));
     }
     if extras.ssh_server.is_none() {
@@ -1315,6 +1335,9 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         };
         let ramfs = build_initramfs(&modules, &busybox, &with_agent).unwrap();
         assert!(ramfs.contains(&agent));
+        // /init starts it from where it was on the host.
+        let (named, _) = ramfs.file_entry(GUEST_AGENT_FILE).unwrap();
+        assert_eq!(named, format!("{}\n", agent.display()).as_bytes());
         for lib in &libs {
             assert!(ramfs.contains(lib), "{lib}");
         }

@@ -9,7 +9,7 @@
 //! unknown VM, a lab that is not up) need only libvirtd.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -31,34 +31,6 @@ fn profile_text(name: &str, images: &Path, broken: &str) -> String {
          [[provision]]\nname = \"broken\"\nrun = \"echo failing-now; {broken}\"\nrole = \"web\"\ntimeout = 20\n",
         images.display()
     )
-}
-
-/// The SSH server for the smoke VMs: none to give when the host has dropbear (lab takes
-/// it), else `libssh_server.c` built into `dir`.
-fn ssh_server(dir: &Path) -> Option<PathBuf> {
-    let has_dropbear = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join("dropbear").is_file());
-    if has_dropbear {
-        return None;
-    }
-    let program = dir.join("libssh-server");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/libssh_server.c");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&program)
-        .arg(&source)
-        .arg("-l:libssh.so.4")
-        .output()
-        .expect("cc (gcc) is installed");
-    assert!(
-        out.status.success(),
-        "neither dropbear (dropbear-bin) nor libssh (libssh-4) for the smoke VMs' SSH server: \
-         building {} failed:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(program)
 }
 
 /// `lab ssh PROFILE VM` with no command, as a person runs it: on a terminal (`script`
@@ -170,7 +142,14 @@ fn ssh_and_ready_refuse_what_is_not_there() {
 #[test]
 fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     let mut lab = new_lab("sp");
-    if let Some(server) = ssh_server(lab.dir.path()) {
+    // Without dropbear on the host, an SSH server on Debian's libssh (libssh-4).
+    let server = lab_cli::host_has_or_build(
+        "dropbear",
+        "libssh_server.c",
+        &["-l:libssh.so.4"],
+        lab.dir.path(),
+    );
+    if let Some(server) = server {
         lab.env.push((
             "LAB_SMOKE_SSH_SERVER".into(),
             server.to_string_lossy().into_owned(),

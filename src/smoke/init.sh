@@ -109,8 +109,9 @@ else
     disk=ok
 fi
 
-# The qemu guest agent (`lab trim` asks it to fstrim /data) on the virtio serial port
-# libvirt named org.qemu.guest_agent.0. There is no udev to make the
+# The guest agent lab named in /etc/lab/guest-agent (qemu-ga, or a program with its
+# options; `lab trim` asks it to fstrim /data) on the virtio serial port libvirt named
+# org.qemu.guest_agent.0. There is no udev to make the
 # /dev/virtio-ports/NAME link: the port's name is read from sysfs.
 agent_port() {
     for name in /sys/class/virtio-ports/*/name; do
@@ -123,7 +124,8 @@ agent_port() {
     done
 }
 
-if command -v qemu-ga >/dev/null; then
+agent=$(cat /etc/lab/guest-agent 2>/dev/null)
+if [ -n "$agent" ]; then
     n=0
     port=$(agent_port)
     while { [ -z "$port" ] || [ ! -e "$port" ]; } && [ "$n" -lt 50 ]; do
@@ -133,9 +135,9 @@ if command -v qemu-ga >/dev/null; then
     done
     if [ -z "$port" ] || [ ! -e "$port" ]; then
         fail "no guest agent port: no virtio serial port named org.qemu.guest_agent.0"
-    elif ! qemu-ga --daemonize -m virtio-serial -p "$port" -f /run/qemu-ga.pid \
+    elif ! "$agent" --daemonize -m virtio-serial -p "$port" -f /run/qemu-ga.pid \
             -t /run -l /run/qemu-ga.log 2>/tmp/qemu-ga.err; then
-        fail "qemu-ga on $port: $(oneline /tmp/qemu-ga.err)"
+        fail "$agent on $port: $(oneline /tmp/qemu-ga.err)"
     fi
 fi
 

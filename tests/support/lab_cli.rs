@@ -5,12 +5,42 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
+
+/// A program for the smoke VMs that the host may lack: None when the host has `name` (lab
+/// takes it), else `tests/support/SOURCE` built into `dir` with `cc` (and `libs`), for the
+/// test to name in lab's environment variable for it.
+pub fn host_has_or_build(name: &str, source: &str, libs: &[&str], dir: &Path) -> Option<PathBuf> {
+    let on_host = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(name).is_file());
+    if on_host {
+        return None;
+    }
+    let program = dir.join(source.trim_end_matches(".c"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(source);
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .args(libs)
+        .output()
+        .expect("cc (gcc) is installed");
+    assert!(
+        out.status.success(),
+        "the host has no {name}, and building {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(program)
+}
 
 pub struct Lab {
     pub dir: tempfile::TempDir,
