@@ -114,9 +114,10 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
                 from: format!("lab's key for {}", profile.name),
             }),
             _ => bail!(
-                "lab has no SSH key for {} ({} is missing): its VMs were made without an SSH \
-                 server (dropbear was not installed); install dropbear-bin, then `lab down {cli} \
-                 --purge && lab up {cli}`",
+                "lab has no SSH key for {} ({} is missing): the VMs were made without an SSH \
+                 server (no dropbear on the host then), or the key was removed since; \
+                 `lab reset {cli}` makes them anew with a new key (install dropbear-bin first \
+                 where it is missing)",
                 profile.name,
                 private.display(),
                 cli = profile.cli_name()

@@ -265,9 +265,30 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
         "{err}"
     );
 
-    // 6. Reset: a new disk, a new host key, and lab ssh still gets in.
+    // 6. lab's key removed: said so, with the way back, which works: reset makes the VM
+    //    anew, with a new disk, a new host key and a new key, and lab ssh gets in.
+    let key = lab.images().join(format!("lab-{}-ssh-key", lab.name));
+    std::fs::remove_file(&key).unwrap();
+    let (_, err) = lab.run(&["ssh", lab.profile(), "node", "--", "true"], 1);
+    assert!(
+        err.contains("lab has no SSH key") && err.contains(&key.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("`lab reset {}`", lab.profile())),
+        "{err}"
+    );
+    let report = lab.json(&["ready", lab.profile()], 3);
+    assert!(
+        finding(&report, "ssh")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lab has no SSH key"),
+        "{report:#}"
+    );
     lab.write_profile("true");
     lab.run(&["reset", lab.profile(), "node"], 0);
+    assert!(key.is_file(), "lab reset made no new key");
     assert!(!known.exists(), "the old host key survived the reset");
     let (out, _) = lab.run(&["ssh", lab.profile(), "node", "--", "echo", "again"], 0);
     assert_eq!(out.trim(), "again");
