@@ -353,8 +353,23 @@ fn bring_up(
         }
         done(a);
     }
+    reattach_interfaces(env, vm)?;
     bar.set_message("waiting until ready");
     ready_state(env, vm, boot.is_some(), timings)
+}
+
+/// A running VM whose network was stopped and started again under it is off the new
+/// bridge, cut off: its interfaces are put back, and that is said.
+fn reattach_interfaces(env: &Env<'_>, vm: &VmPlan) -> Result<()> {
+    for (tap, bridge) in env.lv.detached_interfaces(&vm.domain) {
+        env.lv.reattach(&tap, &bridge)?;
+        ui::warn(format_args!(
+            "{}: its interface {tap} was off bridge {bridge} (the network was restarted \
+             under the running VM): put back",
+            vm.name
+        ));
+    }
+    Ok(())
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.

@@ -35,7 +35,7 @@ pub fn target(lv: &Libvirt, profile: &Profile, vm: &str, key: &Key) -> Result<Ta
 }
 
 /// The domain and address of VM `vm`; an error when the profile has no such VM, it is not
-/// running, or it has no lease yet.
+/// running, it is cut off from its network, or it has no lease yet.
 pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, String)> {
     let p = &profile.name;
     let instances: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
@@ -51,6 +51,12 @@ pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, Stri
         bail!(usage(format!(
             "{vm} of {p} is not running (domain {domain}): `lab up {cli}` first"
         )));
+    }
+    if let Some((tap, bridge)) = lv.detached_interfaces(&domain).into_iter().next() {
+        bail!(
+            "{vm} of {p} is cut off: its interface {tap} is off bridge {bridge} (the network \
+             was restarted under the running VM); `lab up {cli}` puts it back"
+        );
     }
     let mac = names::mac(p, vm);
     let Some(ip) = lv.lease(&domain, &mac) else {

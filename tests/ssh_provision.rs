@@ -257,6 +257,34 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     );
     std::fs::write(&known, pinned).unwrap();
 
+    // 4d. The network stopped and started again under the running VM: its tap is off the
+    //     new bridge. Said so; lab up puts it back, and it answers again.
+    let network = format!("lab-{}", lab.name);
+    for op in ["net-destroy", "net-start"] {
+        let out = Command::new("virsh")
+            .args(["-c", "qemu:///system", op, &network])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{op}: {out:?}");
+    }
+    let (_, err) = lab.run(&["ssh", lab.profile(), "node", "--", "true"], 1);
+    assert!(
+        err.contains("node of") && err.contains("is cut off"),
+        "{err}"
+    );
+    let report = lab.json(&["ready", lab.profile()], 3);
+    assert!(
+        finding(&report, "ssh")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("off bridge {network}")),
+        "{report:#}"
+    );
+    let (_, err) = lab.run(&["up", lab.profile()], 0);
+    assert!(err.contains("put back"), "{err}");
+    let (out, _) = lab.run(&["ssh", lab.profile(), "node", "--", "echo", "reached"], 0);
+    assert_eq!(out.trim(), "reached");
+
     // 5. A step that hangs is killed at its timeout and named.
     lab.write_profile("sleep 600");
     let (_, err) = lab.run(&["up", lab.profile()], 1);

@@ -4,6 +4,7 @@ pub mod installer;
 pub mod xml;
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
@@ -279,6 +280,39 @@ impl Libvirt {
             .find_map(|a| a.addr.parse().ok())
     }
 
+    /// The interfaces of running domain `name` that are off the bridge libvirt put them
+    /// on, as (tap, bridge): a network stopped and started again under a running domain
+    /// comes back as a new bridge without the domain's tap, and the VM is cut off while
+    /// libvirt still shows it attached.
+    pub fn detached_interfaces(&self, name: &str) -> Vec<(String, String)> {
+        let Some(xml) = self
+            .conn
+            .lookup_domain_by_name(name)
+            .ok()
+            .filter(|d| d.is_active().unwrap_or(false))
+            .and_then(|d| d.xml_desc(0).ok())
+        else {
+            return Vec::new();
+        };
+        interface_links(&xml)
+            .into_iter()
+            .filter(|(tap, bridge)| {
+                let dev = Path::new("/sys/class/net").join(tap);
+                let master = std::fs::read_link(dev.join("master")).ok();
+                dev.exists() && master.as_deref().and_then(Path::file_name) != Some(bridge.as_ref())
+            })
+            .collect()
+    }
+
+    /// Put a domain's tap back on its bridge, as libvirt does when it starts the domain.
+    pub fn reattach(&self, tap: &str, bridge: &str) -> Result<()> {
+        crate::runner::Cmd::new("ip")
+            .args(["link", "set", "dev", tap, "master", bridge])
+            .run()
+            .with_context(|| format!("putting interface {tap} back on bridge {bridge}"))?;
+        Ok(())
+    }
+
     /// The disk sources of one domain (its own disk first, then backing files).
     pub fn domain_disks(&self, name: &str) -> Vec<String> {
         self.conn
@@ -515,9 +549,75 @@ pub fn disk_sources(xml: &str) -> Vec<String> {
     out
 }
 
+/// (tap, bridge) of each interface in a live domain XML that names both.
+pub fn interface_links(xml: &str) -> Vec<(String, String)> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = Vec::new();
+    let mut depth_in_interface: Option<usize> = None;
+    let mut depth = 0usize;
+    let (mut tap, mut bridge) = (None, None);
+    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
+        e.attributes().flatten().find_map(|a| {
+            (a.key.local_name().into_inner() == name)
+                .then(|| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok())
+                .flatten()
+                .map(|v| v.into_owned())
+        })
+    };
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                if e.local_name().into_inner() == "interface" {
+                    depth_in_interface = Some(depth);
+                    (tap, bridge) = (None, None);
+                }
+            }
+            Ok(Event::Empty(e)) if depth_in_interface == Some(depth) => {
+                match e.local_name().into_inner() {
+                    "target" => tap = attr(&e, "dev"),
+                    "source" => bridge = attr(&e, "bridge"),
+                    _ => {}
+                }
+            }
+            Ok(Event::End(e)) => {
+                if e.local_name().into_inner() == "interface" && depth_in_interface == Some(depth) {
+                    if let (Some(t), Some(b)) = (tap.take(), bridge.take()) {
+                        out.push((t, b));
+                    }
+                    depth_in_interface = None;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_links_are_the_taps_and_their_bridges() {
+        let xml = "<domain><devices>
+  <disk type='file' device='disk'><source file='/img/vm.qcow2'/><target dev='vda'/></disk>
+  <interface type='network'>
+    <mac address='52:54:00:52:ef:39'/>
+    <source network='lab-mt' portid='0f' bridge='lab-mt'/>
+    <target dev='vnet46'/>
+    <model type='virtio'/>
+  </interface>
+  <interface type='network'><source network='lab-x'/></interface>
+</devices></domain>";
+        assert_eq!(
+            interface_links(xml),
+            [("vnet46".to_string(), "lab-mt".to_string())]
+        );
+    }
 
     #[test]
     fn network_xml_gives_name_bridge_and_subnets() {
