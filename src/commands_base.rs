@@ -171,8 +171,30 @@ struct BaseEntry {
     /// Older builds kept because clones still use them.
     old_generations: usize,
     record: Option<BuildRecord>,
-    /// "current", "out of date: ...", or "unknown" (no record or no profile to compare).
+    /// When it was built (seconds since the epoch): its build record, else the image's
+    /// modification time.
+    built_at: Option<u64>,
+    /// "current", "out of date: ...", or "unknown" (no record or no profile to compare);
+    /// a current base older than [`STALE_DAYS`] says so ("update the base regularly").
     status: String,
+}
+
+/// A base older than this many days is due for a rebuild that patches it.
+const STALE_DAYS: u64 = 30;
+
+/// How long ago `then` (seconds since the epoch) was, in days, as people say it.
+fn days_ago(then: u64, now: u64) -> String {
+    match now.saturating_sub(then) / 86_400 {
+        0 => "today".into(),
+        1 => "1 day ago".into(),
+        n => format!("{n} days ago"),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
@@ -219,12 +241,13 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
         return Ok(exit::OK);
     }
     let mut t = Table::new([
-        "profile", "state", "size", "on disk", "clones", "status", "image",
+        "profile", "state", "size", "on disk", "clones", "built", "status", "image",
     ]);
+    let now = now_secs();
     for e in &entries {
         let status_style = if e.status == "current" {
             Style::Green
-        } else if e.status.starts_with("out of date") {
+        } else if e.status.starts_with("out of date") || e.status.starts_with("current, but") {
             Style::Yellow
         } else {
             Style::Plain
@@ -254,6 +277,10 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
                 } else {
                     e.clones.to_string()
                 },
+                Style::Plain,
+            ),
+            (
+                e.built_at.map_or("-".into(), |b| days_ago(b, now)),
                 Style::Plain,
             ),
             (e.status.clone(), status_style),
@@ -348,11 +375,22 @@ fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>) -> B
         .ok()
         .flatten()
         .and_then(|t| serde_json::from_str(&t).ok());
+    let built_at = record
+        .as_ref()
+        .map(|r| r.built_at)
+        .filter(|&b| b > 0)
+        .or_else(|| {
+            std::fs::metadata(&image)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        });
     let status = match (profile, &record, sealed) {
         (_, _, false) => "unfinished: `lab base build` builds it again".to_string(),
         (Some(p), Some(_), true) if p.base.kickstart.is_some() => {
             match kickstart::build::rebuild_reason(p, &storage) {
-                Ok(None) => "current".into(),
+                Ok(None) => stale_status(built_at, now_secs(), &p.cli_name()),
                 Ok(Some(why)) => format!("out of date: {why}"),
                 Err(e) => format!("unknown: {e:#}"),
             }
@@ -371,6 +409,40 @@ fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>) -> B
         clones,
         old_generations,
         record,
+        built_at,
         status,
+    }
+}
+
+/// "current", or for a base built more than [`STALE_DAYS`] ago, how to patch it.
+fn stale_status(built_at: Option<u64>, now: u64, cli: &str) -> String {
+    match built_at {
+        Some(b) if now.saturating_sub(b) / 86_400 > STALE_DAYS => format!(
+            "current, but built {}: `lab base build {cli} --force` patches it",
+            days_ago(b, now)
+        ),
+        _ => "current".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_is_due_for_patching_after_thirty_days() {
+        let day = 86_400;
+        let now = 1_800_000_000;
+        assert_eq!(days_ago(now - 3600, now), "today");
+        assert_eq!(days_ago(now - day, now), "1 day ago");
+        assert_eq!(days_ago(now - 12 * day - 5, now), "12 days ago");
+        // A clock that went back is not a negative age.
+        assert_eq!(days_ago(now + day, now), "today");
+        assert_eq!(stale_status(Some(now - 30 * day), now, "demo"), "current");
+        assert_eq!(stale_status(None, now, "demo"), "current");
+        assert_eq!(
+            stale_status(Some(now - 31 * day), now, "./demo.toml"),
+            "current, but built 31 days ago: `lab base build ./demo.toml --force` patches it"
+        );
     }
 }

@@ -474,6 +474,28 @@ fn a_base_is_built_from_a_local_tree_sealed_and_cloned() {
     let listed = case.lab_json(&["base", "list", &file]);
     assert_eq!(listed[0]["old_generations"], 1, "{listed:#}");
     assert_eq!(listed[0]["status"], "current", "{listed:#}");
+    let built_at = listed[0]["built_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now - built_at < 3600, "{listed:#}");
+    let (table, _) = case.lab(&["base", "list", &file], 0);
+    assert!(table.contains("today"), "{table}");
+    // Built 45 days ago (as its record says): still current, but due for the rebuild that
+    // patches it ("update the base regularly").
+    let record_file = PathBuf::from(format!("{}.build", new_image.display()));
+    let recorded = fs::read_to_string(&record_file).unwrap();
+    let mut aged: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    aged["built_at"] = (built_at - 45 * 86_400).into();
+    fs::write(&record_file, aged.to_string()).unwrap();
+    let listed = case.lab_json(&["base", "list", &file]);
+    assert_eq!(
+        listed[0]["status"],
+        format!("current, but built 45 days ago: `lab base build {file} --force` patches it"),
+        "{listed:#}"
+    );
+    fs::write(&record_file, recorded).unwrap();
 
     // The base is not removed while a clone uses it; once the clone is gone, the old base
     // goes with it, and `lab base rm` leaves nothing.
