@@ -115,13 +115,26 @@ pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
         .status()
         .context("starting ssh (install openssh-client)")?;
     match status.code() {
-        Some(255) => bail!(
-            "could not reach {} of {} over SSH at {} (ssh exit status 255){}",
-            t.vm,
-            profile.name,
-            t.ip,
-            unreachable_hint(&profile)
-        ),
+        // ssh's own failures and a remote command's 255 look alike: a second, quiet
+        // connection tells them apart, and says why ssh failed when it did.
+        Some(255) => match t
+            .command(true, CONNECT)
+            .arg("true")
+            .timeout(CONNECT + Duration::from_secs(5))
+            .run()
+        {
+            Ok(_) => Ok(255),
+            Err(e) => match t.host_key_refused(&format!("{e}")) {
+                Some(refused) => bail!("{refused}"),
+                None => bail!(
+                    "could not reach {} of {} over SSH at {} (ssh exit status 255){}",
+                    t.vm,
+                    profile.name,
+                    t.ip,
+                    unreachable_hint(&profile)
+                ),
+            },
+        },
         Some(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
         None => bail!("ssh to {} was killed by a signal", t.vm),
     }

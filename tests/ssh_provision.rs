@@ -174,6 +174,9 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
         &["ssh", lab.profile(), "node", "--", "sh", "-c", "exit 3"],
         3,
     );
+    // 255 is also ssh's own failure: a command's 255 still comes back as 255.
+    let (_, err) = lab.run(&["ssh", lab.profile(), "node", "--", "exit 255"], 255);
+    assert!(!err.contains("could not reach"), "{err}");
     let known = lab
         .images()
         .join(format!("lab-{}-node.known_hosts", lab.name));
@@ -255,6 +258,8 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
         err.contains("node: the SSH server at") && err.contains("another host key"),
         "{err}"
     );
+    let (_, err) = lab.run(&["ssh", lab.profile(), "node", "--", "true"], 1);
+    assert!(err.contains("another host key"), "{err}");
     std::fs::write(&known, pinned).unwrap();
 
     // 4d. The network stopped and started again under the running VM: its tap is off the
