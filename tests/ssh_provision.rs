@@ -87,6 +87,11 @@ fn finding<'a>(report: &'a Value, check: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {check} finding in {report:#}"))
 }
 
+/// What the `check` finding of `lab ready`'s report says.
+fn detail<'a>(report: &'a Value, check: &str) -> &'a str {
+    finding(report, check)["detail"].as_str().unwrap()
+}
+
 #[test]
 fn ssh_and_ready_refuse_what_is_not_there() {
     let lab = new_lab("sr");
@@ -245,12 +250,9 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
     std::fs::write(&known, format!("{domain} {other_pub}")).unwrap();
     let report = lab.json(&["ready", lab.profile()], 3);
-    let detail = finding(&report, "ssh")["detail"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let said = detail(&report, "ssh");
     assert!(
-        detail.contains("another host key") && detail.contains(&known.display().to_string()),
+        said.contains("another host key") && said.contains(&known.display().to_string()),
         "{report:#}"
     );
     let (_, err) = lab.run(&["up", lab.profile()], 1);
@@ -279,10 +281,7 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     );
     let report = lab.json(&["ready", lab.profile()], 3);
     assert!(
-        finding(&report, "ssh")["detail"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("off bridge {network}")),
+        detail(&report, "ssh").contains(&format!("off bridge {network}")),
         "{report:#}"
     );
     let (_, err) = lab.run(&["up", lab.profile()], 0);
@@ -313,10 +312,7 @@ fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     );
     let report = lab.json(&["ready", lab.profile()], 3);
     assert!(
-        finding(&report, "ssh")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("lab has no SSH key"),
+        detail(&report, "ssh").contains("lab has no SSH key"),
         "{report:#}"
     );
     lab.write_profile("true");
