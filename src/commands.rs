@@ -120,6 +120,18 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
             Err(e) => ui::debug(format_args!("LVs of {vg} not read: {e:#}")),
         }
     }
+    // A kickstart base is rebuilt when what it was built from changed (never needing the
+    // network to tell). Kickstart bases are qcow2 images beside the profile's images.
+    if profile.base.kickstart.is_some() {
+        let storage = Qcow2Storage::new(&profile.storage.dir);
+        if storage.base(&profile.name)?.is_some() {
+            match crate::kickstart::build::rebuild_reason(profile, &storage) {
+                Ok(why) => observed.base_out_of_date = why,
+                // The build says why, if it comes to one.
+                Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
+            }
+        }
+    }
     Ok(observed)
 }
 
@@ -173,7 +185,11 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     };
     let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&sysroot, &profile);
-    let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
+    let mut plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
+    if observed.base_out_of_date.is_none() {
+        plan.warnings
+            .extend(crate::commands_base::stale_base_warning(&profile));
+    }
     let planned = started.elapsed();
     if args.dry_run {
         if global.json {

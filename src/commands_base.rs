@@ -414,15 +414,38 @@ fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>) -> B
     }
 }
 
+/// How long ago a base built at `built_at` was built, when that is more than
+/// [`STALE_DAYS`] ago.
+fn stale_since(built_at: Option<u64>, now: u64) -> Option<String> {
+    built_at
+        .filter(|&b| now.saturating_sub(b) / 86_400 > STALE_DAYS)
+        .map(|b| days_ago(b, now))
+}
+
 /// "current", or for a base built more than [`STALE_DAYS`] ago, how to patch it.
 fn stale_status(built_at: Option<u64>, now: u64, cli: &str) -> String {
-    match built_at {
-        Some(b) if now.saturating_sub(b) / 86_400 > STALE_DAYS => format!(
-            "current, but built {}: `lab base build {cli} --force` patches it",
-            days_ago(b, now)
-        ),
-        _ => "current".into(),
+    match stale_since(built_at, now) {
+        Some(ago) => format!("current, but built {ago}: `lab base build {cli} --force` patches it"),
+        None => "current".into(),
     }
+}
+
+/// For `lab up`: a warning when the profile's kickstart base was built more than
+/// [`STALE_DAYS`] ago ("update the base regularly").
+pub fn stale_base_warning(profile: &Profile) -> Option<String> {
+    profile.base.kickstart.as_ref()?;
+    let record: BuildRecord = Qcow2Storage::new(&profile.storage.dir)
+        .base_record(&profile.name)
+        .ok()
+        .flatten()
+        .and_then(|t| serde_json::from_str(&t).ok())?;
+    let ago = stale_since(Some(record.built_at).filter(|&b| b > 0), now_secs())?;
+    Some(format!(
+        "the base of {} was built {ago}: `lab base build {} --force` patches it (VMs made \
+         before keep the old base until `lab reset`)",
+        profile.name,
+        profile.cli_name()
+    ))
 }
 
 #[cfg(test)]

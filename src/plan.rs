@@ -410,7 +410,21 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
             storage.location
         )));
     }
-    if has_volume(&base_name, VolumeRole::Base) {
+    if let (true, Some(why)) = (
+        has_volume(&base_name, VolumeRole::Base),
+        &observed.base_out_of_date,
+    ) {
+        actions.push(act(
+            Op::Build,
+            Object::Base,
+            &base_name,
+            None,
+            format!(
+                "out of date ({why}): {}; VMs made before keep the old base until `lab reset`",
+                base_source(profile)
+            ),
+        ));
+    } else if has_volume(&base_name, VolumeRole::Base) {
         unchanged.push(act(
             Op::Keep,
             Object::Base,

@@ -123,6 +123,10 @@ pub struct Observed {
     pub domains: Vec<ObservedDomain>,
     pub networks: Vec<ObservedNetwork>,
     pub volumes: Vec<ObservedVolume>,
+    /// Why the profile's sealed kickstart base no longer matches what the profile would
+    /// build (the rendered kickstart, the install source or the disk size changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_out_of_date: Option<String>,
 }
 
 impl Observed {

@@ -447,6 +447,20 @@ fn a_base_is_built_from_a_local_tree_sealed_and_cloned() {
         listed[0]["status"], "out of date: the rendered kickstart changed",
         "{listed:#}"
     );
+    // lab up would build it again, and says why.
+    let plan = case.lab_json(&["up", &file, "--dry-run"]);
+    let builds: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["op"] == "build" && a["object"] == "base")
+        .map(|a| a["why"].as_str().unwrap())
+        .collect();
+    assert_eq!(builds.len(), 1, "{plan:#}");
+    assert!(
+        builds[0].starts_with("out of date (the rendered kickstart changed)"),
+        "{plan:#}"
+    );
     let t = Instant::now();
     let rebuilt = case.lab_json(&["base", "build", &file]);
     eprintln!(
@@ -495,6 +509,13 @@ fn a_base_is_built_from_a_local_tree_sealed_and_cloned() {
         format!("current, but built 45 days ago: `lab base build {file} --force` patches it"),
         "{listed:#}"
     );
+    let plan = case.lab_json(&["up", &file, "--dry-run"]);
+    let warned = plan["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("was built 45 days ago"));
+    assert!(warned, "{plan:#}");
     fs::write(&record_file, recorded).unwrap();
 
     // The base is not removed while a clone uses it; once the clone is gone, the old base

@@ -45,6 +45,7 @@ fn fresh_host() -> (HostFacts, Observed) {
             active: true,
         }],
         volumes: vec![],
+        base_out_of_date: None,
     };
     (host, observed)
 }
@@ -297,6 +298,24 @@ fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
     let plan = plan::plan(&p, &host, &up).unwrap();
     let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)]);
+}
+
+#[test]
+fn a_kickstart_base_whose_inputs_changed_is_built_again_and_clones_are_kept() {
+    let p = profile("packstack-aio");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    up.base_out_of_date = Some("the rendered kickstart changed".into());
+    let plan = plan::plan(&p, &host, &up).unwrap();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    assert_eq!(ops, [(Op::Build, Object::Base)], "{:#?}", plan.actions);
+    let why = &plan.actions[0].why;
+    assert!(
+        why.starts_with("out of date (the rendered kickstart changed): install from kickstart"),
+        "{why}"
+    );
+    assert!(why.contains("keep the old base until `lab reset`"), "{why}");
 }
 
 #[test]
