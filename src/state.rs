@@ -117,6 +117,22 @@ pub struct ObservedVolume {
     pub sealed: bool,
 }
 
+/// One listed domain as lab sees it; None when it is gone since it was listed (a
+/// transient domain that ended): there is nothing to plan around.
+pub fn observe_domain(dom: &virt::domain::Domain) -> Result<Option<ObservedDomain>> {
+    let name = dom.name().context("reading a domain's name")?;
+    let xml = match dom.xml_desc(0) {
+        Ok(xml) => xml,
+        Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading the XML of domain {name}")),
+    };
+    Ok(Some(ObservedDomain {
+        owner: owner_from_xml(&xml),
+        running: dom.is_active().unwrap_or(false),
+        name,
+    }))
+}
+
 /// Everything lab looked at, once, before planning.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Observed {
@@ -146,21 +162,17 @@ impl Observed {
             .list_all_domains(0)
             .context("listing libvirt domains")?
         {
-            let name = dom.name().context("reading a domain's name")?;
-            let xml = dom
-                .xml_desc(0)
-                .with_context(|| format!("reading the XML of domain {name}"))?;
-            observed.domains.push(ObservedDomain {
-                owner: owner_from_xml(&xml),
-                running: dom.is_active().unwrap_or(false),
-                name,
-            });
+            observed.domains.extend(observe_domain(&dom)?);
         }
         for net in conn
             .list_all_networks(0)
             .context("listing libvirt networks")?
         {
-            let xml = net.xml_desc(0).context("reading a network's XML")?;
+            let xml = match net.xml_desc(0) {
+                Ok(xml) => xml,
+                Err(e) if e.code() == virt::error::ErrorNumber::NoNetwork.into() => continue,
+                Err(e) => return Err(e).context("reading a network's XML"),
+            };
             let info = NetworkInfo::from_xml(&xml)?;
             observed.networks.push(ObservedNetwork {
                 owner: owner_from_xml(&xml),
