@@ -168,10 +168,8 @@ impl Observed {
             .list_all_networks(0)
             .context("listing libvirt networks")?
         {
-            let xml = match net.xml_desc(0) {
-                Ok(xml) => xml,
-                Err(e) if e.code() == virt::error::ErrorNumber::NoNetwork.into() => continue,
-                Err(e) => return Err(e).context("reading a network's XML"),
+            let Some(xml) = crate::libvirt::network_xml(&net)? else {
+                continue;
             };
             let info = NetworkInfo::from_xml(&xml)?;
             observed.networks.push(ObservedNetwork {

@@ -28,3 +28,23 @@ fn a_domain_gone_since_it_was_listed_is_left_out_not_an_error() {
     dom.destroy().unwrap();
     assert_eq!(lab::state::observe_domain(&dom).unwrap(), None);
 }
+
+/// The same for a network: a transient one stopped after the listing is left out.
+#[test]
+fn a_network_gone_since_it_was_listed_is_left_out_not_an_error() {
+    virt::error::clear_error_callback();
+    let conn = Connect::open(Some("qemu:///system")).expect("libvirtd runs (see README)");
+    let pid = std::process::id();
+    // Isolated, no address: no firewall rules, no DHCP.
+    let xml = format!(
+        "<network><name>labtest-gone{pid}</name><bridge name='labgone{}'/></network>",
+        pid % 100_000
+    );
+    let net = conn
+        .create_network_xml(&xml)
+        .expect("a transient network starts");
+    let seen = lab::libvirt::network_xml(&net).unwrap();
+    assert!(seen.is_some_and(|x| x.contains(&format!("labtest-gone{pid}"))));
+    net.destroy().unwrap();
+    assert_eq!(lab::libvirt::network_xml(&net).unwrap(), None);
+}

@@ -72,7 +72,9 @@ impl Libvirt {
             .context("listing libvirt networks")?;
         let mut out = Vec::new();
         for net in nets {
-            let xml = net.xml_desc(0).context("reading a libvirt network's XML")?;
+            let Some(xml) = network_xml(&net)? else {
+                continue;
+            };
             let mut info = NetworkInfo::from_xml(&xml)?;
             info.active = net.is_active().unwrap_or(false);
             out.push(info);
@@ -547,6 +549,16 @@ pub fn disk_sources(xml: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The XML of a listed network; None when it is gone since it was listed (a transient
+/// network that was stopped, such as another lab's bridge probe).
+pub fn network_xml(net: &virt::network::Network) -> Result<Option<String>> {
+    match net.xml_desc(0) {
+        Ok(xml) => Ok(Some(xml)),
+        Err(e) if e.code() == virt::error::ErrorNumber::NoNetwork.into() => Ok(None),
+        Err(e) => Err(e).context("reading a libvirt network's XML"),
+    }
 }
 
 /// (tap, bridge) of each interface in a live domain XML that names both.
