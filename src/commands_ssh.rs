@@ -14,7 +14,7 @@ use crate::libvirt::Libvirt;
 use crate::profile::Profile;
 use crate::provision::{self, StepResult};
 use crate::runner::Cmd;
-use crate::ssh::{self, Key, Target};
+use crate::ssh::{self, Key, Target, Unanswered};
 use crate::ui::{self, Stream, Style, Table};
 use crate::{names, packstack};
 
@@ -117,23 +117,16 @@ pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
     match status.code() {
         // ssh's own failures and a remote command's 255 look alike: a second, quiet
         // connection tells them apart, and says why ssh failed when it did.
-        Some(255) => match t
-            .command(true, CONNECT)
-            .arg("true")
-            .timeout(CONNECT + Duration::from_secs(5))
-            .run()
-        {
-            Ok(_) => Ok(255),
-            Err(e) => match t.host_key_refused(&format!("{e}")) {
-                Some(refused) => bail!("{refused}"),
-                None => bail!(
-                    "could not reach {} of {} over SSH at {} (ssh exit status 255){}",
-                    t.vm,
-                    profile.name,
-                    t.ip,
-                    unreachable_hint(&profile)
-                ),
-            },
+        Some(255) => match t.probe(CONNECT, CONNECT + Duration::from_secs(5)) {
+            Ok(()) => Ok(255),
+            Err(Unanswered::HostKey(refused)) => bail!("{refused}"),
+            Err(Unanswered::Other(_)) => bail!(
+                "could not reach {} of {} over SSH at {} (ssh exit status 255){}",
+                t.vm,
+                profile.name,
+                t.ip,
+                unreachable_hint(&profile)
+            ),
         },
         Some(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
         None => bail!("ssh to {} was killed by a signal", t.vm),
@@ -143,19 +136,12 @@ pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
 /// Wait until the VM answers over SSH, or `deadline`; the last error in the failure.
 fn wait_ssh(t: &Target, deadline: Instant, hint: &str) -> Result<()> {
     loop {
-        let tried = t
-            .command(true, Duration::from_secs(5))
-            .arg("true")
-            .timeout(Duration::from_secs(15))
-            .run();
-        let e = match tried {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
+        let e = match t.probe(Duration::from_secs(5), Duration::from_secs(15)) {
+            Ok(()) => return Ok(()),
+            // Waiting longer would only show the same key again.
+            Err(Unanswered::HostKey(refused)) => bail!("{refused}"),
+            Err(Unanswered::Other(e)) => e,
         };
-        // Waiting longer would only show the same key again.
-        if let Some(refused) = t.host_key_refused(&format!("{e}")) {
-            bail!("{refused}");
-        }
         if Instant::now() >= deadline {
             bail!("{}: no SSH answer at {} in time: {e}{hint}", t.vm, t.ip);
         }
@@ -554,15 +540,11 @@ fn vm_readiness(
         Ok(t) => t,
         Err(e) => return vec![finding("ssh", false, format!("{e:#}"))],
     };
-    let reach = t
-        .command(true, timeout)
-        .arg("true")
-        .timeout(timeout + Duration::from_secs(5))
-        .run();
-    if let Err(e) = reach {
-        let detail = t
-            .host_key_refused(&format!("{e}"))
-            .unwrap_or_else(|| format!("no SSH answer at {}: {e}{hint}", t.ip));
+    if let Err(why) = t.probe(timeout, timeout + Duration::from_secs(5)) {
+        let detail = match why {
+            Unanswered::HostKey(refused) => refused,
+            Unanswered::Other(e) => format!("no SSH answer at {}: {e}{hint}", t.ip),
+        };
         return vec![finding("ssh", false, detail)];
     }
     let mut out = vec![finding("ssh", true, format!("root@{} answers", t.ip))];

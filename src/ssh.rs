@@ -193,6 +193,16 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
     )))
 }
 
+/// Why a VM did not answer [`Target::probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unanswered {
+    /// ssh refused the VM's host key: not the one pinned for it. What to say, with the
+    /// pinned file; asking again shows the same key.
+    HostKey(String),
+    /// Anything else (no route, refused, timed out...): ssh's failure.
+    Other(String),
+}
+
 /// One VM to log in to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -237,13 +247,17 @@ impl Target {
         cmd.arg(format!("{USER}@{}", self.ip))
     }
 
-    /// What to say when ssh's error output `err` shows it refused the VM's host key
-    /// because it is not the one pinned for this VM; None for any other failure.
-    pub fn host_key_refused(&self, err: &str) -> Option<String> {
+    /// One quiet connection that runs `true`, ssh given `connect` to connect and the whole
+    /// run `limit`: Ok when the VM answers.
+    pub fn probe(&self, connect: Duration, limit: Duration) -> Result<(), Unanswered> {
+        let Err(e) = self.command(true, connect).arg("true").timeout(limit).run() else {
+            return Ok(());
+        };
+        let err = format!("{e}");
         if !err.contains("Host key verification failed") {
-            return None;
+            return Err(Unanswered::Other(err));
         }
-        Some(format!(
+        Err(Unanswered::HostKey(format!(
             "{vm}: the SSH server at {ip} shows another host key than the one lab pinned for \
              {vm} in {file}: the VM's disk was changed outside lab, or another machine has its \
              address. If the VM was made anew on purpose, remove {file} (lab does so itself \
@@ -251,7 +265,7 @@ impl Target {
             vm = self.vm,
             ip = self.ip,
             file = self.known_hosts.display()
-        ))
+        )))
     }
 
     /// The remote command line ssh runs. One word is a command line for the remote shell,
