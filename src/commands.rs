@@ -124,12 +124,10 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
     // network to tell). Kickstart bases are qcow2 images beside the profile's images.
     if profile.base.kickstart.is_some() {
         let storage = Qcow2Storage::new(&profile.storage.dir);
-        if storage.base(&profile.name)?.is_some() {
-            match crate::kickstart::build::rebuild_reason(profile, &storage) {
-                Ok(why) => observed.base_out_of_date = why,
-                // The build says why, if it comes to one.
-                Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
-            }
+        match crate::kickstart::build::rebuild_reason(profile, &storage) {
+            Ok(why) => observed.base_out_of_date = why,
+            // The build says why, if it comes to one.
+            Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
         }
     }
     Ok(observed)

@@ -214,6 +214,7 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
             }
         }
     }
+    let now = now_secs();
     let mut entries = Vec::new();
     for dir in &dirs {
         for (name, path) in bases_in(dir) {
@@ -223,7 +224,7 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
             let known = profiles
                 .iter()
                 .find(|p| p.name == name && p.storage.dir == *dir);
-            entries.push(describe(dir, &name, &path, known));
+            entries.push(describe(dir, &name, &path, known, now));
         }
     }
     if global.json {
@@ -243,7 +244,6 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
     let mut t = Table::new([
         "profile", "state", "size", "on disk", "clones", "built", "status", "image",
     ]);
-    let now = now_secs();
     for e in &entries {
         let status_style = if e.status == "current" {
             Style::Green
@@ -349,7 +349,7 @@ fn bases_in(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>) -> BaseEntry {
+fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>, now: u64) -> BaseEntry {
     let storage = Qcow2Storage::new(dir);
     let image = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let info = qcow2::info(&image).ok();
@@ -390,7 +390,7 @@ fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>) -> B
         (_, _, false) => "unfinished: `lab base build` builds it again".to_string(),
         (Some(p), Some(_), true) if p.base.kickstart.is_some() => {
             match kickstart::build::rebuild_reason(p, &storage) {
-                Ok(None) => stale_status(built_at, now_secs(), &p.cli_name()),
+                Ok(None) => stale_status(built_at, now, &p.cli_name()),
                 Ok(Some(why)) => format!("out of date: {why}"),
                 Err(e) => format!("unknown: {e:#}"),
             }

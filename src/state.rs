@@ -139,8 +139,9 @@ pub struct Observed {
     pub domains: Vec<ObservedDomain>,
     pub networks: Vec<ObservedNetwork>,
     pub volumes: Vec<ObservedVolume>,
-    /// Why the profile's sealed kickstart base no longer matches what the profile would
-    /// build (the rendered kickstart, the install source or the disk size changed).
+    /// Why the profile's kickstart base is to be built: there is none sealed, or it no
+    /// longer matches what the profile would build (the rendered kickstart, the install
+    /// source or the disk size changed). None when it is current, or not from a kickstart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_out_of_date: Option<String>,
 }
