@@ -246,7 +246,8 @@ fn program_from_env(var: &str, default: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
+/// Where the host has program `name`: on PATH, else in the usual system directories.
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_dirs)
         .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))

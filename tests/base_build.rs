@@ -274,6 +274,19 @@ impl Case {
     }
 
     /// Everything in the image directory (the build's scratch directory included).
+    /// A failed build (`err`) left no file in the image directory and no installer domain.
+    fn assert_nothing_left(&self, err: &str) {
+        assert!(
+            self.leftovers().is_empty(),
+            "left {:?} after: {err}",
+            self.leftovers()
+        );
+        assert!(
+            !domain_exists(&self.installer()),
+            "a domain is left after: {err}"
+        );
+    }
+
     fn leftovers(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(&self.images)
             .map(|d| {
@@ -689,15 +702,7 @@ fn failed_build(case: &Case, profile: &Profile) -> String {
         Duration::from_secs(60),
     )
     .unwrap_err();
-    assert!(
-        case.leftovers().is_empty(),
-        "left {:?} after: {err:#}",
-        case.leftovers()
-    );
-    assert!(
-        !domain_exists(&case.installer()),
-        "a domain is left after: {err:#}"
-    );
+    case.assert_nothing_left(&format!("{err:#}"));
     format!("{err:#}")
 }
 
@@ -791,13 +796,5 @@ fn a_kickstart_that_fails_validation_is_a_clear_error() {
     // ksvalidator's report, with the line it names.
     assert!(err.contains("Unknown command: frobnicate"), "{err}");
     assert!(err.contains("problem occurred on line 4"), "{err}");
-    assert!(
-        case.leftovers().is_empty(),
-        "left {:?} after: {err}",
-        case.leftovers()
-    );
-    assert!(
-        !domain_exists(&case.installer()),
-        "a domain is left after: {err}"
-    );
+    case.assert_nothing_left(&err);
 }

@@ -284,30 +284,34 @@ fn vms_dropped_from_the_profile_are_left_alone_and_said() {
     assert!(kept.why.contains("no longer in the profile"));
 }
 
-#[test]
-fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
-    let p = profile("smoke");
+/// The plan for profile `name` once the lab is up and `change` has happened to it.
+fn plan_after_up(name: &str, change: impl FnOnce(&mut Observed)) -> Plan {
+    let p = profile(name);
     let (host, observed) = fresh_host();
     let first = plan::plan(&p, &host, &observed).unwrap();
     let mut up = observed_after(&first, observed);
-    for v in &mut up.volumes {
-        if v.role == Some(VolumeRole::Base) {
-            v.sealed = false;
+    change(&mut up);
+    plan::plan(&p, &host, &up).unwrap()
+}
+
+#[test]
+fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
+    let plan = plan_after_up("smoke", |up| {
+        for v in &mut up.volumes {
+            if v.role == Some(VolumeRole::Base) {
+                v.sealed = false;
+            }
         }
-    }
-    let plan = plan::plan(&p, &host, &up).unwrap();
+    });
     let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)]);
 }
 
 #[test]
 fn a_kickstart_base_whose_inputs_changed_is_built_again_and_clones_are_kept() {
-    let p = profile("packstack-aio");
-    let (host, observed) = fresh_host();
-    let first = plan::plan(&p, &host, &observed).unwrap();
-    let mut up = observed_after(&first, observed);
-    up.base_out_of_date = Some("the rendered kickstart changed".into());
-    let plan = plan::plan(&p, &host, &up).unwrap();
+    let plan = plan_after_up("packstack-aio", |up| {
+        up.base_out_of_date = Some("the rendered kickstart changed".into());
+    });
     let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)], "{:#?}", plan.actions);
     let why = &plan.actions[0].why;

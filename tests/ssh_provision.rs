@@ -119,7 +119,7 @@ fn ssh_and_ready_refuse_what_is_not_there() {
         "{report:#}"
     );
     // Nothing was made.
-    assert!(!lab.images().exists(), "lab ssh or ready made something");
+    lab.assert_nothing_made();
 
     // An SSH server named that is no program: lab up says so before it makes anything.
     let mut bad = new_lab("sb");
@@ -130,36 +130,19 @@ fn ssh_and_ready_refuse_what_is_not_there() {
         err.contains("LAB_SMOKE_SSH_SERVER=bin/sshd: not an absolute path to a program"),
         "{err}"
     );
-    assert!(!bad.images().exists(), "lab up made files");
-    let nets = Command::new("virsh")
-        .args(["-c", "qemu:///system", "net-list", "--all", "--name"])
-        .output()
-        .unwrap();
-    let nets = String::from_utf8_lossy(&nets.stdout);
-    assert!(
-        !nets
-            .lines()
-            .any(|n| n.trim() == format!("lab-{}", bad.name)),
-        "lab up defined its network: {nets}"
-    );
+    bad.assert_nothing_made();
 }
 
 #[test]
 fn ssh_provisioning_and_ready_on_a_smoke_lab() {
     let mut lab = new_lab("sp");
     // Without dropbear on the host, an SSH server on Debian's libssh (libssh-4).
-    let server = lab_cli::host_has_or_build(
+    lab.give_unless_host_has(
         "dropbear",
         "libssh_server.c",
         &["-l:libssh.so.4"],
-        lab.dir.path(),
+        "LAB_SMOKE_SSH_SERVER",
     );
-    if let Some(server) = server {
-        lab.env.push((
-            "LAB_SMOKE_SSH_SERVER".into(),
-            server.to_string_lossy().into_owned(),
-        ));
-    }
 
     // 1. Up: the VM boots, `greet` runs, `broken` fails and is named with its output.
     let (_, err) = lab.run(&["up", lab.profile()], 1);

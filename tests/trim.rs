@@ -263,13 +263,7 @@ fn trim_gives_back_what_the_guest_deleted_running_and_stopped() {
     let mut lab = Lab::new("tr", smoke_profile);
     // Without qemu-ga on the host, the small agent of tests/support (same protocol, same
     // options, the same FITRIM ioctl for guest-fstrim).
-    if let Some(agent) = lab_cli::host_has_or_build("qemu-ga", "guest_agent.c", &[], lab.dir.path())
-    {
-        lab.env.push((
-            "LAB_SMOKE_GUEST_AGENT".into(),
-            agent.to_string_lossy().into_owned(),
-        ));
-    }
+    lab.give_unless_host_has("qemu-ga", "guest_agent.c", &[], "LAB_SMOKE_GUEST_AGENT");
     let domain = lab.domain();
     let image = lab.clone_image();
 
@@ -455,14 +449,7 @@ fn a_guest_agent_that_is_no_program_stops_lab_up_before_anything_is_made() {
         err.contains("LAB_SMOKE_GUEST_AGENT=qemu-ga: not an absolute path to a program"),
         "{err}"
     );
-    assert!(!lab.images().exists(), "lab up made files");
-    let (_, nets, _) = virsh(&["net-list", "--all", "--name"]);
-    assert!(
-        !nets
-            .lines()
-            .any(|n| n.trim() == format!("lab-{}", lab.name)),
-        "lab up defined its network: {nets}"
-    );
+    lab.assert_nothing_made();
 }
 
 /// `lab trim` of a stopped VM of a real smoke lab, through the command: its clone holds

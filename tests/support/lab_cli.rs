@@ -12,36 +12,6 @@ use serde_json::Value;
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
-/// A program for the smoke VMs that the host may lack: None when the host has `name` (lab
-/// takes it), else `tests/support/SOURCE` built into `dir` with `cc` (and `libs`), for the
-/// test to name in lab's environment variable for it.
-pub fn host_has_or_build(name: &str, source: &str, libs: &[&str], dir: &Path) -> Option<PathBuf> {
-    let on_host = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .any(|d| Path::new(d).join(name).is_file());
-    if on_host {
-        return None;
-    }
-    let program = dir.join(source.trim_end_matches(".c"));
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(source);
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-Werror", "-o"])
-        .arg(&program)
-        .arg(&source)
-        .args(libs)
-        .output()
-        .expect("cc (gcc) is installed");
-    assert!(
-        out.status.success(),
-        "the host has no {name}, and building {} failed:\n{}",
-        source.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(program)
-}
-
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub profile: PathBuf,
@@ -66,6 +36,50 @@ impl Lab {
             name,
             env: Vec::new(),
         }
+    }
+
+    /// A program for the smoke VMs that the host may lack: when lab finds no `name` on the
+    /// host (as it looks), `tests/support/SOURCE` is built with `cc` (and `libs`) and named
+    /// to lab in the environment variable `var`.
+    pub fn give_unless_host_has(&mut self, name: &str, source: &str, libs: &[&str], var: &str) {
+        if lab::smoke::find_program(name).is_some() {
+            return;
+        }
+        let program = self.dir.path().join(source.trim_end_matches(".c"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(source);
+        let out = Command::new("cc")
+            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .arg(&program)
+            .arg(&source)
+            .args(libs)
+            .output()
+            .expect("cc (gcc) is installed");
+        assert!(
+            out.status.success(),
+            "the host has no {name}, and building {} failed:\n{}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.env
+            .push((var.into(), program.to_string_lossy().into_owned()));
+    }
+
+    /// Nothing of this lab exists: no image directory, no libvirt network.
+    pub fn assert_nothing_made(&self) {
+        assert!(!self.images().exists(), "lab made files");
+        let nets = Command::new("virsh")
+            .args(["-c", "qemu:///system", "net-list", "--all", "--name"])
+            .output()
+            .unwrap();
+        let nets = String::from_utf8_lossy(&nets.stdout);
+        assert!(
+            !nets
+                .lines()
+                .any(|n| n.trim() == format!("lab-{}", self.name)),
+            "lab defined its network: {nets}"
+        );
     }
 
     pub fn profile(&self) -> &str {
