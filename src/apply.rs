@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::directboot;
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
 use crate::plan::{Action, Object, Op, Plan, VmPlan};
 use crate::profile::Profile;
-use crate::smoke;
 use crate::storage::{InUse, Storage, Volume};
 use crate::ui;
 
@@ -73,11 +73,15 @@ pub fn direct_boot(profile: &Profile) -> bool {
 }
 
 /// The kernel, initrd and command line a direct-boot VM gets.
-fn boot_for(env: &Env<'_>, boot: Option<&smoke::BootFiles>, vm: &VmPlan) -> Option<DirectBoot> {
+fn boot_for(
+    env: &Env<'_>,
+    boot: Option<&directboot::BootFiles>,
+    vm: &VmPlan,
+) -> Option<DirectBoot> {
     boot.map(|b| DirectBoot {
         kernel: b.kernel.display().to_string(),
         initrd: b.initrd.display().to_string(),
-        cmdline: smoke::vm_cmdline(b, &env.profile.name, &vm.name),
+        cmdline: directboot::vm_cmdline(b, &env.profile.name, &vm.name),
     })
 }
 
@@ -145,7 +149,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     preflight_dir(&env.dir)?;
     if direct_boot(env.profile) {
         // What the boot files are made of, before anything is made.
-        smoke::preflight()?;
+        directboot::preflight()?;
     }
     let mut timings = LabTimings::default();
     // Network first: domains need it to start.
@@ -169,7 +173,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     let boot = if direct_boot(env.profile) {
         std::fs::create_dir_all(&env.dir)
             .with_context(|| format!("creating {}", env.dir.display()))?;
-        Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?)
+        Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?)
     } else {
         None
     };
@@ -279,7 +283,7 @@ fn build_base(env: &Env<'_>) -> Result<Volume> {
             .prefix("lab-base-")
             .tempdir_in(std::env::temp_dir())
             .context("creating a scratch directory for the base")?;
-        let raw = smoke::build_base_image(work.path(), &p.name, p.base.disk)?;
+        let raw = directboot::build_base_image(work.path(), &p.name, p.base.disk)?;
         env.storage.import_base(&p.name, &raw)?
     } else if let Some(image) = &p.base.image {
         env.storage.import_base(&p.name, image)?
@@ -300,7 +304,7 @@ fn bring_up(
     plan: &Plan,
     env: &Env<'_>,
     vm: &VmPlan,
-    boot: Option<&smoke::BootFiles>,
+    boot: Option<&directboot::BootFiles>,
     in_use: &[InUse],
     bar: &ProgressBar,
 ) -> Result<VmState> {
@@ -319,7 +323,7 @@ fn bring_up(
                         .clone_base(&env.profile.name, &vm.name, in_use)?,
                 );
                 // A new disk, a new host key.
-                crate::ssh::forget_host(&env.dir, &vm.domain)?;
+                crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }
             (Op::Define, Object::Domain) => {
@@ -410,7 +414,7 @@ fn wait_ready(env: &Env<'_>, vm: &VmPlan, console: &Path, needs_line: bool) -> R
         let line = if needs_line {
             std::fs::read_to_string(console)
                 .ok()
-                .and_then(|t| smoke::parse_ready(&t, &vm.name))
+                .and_then(|t| directboot::parse_ready(&t, &vm.name))
         } else {
             None
         };
@@ -465,7 +469,7 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
     preflight_dir(&env.dir)?;
     // Boot files before any VM is stopped: a failure there leaves the VMs as they were.
     let boot = if direct_boot(env.profile) {
-        Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?)
+        Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?)
     } else {
         None
     };
@@ -487,7 +491,7 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
                     let t = Instant::now();
                     env.storage.remove_clone(p, &vm.name, in_use)?;
                     env.storage.clone_base(p, &vm.name, in_use)?;
-                    crate::ssh::forget_host(&env.dir, &vm.domain)?;
+                    crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                     timings.disk = ms(t);
                     ui::debug(format_args!("lab: start domain {}", vm.domain));
                     let t = Instant::now();
@@ -510,10 +514,10 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
 pub fn down(
     lv: &Libvirt,
     profile: &Profile,
-    observed: &crate::state::Observed,
+    observed: &crate::observe::Observed,
     purge: bool,
 ) -> Result<Vec<String>> {
-    use crate::state::VolumeRole;
+    use crate::observe::VolumeRole;
     let p = profile.name.as_str();
     let dir = &profile.storage.dir;
     let mut removed = Vec::new();
@@ -538,14 +542,14 @@ pub fn down(
         _ => None,
     };
     // A thin volume's location is VG/LV; an image's is its path.
-    let storage_of = |v: &crate::state::ObservedVolume| -> &dyn Storage {
+    let storage_of = |v: &crate::observe::ObservedVolume| -> &dyn Storage {
         match &thin {
             Some(t) if !v.location.starts_with('/') => t,
             _ => &storage,
         }
     };
     let in_use = lv.disks_in_use()?;
-    let ours: Vec<&crate::state::ObservedVolume> = observed
+    let ours: Vec<&crate::observe::ObservedVolume> = observed
         .volumes
         .iter()
         .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
@@ -571,17 +575,17 @@ pub fn down(
         if log.exists() {
             std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
         }
-        crate::ssh::forget_host(dir, &domain)?;
+        crate::guest::ssh::forget_host(dir, &domain)?;
     }
     // The packstack password lab made up belongs to the OpenStack that was in the VMs.
-    let secret = crate::commands_ssh::packstack_password_path(dir, p);
+    let secret = crate::commands::ssh::packstack_password_path(dir, p);
     if secret.exists() {
         std::fs::remove_file(&secret).with_context(|| format!("removing {}", secret.display()))?;
         removed.push(format!("packstack password {}", secret.display()));
     }
     if purge {
-        let key = crate::ssh::lab_key_path(dir, p);
-        for file in [crate::ssh::pub_path(&key), key] {
+        let key = crate::guest::ssh::lab_key_path(dir, p);
+        for file in [crate::guest::ssh::pub_path(&key), key] {
             if file.exists() {
                 std::fs::remove_file(&file)
                     .with_context(|| format!("removing {}", file.display()))?;
@@ -599,7 +603,7 @@ pub fn down(
 /// lab's marker files of `profile` whose image is gone (an interrupted clone), and with
 /// `purge` its boot files: removed. Files without lab's mark are never touched.
 fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<String>> {
-    use crate::state::{Marker, VolumeRole};
+    use crate::observe::{Marker, VolumeRole};
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(removed);
@@ -625,8 +629,8 @@ fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<S
         let is_boot = marker.role == VolumeRole::Boot;
         if is_boot && purge && file.exists() {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            let _ = std::fs::remove_file(smoke::digest_path(&file));
-            let _ = std::fs::remove_file(smoke::inputs_path(&file));
+            let _ = std::fs::remove_file(directboot::digest_path(&file));
+            let _ = std::fs::remove_file(directboot::inputs_path(&file));
             removed.push(format!("boot file {}", file.display()));
         }
         if !file.exists() {

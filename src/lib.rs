@@ -8,25 +8,19 @@ pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod commands;
-pub mod commands_base;
-pub mod commands_ssh;
-pub mod commands_trim;
+pub mod directboot;
 pub mod error;
+pub mod guest;
 pub mod host;
-pub mod initramfs;
 pub mod kickstart;
 pub mod libvirt;
 pub mod lock;
 pub mod names;
-pub mod packstack;
+pub mod observe;
 pub mod plan;
 pub mod profile;
-pub mod provision;
 pub mod runner;
 pub mod size;
-pub mod smoke;
-pub mod ssh;
-pub mod state;
 pub mod storage;
 pub mod subnet;
 pub mod trim;
@@ -65,10 +59,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reset(args) => commands::reset(&cli.global, &args),
         Command::Down(args) => commands::down(&cli.global, &args),
         Command::Pool(args) => commands::pool(&cli.global, &args),
-        Command::Base(args) => commands_base::base(&cli.global, &args),
-        Command::Trim(args) => commands_trim::trim(&cli.global, &args),
-        Command::Ssh(args) => commands_ssh::ssh_command(&cli.global, &args),
-        Command::Ready(args) => commands_ssh::ready(&cli.global, &args),
+        Command::Base(args) => commands::base::base(&cli.global, &args),
+        Command::Trim(args) => commands::trim::trim(&cli.global, &args),
+        Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
+        Command::Ready(args) => commands::ssh::ready(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

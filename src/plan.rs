@@ -10,9 +10,9 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::names;
+use crate::observe::{Observed, VolumeRole};
 use crate::profile::{NetMode, Profile, StorageBackend, SubnetSpec};
 use crate::size::ByteSize;
-use crate::state::{Observed, VolumeRole};
 use crate::subnet::{self, SubnetAllocator, Taken};
 
 /// What lab knows of the host when it plans.

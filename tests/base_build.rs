@@ -1,6 +1,6 @@
 //! Base builds for real, against the running libvirtd, under TCG: an install tree on this
 //! host (`.treeinfo`, the host's kernel as `images/pxeboot/vmlinuz`, and as
-//! `images/pxeboot/initrd.img` a small busybox "installer" made with `lab::initramfs`)
+//! `images/pxeboot/initrd.img` a small busybox "installer" made with `lab::directboot::initramfs`)
 //! whose /init reads the injected `/ks.cfg`, fetches `.treeinfo` from the `inst.repo=`
 //! lab serves it at, writes an ext4 filesystem holding the kickstart's SHA-256 to its disk
 //! and powers off. lab builds from it, seals the base; a clone of the base boots and shows
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lab::initramfs::Initramfs;
+use lab::directboot::initramfs::Initramfs;
 use lab::kickstart::{self, BuildRecord, build_base, needs_rebuild};
 use lab::libvirt::Libvirt;
 use lab::profile::{Profile, ProfileSource};
@@ -130,7 +130,9 @@ fn make_tree(dir: &Path) -> Tree {
         }
     }
     let mut ramfs = Initramfs::new();
-    ramfs.busybox(lab::smoke::host_busybox().unwrap()).unwrap();
+    ramfs
+        .busybox(lab::directboot::host_busybox().unwrap())
+        .unwrap();
     let modules = ramfs
         .kernel_modules(
             &host.modules_dir,
@@ -152,7 +154,11 @@ fn make_tree(dir: &Path) -> Tree {
     ramfs
         .file("/init", INIT, 0o755)
         .file("/etc/modules.list", list, 0o644)
-        .file("/etc/udhcpc/default.script", lab::smoke::DHCP_SCRIPT, 0o755);
+        .file(
+            "/etc/udhcpc/default.script",
+            lab::directboot::DHCP_SCRIPT,
+            0o755,
+        );
     ramfs.write_to(pxe.join("initrd.img")).unwrap();
     Tree {
         kernel: pxe.join("vmlinuz"),

@@ -18,7 +18,7 @@ fn a_domain_gone_since_it_was_listed_is_left_out_not_an_error() {
     let dom = conn
         .create_domain_xml(&xml, 0)
         .expect("a transient domain starts");
-    let seen = lab::state::observe_domain(&dom).unwrap();
+    let seen = lab::observe::observe_domain(&dom).unwrap();
     let seen = seen.expect("a running domain is observed");
     assert_eq!(seen.name, name);
     assert!(seen.running);
@@ -26,7 +26,7 @@ fn a_domain_gone_since_it_was_listed_is_left_out_not_an_error() {
 
     // It ends; lab holds the handle the listing gave it.
     dom.destroy().unwrap();
-    assert_eq!(lab::state::observe_domain(&dom).unwrap(), None);
+    assert_eq!(lab::observe::observe_domain(&dom).unwrap(), None);
 }
 
 /// The same for a network: a transient one stopped after the listing is left out.

@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use lab::packstack::{self, AnswerFile, VirtType};
+use lab::guest::packstack::{self, AnswerFile, VirtType};
+use lab::observe::Observed;
 use lab::plan::{self, HostFacts, KvmVerdict, Plan};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
-use lab::state::Observed;
 
 fn fixture_options() -> BTreeSet<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/packstack_options.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/guest/packstack_options.txt");
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -156,7 +156,7 @@ fn a_made_up_password_is_new_each_time_and_is_both_passwords() {
     assert_eq!(password.len(), 20);
     assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
     assert_ne!(password, &b["CONFIG_KEYSTONE_ADMIN_PW"]);
-    let source = include_str!("../src/packstack.rs");
+    let source = include_str!("../src/guest/packstack.rs");
     assert!(!source.contains(password.as_str()));
     assert!(
         first.passwords_from.contains("made up at random"),

@@ -2,9 +2,9 @@
 //! the lab already up (nothing to do), one VM missing, the preferred subnet taken, KVM
 //! unusable, and (for the packstack profiles) a thin pool present.
 
+use lab::observe::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
 use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
-use lab::state::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
 use lab::subnet::Taken;
 
 fn profile(name: &str) -> Profile {

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lab::directboot;
 use lab::runner::Cmd;
 use lab::size::ByteSize;
-use lab::smoke;
 use lab::storage::qcow2::Qcow2Storage;
 use lab::storage::{Storage, Volume};
 
@@ -55,7 +55,7 @@ impl Drop for Guest {
     }
 }
 
-fn boot(dir: &Path, boot: &smoke::BootFiles, cmdline: &str, disk: &Path) -> Guest {
+fn boot(dir: &Path, boot: &directboot::BootFiles, cmdline: &str, disk: &Path) -> Guest {
     let console = dir.join("console.log");
     let stderr = dir.join("qemu.stderr");
     let started = Instant::now();
@@ -96,10 +96,10 @@ fn boot(dir: &Path, boot: &smoke::BootFiles, cmdline: &str, disk: &Path) -> Gues
 
 /// Wait for the guest's report (its LAB-READY line); fail with its console when QEMU
 /// exits first or the minute is up. Returns the report and how long it took.
-fn wait_for_report(guest: &mut Guest, vm: &str) -> (smoke::GuestReport, Duration) {
+fn wait_for_report(guest: &mut Guest, vm: &str) -> (directboot::GuestReport, Duration) {
     let started = guest.started;
     loop {
-        if let Some(report) = smoke::parse_report(&guest.console(), vm) {
+        if let Some(report) = directboot::parse_report(&guest.console(), vm) {
             return (report, started.elapsed());
         }
         if let Some(status) = guest.child.try_wait().unwrap() {
@@ -124,12 +124,12 @@ fn wait_for_report(guest: &mut Guest, vm: &str) -> (smoke::GuestReport, Duration
 }
 
 /// Boot files, a sealed base and one clone of it for `vm`, all under `dir`.
-fn lab_disks(dir: &Path, vm: &str) -> (smoke::BootFiles, Duration, Volume, Volume) {
+fn lab_disks(dir: &Path, vm: &str) -> (directboot::BootFiles, Duration, Volume, Volume) {
     let t = Instant::now();
-    let boot_files =
-        smoke::prepare_boot_files(&dir.join("boot"), PROFILE).expect("preparing the boot files");
+    let boot_files = directboot::prepare_boot_files(&dir.join("boot"), PROFILE)
+        .expect("preparing the boot files");
     let build_time = t.elapsed();
-    let raw = smoke::build_base_image(&dir.join("work"), PROFILE, ByteSize::mib(64))
+    let raw = directboot::build_base_image(&dir.join("work"), PROFILE, ByteSize::mib(64))
         .expect("building the base image");
     let storage = Qcow2Storage::new(dir.join("images"));
     let base = storage.import_base(PROFILE, &raw).unwrap();
@@ -225,7 +225,7 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
         );
     }
 
-    let cmdline = smoke::vm_cmdline(&boot_files, PROFILE, VM);
+    let cmdline = directboot::vm_cmdline(&boot_files, PROFILE, VM);
     let mut guest = boot(dir.path(), &boot_files, &cmdline, &clone.path);
     let (report, ready_after) = wait_for_report(&mut guest, VM);
     let console = guest.console();
@@ -245,7 +245,7 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
     );
     assert_eq!(report.ip, Some(Ipv4Addr::new(10, 0, 2, 15)), "{console}");
     assert!(report.disk, "{console}");
-    let ready = smoke::parse_ready(&console, VM).unwrap();
+    let ready = directboot::parse_ready(&console, VM).unwrap();
     assert_eq!(ready.ip.to_string(), "10.0.2.15");
     assert_eq!(
         console.matches("LAB-READY ").count(),
@@ -261,7 +261,7 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
         ext4_file(&clone.path, "qcow2", "/lab-vm", &scratch).as_deref(),
         Some("node1\n")
     );
-    let base_text = smoke::base_marker_text(PROFILE, ByteSize::mib(64)).unwrap();
+    let base_text = directboot::base_marker_text(PROFILE, ByteSize::mib(64)).unwrap();
     assert_eq!(
         ext4_file(&clone.path, "qcow2", "/lab-base", &scratch).as_deref(),
         Some(base_text.as_str())
@@ -273,7 +273,7 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
     );
 
     // Same inputs again: the boot files are left as they are.
-    let again = smoke::prepare_boot_files(&dir.path().join("boot"), PROFILE).unwrap();
+    let again = directboot::prepare_boot_files(&dir.path().join("boot"), PROFILE).unwrap();
     assert_eq!(again, boot_files);
 }
 
@@ -282,7 +282,7 @@ fn a_smoke_vm_on_another_profile_s_disk_says_so_and_leaves_it_alone() {
     let dir = tempfile::tempdir().unwrap();
     let vm = "stray";
     let (boot_files, _, _, clone) = lab_disks(dir.path(), vm);
-    let cmdline = smoke::vm_cmdline(&boot_files, "other", vm);
+    let cmdline = directboot::vm_cmdline(&boot_files, "other", vm);
     let mut guest = boot(dir.path(), &boot_files, &cmdline, &clone.path);
     let (report, _) = wait_for_report(&mut guest, vm);
     let console = guest.console();

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use lab::observe::VolumeRole;
 use lab::size::ByteSize;
-use lab::state::VolumeRole;
 use lab::storage::qcow2::{self, Qcow2Storage};
 use lab::storage::{InUse, Storage};
 

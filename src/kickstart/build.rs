@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::source::InstallSource;
 use super::{ValidationError, seal};
+use crate::directboot::initramfs::Initramfs;
 use crate::host::Sysroot;
-use crate::initramfs::Initramfs;
 use crate::libvirt::Libvirt;
 use crate::libvirt::installer::{InstallerSpec, RunState, installer_xml};
 use crate::libvirt::xml::to_xml;

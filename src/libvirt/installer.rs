@@ -237,12 +237,12 @@ impl Libvirt {
     }
 
     /// The owner mark of a domain, when it exists.
-    pub fn domain_owner(&self, name: &str) -> Option<Option<crate::state::Owner>> {
+    pub fn domain_owner(&self, name: &str) -> Option<Option<crate::observe::Owner>> {
         let dom = self.connect().lookup_domain_by_name(name).ok()?;
         Some(
             dom.xml_desc(0)
                 .ok()
-                .and_then(|x| crate::state::owner_from_xml(&x)),
+                .and_then(|x| crate::observe::owner_from_xml(&x)),
         )
     }
 }
@@ -292,7 +292,7 @@ mod tests {
         ] {
             assert!(xml.contains(needle), "{needle} missing from\n{xml}");
         }
-        let owner = crate::state::owner_from_xml(&xml).unwrap();
+        let owner = crate::observe::owner_from_xml(&xml).unwrap();
         assert_eq!(owner.profile, "demo");
         let without = to_xml(&installer_xml(&InstallerSpec {
             cdrom: None,

@@ -634,7 +634,7 @@ mod tests {
             xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"),
             "{xml}"
         );
-        let owner = crate::state::owner_from_xml(&xml).unwrap();
+        let owner = crate::observe::owner_from_xml(&xml).unwrap();
         assert_eq!(owner.profile, "sm<o>ke");
         assert!(!xml.contains("<forward"));
     }

@@ -20,9 +20,9 @@ use crate::host::Sysroot;
 use crate::host::lvm::{self, IssueDiscards, LvRow, THIN_LVS_FIELDS, ThinPool};
 use crate::libvirt::Libvirt;
 use crate::names;
+use crate::observe::{Observed, ObservedVolume};
 use crate::runner::Cmd;
 use crate::size::{ByteSize, GIB, MIB};
-use crate::state::{Observed, ObservedVolume};
 
 const ROLE_BASE: &str = "base";
 const ROLE_CLONE: &str = "clone";

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::observe::ObservedVolume;
 use crate::size::ByteSize;
-use crate::state::ObservedVolume;
 
 pub mod lvm_thin;
 pub mod qcow2;

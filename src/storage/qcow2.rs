@@ -17,9 +17,9 @@ use serde::Deserialize;
 
 use super::{InUse, Storage, Usage, Volume, user_of};
 use crate::names;
+use crate::observe::{Marker, Observed, ObservedVolume, Owner, VolumeRole, marker_path};
 use crate::runner::Cmd;
 use crate::size::ByteSize;
-use crate::state::{Marker, Observed, ObservedVolume, Owner, VolumeRole, marker_path};
 
 /// lab's directory of unfinished images inside the image directory.
 const PARTIAL_DIR: &str = ".lab-partial";

@@ -1,5 +1,5 @@
 //! A throwaway TCG guest for tests: the host's kernel, a busybox initramfs built with
-//! `lab::initramfs`, scratch disks, and a test script whose results come back over the
+//! `lab::directboot::initramfs`, scratch disks, and a test script whose results come back over the
 //! serial console.
 //!
 //! Include it with `#[path = "support/guest.rs"] mod guest;`.
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lab::initramfs::{Initramfs, KernelModule};
+use lab::directboot::initramfs::{Initramfs, KernelModule};
 use lab::runner::{Cmd, ProcessError};
 
 /// Console lines shown when a guest fails.

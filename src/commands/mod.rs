@@ -1,5 +1,9 @@
 //! The commands: each reads its arguments, does its work through the library, and prints.
 
+pub mod base;
+pub mod ssh;
+pub mod trim;
+
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -15,9 +19,9 @@ use crate::host::Sysroot;
 use crate::host::net::NetFacts;
 use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
+use crate::observe::Observed;
 use crate::plan::{self, HostFacts};
 use crate::profile::{self, Profile, StorageBackend};
-use crate::state::Observed;
 use crate::storage::Storage;
 use crate::storage::lvm_thin::{self, LvmThinStorage};
 use crate::storage::qcow2::Qcow2Storage;
@@ -153,7 +157,7 @@ struct UpReport<'a> {
     network: &'a plan::NetworkPlan,
     vms: Vec<apply::VmState>,
     /// Each VM's provisioning steps: done now, or skipped (done before).
-    provision: std::collections::BTreeMap<String, Vec<crate::provision::StepResult>>,
+    provision: std::collections::BTreeMap<String, Vec<crate::guest::provision::StepResult>>,
     warnings: &'a [String],
     timings_ms: Timings,
 }
@@ -186,7 +190,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let mut plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
     if observed.base_out_of_date.is_none() {
         plan.warnings
-            .extend(crate::commands_base::stale_base_warning(&profile));
+            .extend(crate::commands::base::stale_base_warning(&profile));
     }
     let planned = started.elapsed();
     if args.dry_run {
@@ -227,7 +231,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let provision = if args.no_provision {
         Default::default()
     } else {
-        crate::commands_ssh::provision(
+        crate::commands::ssh::provision(
             &lv,
             &profile,
             &plan,
@@ -262,7 +266,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 crate::profile::NetMode::Nat => "NAT",
             }
         );
-        let ssh = crate::ssh::key_for(
+        let ssh = crate::guest::ssh::key_for(
             &profile,
             &profile.storage.dir,
             crate::kickstart::home_dir().as_deref(),

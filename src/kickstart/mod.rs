@@ -27,9 +27,9 @@ pub use source::InstallSource;
 pub const BUILT_IN: &[(&str, &str)] = &[
     (
         "centos-stream9.ks.j2",
-        include_str!("../kickstart/centos-stream9.ks.j2"),
+        include_str!("../../kickstart/centos-stream9.ks.j2"),
     ),
-    ("fedora.ks.j2", include_str!("../kickstart/fedora.ks.j2")),
+    ("fedora.ks.j2", include_str!("../../kickstart/fedora.ks.j2")),
 ];
 
 /// Directories searched for a template, in order, before the built-in ones.

@@ -1,6 +1,6 @@
 //! Provisioning steps: the profile's `[[provision]]` commands, run in order in each VM
 //! (the steps of its role and its name) after it has booted, through a shell on the VM
-//! (ssh, see [`crate::ssh`]).
+//! (ssh, see [`crate::guest::ssh`]).
 //!
 //! Each finished step is recorded on the VM, in `/var/lib/lab/steps/NAME`, with a digest of
 //! the command that ran: a later `lab up` skips a step whose record matches, and runs it

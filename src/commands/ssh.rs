@@ -10,13 +10,14 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ReadyArgs, SshArgs};
 use crate::error::{exit, usage};
+use crate::guest::packstack;
+use crate::guest::provision::{self, StepResult};
+use crate::guest::ssh::{self, Key, Target, Unanswered};
 use crate::libvirt::Libvirt;
+use crate::names;
 use crate::profile::Profile;
-use crate::provision::{self, StepResult};
 use crate::runner::Cmd;
-use crate::ssh::{self, Key, Target, Unanswered};
 use crate::ui::{self, Stream, Style, Table};
-use crate::{names, packstack};
 
 /// How long one SSH connection attempt may take.
 const CONNECT: Duration = Duration::from_secs(10);
@@ -80,7 +81,10 @@ fn key(profile: &Profile) -> Result<Key> {
 /// What to say when ssh itself failed (exit status 255) to reach a VM.
 fn unreachable_hint(profile: &Profile) -> String {
     if crate::apply::direct_boot(profile)
-        && crate::smoke::host_ssh_server().ok().flatten().is_none()
+        && crate::directboot::host_ssh_server()
+            .ok()
+            .flatten()
+            .is_none()
     {
         format!(
             "; the {} VMs carry an SSH server only when the host has dropbear when they are \

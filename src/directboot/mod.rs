@@ -9,6 +9,8 @@
 //! each thing that went wrong. [`parse_ready`] and [`parse_report`] read that line back from
 //! a console log.
 
+pub mod initramfs;
+
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -18,17 +20,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::initramfs::{Initramfs, KernelModule};
+use crate::directboot::initramfs::{Initramfs, KernelModule};
 use crate::names;
+use crate::observe::{Marker, Owner, VolumeRole, marker_path};
 use crate::runner::Cmd;
 use crate::size::ByteSize;
-use crate::state::{Marker, Owner, VolumeRole, marker_path};
 use crate::ui;
 
 /// The guest's `/init`.
-pub const INIT_SCRIPT: &str = include_str!("smoke/init.sh");
+pub const INIT_SCRIPT: &str = include_str!("init.sh");
 /// busybox `udhcpc` applies a lease only through a script: this one.
-pub const DHCP_SCRIPT: &str = include_str!("smoke/default.script");
+pub const DHCP_SCRIPT: &str = include_str!("default.script");
 /// Where `/init` finds the modules to load, in order: `PATH required|optional` lines.
 pub const MODULE_LIST: &str = "/etc/lab/modules";
 
@@ -396,7 +398,7 @@ pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
     let qemu_ga = host_qemu_ga()?;
     let ssh_server = host_ssh_server()?;
     let key = match &ssh_server {
-        Some(_) => Some(crate::ssh::lab_key(dir, profile)?.public_line),
+        Some(_) => Some(crate::guest::ssh::lab_key(dir, profile)?.public_line),
         None => None,
     };
     prepare_boot_files_from(
