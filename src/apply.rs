@@ -69,7 +69,7 @@ pub fn console_log(dir: &Path, domain: &str) -> PathBuf {
 
 /// Whether the profile boots its VMs straight from a kernel and initrd lab makes.
 pub fn direct_boot(profile: &Profile) -> bool {
-    profile.base.kernel.is_some()
+    profile.direct_boot()
 }
 
 /// The kernel, initrd and command line a direct-boot VM gets.
@@ -578,7 +578,7 @@ pub fn down(
         crate::guest::ssh::forget_host(dir, &domain)?;
     }
     // The packstack password lab made up belongs to the OpenStack that was in the VMs.
-    let secret = crate::commands::ssh::packstack_password_path(dir, p);
+    let secret = crate::guest::packstack::password_path(dir, p);
     if secret.exists() {
         std::fs::remove_file(&secret).with_context(|| format!("removing {}", secret.display()))?;
         removed.push(format!("packstack password {}", secret.display()));

@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod directboot;
+pub mod dirs;
 pub mod error;
 pub mod guest;
 pub mod host;

@@ -295,20 +295,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 
 /// The directories searched for a profile name, in order, before the built-in ones.
 pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![PathBuf::from("profiles")];
-    if let Some(config) = config_home() {
-        dirs.push(config.join("lab/profiles"));
-    }
-    dirs.push(PathBuf::from("/etc/lab/profiles"));
-    dirs
-}
-
-/// `$XDG_CONFIG_HOME`, else `~/.config`.
-pub fn config_home() -> Option<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+    crate::dirs::search_dirs("profiles")
 }
 
 /// A profile argument is a path when it has a slash or ends in `.toml`; else a name.
@@ -317,6 +304,11 @@ fn is_path(arg: &str) -> bool {
 }
 
 impl Profile {
+    /// Whether the profile boots its VMs straight from a kernel and initrd lab makes.
+    pub fn direct_boot(&self) -> bool {
+        self.base.kernel.is_some()
+    }
+
     /// Find and load a profile by name (searched) or path (taken as is).
     pub fn load(arg: &str) -> anyhow::Result<Profile> {
         Profile::load_from(arg, &search_dirs())
@@ -518,22 +510,10 @@ impl Profile {
             ));
         }
         if let Some(ks) = &b.kickstart {
-            if crate::kickstart::find_template(ks).is_none() {
+            if crate::kickstart::templates::find_template(ks).is_none() {
                 return Err((
                     "base.kickstart".into(),
-                    format!(
-                        "no kickstart template {ks:?}: looked in {} and the built-in templates ({})",
-                        crate::kickstart::search_dirs()
-                            .iter()
-                            .map(|d| d.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        crate::kickstart::BUILT_IN
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    crate::kickstart::templates::not_found(ks),
                 ));
             }
             match b.install.as_deref() {

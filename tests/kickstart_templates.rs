@@ -94,7 +94,7 @@ fn every_shipped_template_passes_ksvalidator_for_every_profile_using_it() {
         }
     }
     // Every shipped template is used by a shipped profile, or validated below.
-    for (name, _) in kickstart::BUILT_IN {
+    for (name, _) in kickstart::templates::BUILT_IN {
         assert!(
             used.contains(*name) || *name == "fedora.ks.j2",
             "template {name} is used by no profile and not validated"

@@ -69,7 +69,7 @@ struct KickstartOut<'a> {
 
 fn print_kickstart(global: &GlobalArgs, arg: &str, validate: bool) -> Result<u8> {
     let profile = kickstart_profile(arg)?;
-    let inputs = kickstart::inputs_for(&profile, kickstart::home_dir().as_deref())?;
+    let inputs = kickstart::inputs_for(&profile, crate::dirs::user_home().as_deref())?;
     let rendered = kickstart::render_full(&profile, &inputs)?;
     if validate {
         kickstart::validate(&profile, &rendered.text)?;

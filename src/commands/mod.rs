@@ -269,7 +269,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         let ssh = crate::guest::ssh::key_for(
             &profile,
             &profile.storage.dir,
-            crate::kickstart::home_dir().as_deref(),
+            crate::dirs::user_home().as_deref(),
         );
         match (ssh, report.vms.first()) {
             (Ok(_), Some(vm)) => println!(

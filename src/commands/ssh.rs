@@ -74,13 +74,13 @@ fn key(profile: &Profile) -> Result<Key> {
     ssh::key_for(
         profile,
         &profile.storage.dir,
-        crate::kickstart::home_dir().as_deref(),
+        crate::dirs::user_home().as_deref(),
     )
 }
 
 /// What to say when ssh itself failed (exit status 255) to reach a VM.
 fn unreachable_hint(profile: &Profile) -> String {
-    if crate::apply::direct_boot(profile)
+    if profile.direct_boot()
         && crate::directboot::host_ssh_server()
             .ok()
             .flatten()
@@ -186,7 +186,7 @@ pub fn provision(
             plan,
             nested_kvm_on_host,
             &kvm_in_vms,
-            &packstack_password_path(&profile.storage.dir, &profile.name),
+            &packstack::password_path(&profile.storage.dir, &profile.name),
         )?;
         ui::info(format_args!(
             "packstack: CONFIG_NOVA_LIBVIRT_VIRT_TYPE={}: {}",
@@ -252,12 +252,6 @@ pub fn provision(
     });
     out.extend(crate::apply::all_or_errors(results)?);
     Ok(out)
-}
-
-/// Where lab keeps the packstack password it made up for a lab (mode 0600), until
-/// `lab down`.
-pub fn packstack_password_path(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
-    dir.join(format!("{}-{profile}.packstack-password", names::PREFIX))
 }
 
 /// The packstack compute VMs (the controller of an all-in-one) that should nest but in

@@ -103,7 +103,7 @@ fn key_body(line: &str) -> Option<(&str, &str)> {
 
 /// The key lab logs in to `profile`'s VMs with.
 pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key> {
-    if crate::apply::direct_boot(profile) {
+    if profile.direct_boot() {
         // Only read here: a key made now would be in no VM.
         let private = lab_key_path(dir, &profile.name);
         let public = pub_path(&private);

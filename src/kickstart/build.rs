@@ -61,7 +61,7 @@ pub struct BuildRecord {
 impl BuildRecord {
     /// The record of what the profile asks for now: rendering, the source's identity.
     pub fn current(profile: &Profile) -> Result<BuildRecord> {
-        let inputs = super::inputs_for(profile, super::home_dir().as_deref())?;
+        let inputs = super::inputs_for(profile, crate::dirs::user_home().as_deref())?;
         let rendered = super::render_full(profile, &inputs)?;
         let source = source_of(profile)?;
         BuildRecord::of(profile, &rendered, &source)
@@ -167,7 +167,7 @@ pub fn build_base(
 ) -> Result<()> {
     let started = Instant::now();
     let p = profile.name.as_str();
-    let inputs = super::inputs_for(profile, super::home_dir().as_deref())?;
+    let inputs = super::inputs_for(profile, crate::dirs::user_home().as_deref())?;
     let rendered = super::render_full(profile, &inputs)?;
     match super::validate(profile, &rendered.text) {
         Ok(()) => {}

@@ -19,78 +19,10 @@ pub mod iso9660;
 pub mod seal;
 pub mod serve;
 pub mod source;
+pub mod templates;
 
 pub use build::{BuildRecord, build_base, needs_rebuild};
 pub use source::InstallSource;
-
-/// The templates shipped inside the binary.
-pub const BUILT_IN: &[(&str, &str)] = &[
-    (
-        "centos-stream9.ks.j2",
-        include_str!("../../kickstart/centos-stream9.ks.j2"),
-    ),
-    ("fedora.ks.j2", include_str!("../../kickstart/fedora.ks.j2")),
-];
-
-/// Directories searched for a template, in order, before the built-in ones.
-pub fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![PathBuf::from("kickstart")];
-    if let Some(config) = crate::profile::config_home() {
-        dirs.push(config.join("lab/kickstart"));
-    }
-    dirs.push(PathBuf::from("/etc/lab/kickstart"));
-    dirs
-}
-
-/// Where a template lives: a file, or built in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplateSource {
-    File(PathBuf),
-    BuiltIn(&'static str),
-}
-
-/// Find a template by name (searched) or path (taken as is).
-pub fn find_template(name: &str) -> Option<TemplateSource> {
-    if name.contains('/') {
-        let p = PathBuf::from(name);
-        return p.is_file().then_some(TemplateSource::File(p));
-    }
-    for dir in search_dirs() {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Some(TemplateSource::File(p));
-        }
-    }
-    BUILT_IN
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, text)| TemplateSource::BuiltIn(text))
-}
-
-/// The text of a template and the name errors call it by.
-fn template_text(name: &str) -> Result<(String, String)> {
-    match find_template(name) {
-        Some(TemplateSource::File(path)) => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading kickstart template {}", path.display()))?;
-            Ok((path.display().to_string(), text))
-        }
-        Some(TemplateSource::BuiltIn(text)) => Ok((format!("{name} (built in)"), text.into())),
-        None => Err(usage(format!(
-            "no kickstart template {name:?}: looked in {} and the built-in templates ({})",
-            search_dirs()
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            BUILT_IN
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
 
 /// Template variables lab sets itself; `[vars]` may not set them (except `ssh_keys`,
 /// which lab takes from `[vars]` when it is there).
@@ -131,37 +63,11 @@ pub struct Rendered {
 /// ssh_keys`, else `~/.ssh/*.pub`). An undefined variable is an error naming the template,
 /// the line and the variable.
 pub fn render(profile: &Profile) -> Result<String> {
-    Ok(render_full(profile, &inputs_for(profile, home_dir().as_deref())?)?.text)
-}
-
-/// The home directory whose `.ssh/*.pub` keys go into the kickstart: the presenter's.
-/// lab runs as root for libvirt; under sudo that is `$SUDO_USER`'s home, not root's.
-pub fn home_dir() -> Option<PathBuf> {
-    if let Some(user) = std::env::var("SUDO_USER")
-        .ok()
-        .filter(|u| !u.is_empty() && u != "root")
-        && let Some(home) = home_of(&user)
-    {
-        return Some(home);
-    }
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-}
-
-/// A user's home directory from the password database.
-fn home_of(user: &str) -> Option<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(user).ok()?;
-    // SAFETY: getpwnam with a valid C string; the entry is copied out at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return None;
-    }
-    // SAFETY: pw is non-null and its pw_dir a NUL-terminated string.
-    let dir = unsafe { std::ffi::CStr::from_ptr((*pw).pw_dir) };
-    let dir = std::ffi::OsStr::from_bytes(dir.to_bytes());
-    (!dir.is_empty()).then(|| PathBuf::from(dir))
+    Ok(render_full(
+        profile,
+        &inputs_for(profile, crate::dirs::user_home().as_deref())?,
+    )?
+    .text)
 }
 
 /// The render inputs for a profile: its `[vars] ssh_keys`, else the `*.pub` keys in
@@ -297,7 +203,7 @@ pub fn render_full(profile: &Profile, inputs: &RenderInputs) -> Result<Rendered>
             profile.name
         )));
     };
-    let (label, text) = template_text(name)?;
+    let (label, text) = templates::template_text(name)?;
     let source = match profile.base.install.as_deref() {
         Some(s) => InstallSource::parse(s)?,
         None => {
@@ -656,12 +562,6 @@ mod tests {
         assert_eq!(i.ssh_keys.len(), 2);
         let text = render_full(&p, &i).unwrap().text;
         assert_eq!(text.matches("sshkey --username=root").count(), 2, "{text}");
-    }
-
-    #[test]
-    fn users_are_found_in_the_password_database() {
-        assert_eq!(home_of("root"), Some(PathBuf::from("/root")));
-        assert_eq!(home_of("lab-no-such-user"), None);
     }
 
     #[test]
