@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 host (as root) for lab: system packages, the libvirt daemon, and with
-# --install, lab itself. Safe to run again: it installs what is missing and starts what is
-# not running.
+# --install, lab itself and its manual pages. Safe to run again: it installs what is missing
+# and starts what is not running.
 set -euo pipefail
 
 install_lab=0
@@ -19,25 +19,39 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "$0: run as root (sudo $0 $*)" >&2
     exit 2
 fi
+# Said before anything is installed, not after.
+if [ "$install_lab" -eq 1 ] && ! command -v cargo >/dev/null; then
+    echo "$0: --install builds lab with cargo, which is not on PATH: install a Rust toolchain (rustup, stable) first" >&2
+    exit 2
+fi
 
-# Debian package names. Fedora/CentOS equivalents, for reference:
+# Debian package names. Fedora/CentOS equivalents, for reference (dropbear from EPEL on
+# CentOS):
 #   dnf install libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
 #       qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-#       busybox kernel-core pkgconf-pkg-config gcc curl python3-pip qemu-guest-agent
+#       busybox kernel-core pkgconf-pkg-config gcc glibc-devel curl python3-pip \
+#       qemu-guest-agent dropbear
+# Building lab: gcc links it and needs libc6-dev for that (Debian installs gcc without it
+# when recommends are off: "cannot open crtn.o"); the virt crate finds libvirt through
+# pkg-config and libvirt-dev. binutils (with gcc) gives the tests objcopy.
 # curl fetches install trees over http(s) (lab reads installer ISOs itself).
-# qemu-guest-agent: its qemu-ga goes into the smoke VMs' initramfs, for `lab trim`;
 # qemu-storage-daemon (qemu-system-common; Fedora: qemu-img) exports stopped VMs' disks
 # for an offline trim.
+# What lab copies into the smoke VMs: qemu-ga (qemu-guest-agent), so `lab trim` can fstrim
+# them while they run, and dropbear (dropbear-bin), their SSH server for `lab ssh`,
+# provisioning steps and `lab ready`. lab runs without them (and says what the smoke VMs
+# lack), but the tests need both.
 # libssh-4 (libvirt links it too): on a host without dropbear the tests build the smoke
 # VMs' SSH server on it (tests/support/libssh_server.c), with gcc.
 packages=(
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+    gcc libc6-dev libvirt-dev pkg-config
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
     busybox-static linux-image-amd64 openssh-client
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
-    gcc
+    qemu-guest-agent dropbear-bin
     libssh-4
 )
 
@@ -78,32 +92,17 @@ if command -v apt-get >/dev/null; then
 elif command -v dnf >/dev/null; then
     retry dnf install -y libvirt-daemon libvirt-daemon-driver-qemu libvirt-devel libvirt-client \
         qemu-kvm qemu-img dnsmasq iptables-nft lvm2 device-mapper-persistent-data \
-        busybox kernel-core pkgconf-pkg-config gcc cpio e2fsprogs xz zstd curl python3-pip
+        busybox kernel-core pkgconf-pkg-config gcc glibc-devel cpio e2fsprogs xz zstd curl \
+        python3-pip qemu-guest-agent dropbear
 else
     echo "$0: neither apt-get nor dnf found; install the packages listed in this script by hand" >&2
     exit 1
 fi
 
-# What lab copies into the smoke VMs: qemu-ga (qemu-guest-agent), so `lab trim` can fstrim
-# them while they run, and dropbear (dropbear-bin), their SSH server for `lab ssh`,
-# provisioning steps and `lab ready`. Without them lab works and says what the smoke VMs
-# lack, so a mirror that cannot be reached does not stop the setup: one bounded attempt,
-# and a warning.
-if command -v apt-get >/dev/null; then
-    mapfile -t extras < <(missing qemu-guest-agent dropbear-bin)
-    if [ "${#extras[@]}" -gt 0 ]; then
-        { timeout 120 apt-get update -qq &&
-            timeout 300 apt-get install -y -q --no-install-recommends "${extras[@]}"; } ||
-            echo "$0: warning: ${extras[*]} could not be installed; the smoke VMs go without" >&2
-    fi
-elif command -v dnf >/dev/null; then
-    dnf install -y qemu-guest-agent dropbear ||
-        echo "$0: warning: qemu-guest-agent or dropbear could not be installed; the smoke VMs go without" >&2
-fi
-
-# pykickstart's ksvalidator checks rendered kickstarts (`lab base build` validates with it,
-# the tests require it), from PyPI. A Python that is "externally managed" (Debian's own)
-# takes it with --break-system-packages; where pip puts scripts off PATH, a link in
+# pykickstart's ksvalidator checks rendered kickstarts (`lab base build` validates with it;
+# lab warns and builds without it, but the tests need it), from PyPI. A Python that is
+# "externally managed" (Debian's own) takes it with --break-system-packages; a pyenv Python
+# finds it once its shims are rehashed; where pip puts scripts elsewhere off PATH, a link in
 # /usr/local/bin finds it.
 if ! command -v ksvalidator >/dev/null; then
     if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null; then
@@ -113,18 +112,20 @@ if ! command -v ksvalidator >/dev/null; then
     if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
         pip_flags+=(--break-system-packages)
     fi
-    # Only the kickstart validation needs it: without it lab warns and builds anyway.
-    python3 -m pip install "${pip_flags[@]}" pykickstart ||
-        echo "$0: warning: pykickstart could not be installed from PyPI; kickstarts are not validated" >&2
-    if ! command -v ksvalidator >/dev/null; then
-        command -v pyenv >/dev/null && pyenv rehash || true
+    retry python3 -m pip install "${pip_flags[@]}" pykickstart
+    if ! command -v ksvalidator >/dev/null && command -v pyenv >/dev/null; then
+        pyenv rehash
     fi
     if ! command -v ksvalidator >/dev/null; then
         scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-        [ -x "$scripts/ksvalidator" ] && ln -sf "$scripts/ksvalidator" /usr/local/bin/ksvalidator
+        if [ -x "$scripts/ksvalidator" ]; then
+            ln -sf "$scripts/ksvalidator" /usr/local/bin/ksvalidator
+        fi
     fi
-    command -v ksvalidator >/dev/null ||
-        echo "$0: warning: ksvalidator is not on PATH (pykickstart missing)" >&2
+    if ! command -v ksvalidator >/dev/null; then
+        echo "$0: pykickstart is installed but its ksvalidator is not on PATH" >&2
+        exit 1
+    fi
 fi
 
 # libvirtd: systemd starts it where systemd runs; elsewhere (containers, CI guests) start the
@@ -175,4 +176,6 @@ fi
 if [ "$install_lab" -eq 1 ]; then
     cd "$(dirname "$0")/.."
     cargo install --locked --path . --root /usr/local
+    # `man lab`, `man lab-up`, ...: pages made from the CLI of the lab just installed.
+    /usr/local/bin/lab man --dir /usr/local/share/man/man1
 fi

@@ -83,6 +83,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write lab's manual pages: lab.1 and one page per command (lab-up.1, ...)
+    #[command(hide = true)]
+    Man {
+        /// Write the pages into DIR (without it: print lab.1 on stdout)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
