@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::size::ByteSize;
 use crate::state::ObservedVolume;
 
+pub mod fstrim;
 pub mod lvm_thin;
 pub mod qcow2;
 
