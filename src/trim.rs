@@ -359,7 +359,7 @@ pub struct TrimEnv<'a> {
 /// Trim every target, all at once, and report.
 pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
     let started = Instant::now();
-    let chain = host_links(&env.profile.storage.dir);
+    let chain = host_links(&Sysroot::live(), &env.profile.storage.dir);
     let images: Vec<ImageTrim> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
@@ -834,13 +834,11 @@ pub fn agent_link(xml: &str, domain: &str) -> Link {
 
 /// The links under the image directory: its filesystem gives clusters back, its disk
 /// takes discards.
-pub fn host_links(dir: &Path) -> Vec<Link> {
-    let stack = blockdev::resolve_path(&Sysroot::live(), dir);
-    let mounted_with_discard = match (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        &stack.mount_point,
-    ) {
-        (Ok(text), Some(mp)) => mounted_with_discard(&text, mp),
+pub fn host_links(sysroot: &Sysroot, dir: &Path) -> Vec<Link> {
+    let stack = blockdev::resolve_path(sysroot, dir);
+    let mounted_with_discard = match (sysroot.read_opt("/proc/self/mountinfo"), &stack.mount_point)
+    {
+        (Some(text), Some(mp)) => mounted_with_discard(&text, mp),
         _ => None,
     };
     stack_links(&stack, mounted_with_discard)
