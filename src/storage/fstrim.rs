@@ -476,7 +476,7 @@ pub fn regions(image: &Path) -> Result<Vec<Region>> {
 }
 
 /// `partx -g -b -o NR,START,SIZE` lines: number, start sector (512 bytes), size in bytes.
-pub fn parse_partx(text: &str) -> Result<Vec<Region>> {
+fn parse_partx(text: &str) -> Result<Vec<Region>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -513,14 +513,14 @@ fn image_size(image: &Path) -> Result<u64> {
 
 /// The device-mapper names of the mappings lab makes for `image`'s partitions start with
 /// this: `lab-trim-<hash of the path>`, so what a killed run left is found again.
-pub fn region_tag(image: &Path) -> String {
+fn region_tag(image: &Path) -> String {
     format!(
         "lab-trim-{:08x}",
         crate::names::fnv1a(image.as_os_str().as_encoded_bytes()) & 0xffff_ffff
     )
 }
 
-pub fn is_block_device(path: &Path) -> bool {
+fn is_block_device(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
@@ -658,7 +658,7 @@ impl Drop for LinearMapping {
 }
 
 /// Remove a device-mapper device by name, if there is one; errors are ignored.
-pub fn remove_mapping(name: &str) {
+fn remove_mapping(name: &str) {
     let _ = Cmd::new("dmsetup")
         .args(["remove", "--noudevsync", name])
         .capture();
@@ -666,7 +666,7 @@ pub fn remove_mapping(name: &str) {
 }
 
 /// The device-mapper devices whose names start with `prefix` (`dmsetup ls`).
-pub fn mappings_with_prefix(prefix: &str) -> Vec<String> {
+fn mappings_with_prefix(prefix: &str) -> Vec<String> {
     Cmd::new("dmsetup")
         .args(["ls"])
         .capture()
