@@ -3,11 +3,12 @@
 //! - A running VM: fstrim inside the guest, asked of its qemu guest agent
 //!   (`virDomainFSTrim`). The guest's discards go down virtio-blk (`discard='unmap'`) into
 //!   the qcow2 clone, and QEMU punches holes in the clone's file.
-//! - A stopped VM, and a base that no clone depends on: offline. qemu-storage-daemon exports
-//!   the image as a raw disk over FUSE (a clone's backing file stays where it is, read
-//!   only), each partition of it (read with `partx`) gets a loop device, and each filesystem
-//!   on it is mounted and fstrimmed; QEMU turns the discards into zero clusters and holes.
-//!   A clone is then compacted keeping its backing file (`qemu-img convert -B`).
+//! - A stopped VM, and a base that no clone depends on: offline, by lab's one offline-trim
+//!   engine ([`crate::storage::fstrim`]). qemu-storage-daemon exports the image as a raw
+//!   disk over FUSE (a clone's backing file stays where it is, read only), each partition
+//!   of it (read with `partx`) gets a loop device, and each filesystem on it is mounted and
+//!   fstrimmed; QEMU turns the discards into zero clusters and holes. A clone is then
+//!   compacted keeping its backing file (`qemu-img convert -B`).
 //! - Before and after, the image's allocation on the host is read (its blocks, not its
 //!   length): the difference is what `lab trim` reports as given back.
 //!
@@ -18,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::host::Sysroot;
@@ -27,17 +28,14 @@ use crate::host::lvm::{IssueDiscards, PoolDiscards, ThinPool};
 use crate::libvirt::Libvirt;
 use crate::observe::{Observed, VolumeRole};
 use crate::profile::Profile;
-use crate::runner::Cmd;
 use crate::size::ByteSize;
+use crate::storage::fstrim::{self, FsTrim};
 use crate::storage::qcow2::{self, Qcow2Storage};
 use crate::storage::{InUse, Storage, user_of};
 use crate::{names, ui};
 
 /// The name of the guest agent's virtio serial channel.
 pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
-
-/// Filesystems lab mounts and fstrims offline.
-const OFFLINE_FILESYSTEMS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "f2fs"];
 
 /// Host filesystems that give a file's freed clusters back (hole punching).
 const HOLE_PUNCHING: &[&str] = &[
@@ -128,18 +126,6 @@ impl Link {
             fix,
         }
     }
-}
-
-/// One filesystem trimmed (or not) offline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FsTrim {
-    /// `whole disk` or the partition number.
-    pub part: String,
-    pub fstype: String,
-    /// Bytes fstrim said it trimmed; None when it was not trimmed.
-    pub trimmed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
 }
 
 /// The result for one image.
@@ -373,7 +359,7 @@ pub struct TrimEnv<'a> {
 /// Trim every target, all at once, and report.
 pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
     let started = Instant::now();
-    let chain = host_links(&env.profile.storage.dir);
+    let chain = host_links(&Sysroot::live(), &env.profile.storage.dir);
     let images: Vec<ImageTrim> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
@@ -639,14 +625,9 @@ fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
         ));
         return Ok(());
     }
-    let work = offline_workdir(&env.runtime_dir, &t.image);
-    clear_leftovers(&work)?;
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = fstrim::offline_workdir(&env.runtime_dir, &t.image);
     let format = if t.block { "raw" } else { "qcow2" };
-    let result = offline_fstrim(&t.image, format, &work);
-    let removed = remove_workdir(&work);
-    r.filesystems = result?;
-    removed?;
+    r.filesystems = fstrim::offline_fstrim_in(&t.image, format, &work)?;
     match (t.kind, env.qcow2) {
         (_, None) => {}
         (Kind::Clone, Some(q)) => {
@@ -670,367 +651,6 @@ fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
         r.outcome = Outcome::Trimmed;
     }
     Ok(())
-}
-
-/// The runtime directory of one image's offline trim: the same for the same image, so a
-/// run that was killed halfway leaves what the next run recognises and clears.
-pub fn offline_workdir(runtime_dir: &Path, image: &Path) -> PathBuf {
-    let name = image.file_name().unwrap_or_default().to_string_lossy();
-    runtime_dir.join(format!(
-        "trim-{name}-{:08x}",
-        names::fnv1a(image.as_os_str().as_encoded_bytes()) & 0xffff_ffff
-    ))
-}
-
-/// Trim the filesystems of a disk image that nothing runs on. An image file is exported
-/// raw with qemu-storage-daemon over FUSE; a block device (a thin volume) is used as it is
-/// and recorded in `work/block` for [`clear_leftovers`]. Each region of it (a partition, or
-/// the whole disk) then gets a device of its own (see `kickstart::seal::RegionDevice`), and
-/// each filesystem lab knows is mounted under `work` and fstrimmed. Everything is taken
-/// down again before this returns, also on failure.
-pub fn offline_fstrim(image: &Path, format: &str, work: &Path) -> Result<Vec<FsTrim>> {
-    if crate::kickstart::seal::is_block_device(image) {
-        let record = work.join("block");
-        std::fs::write(&record, image.as_os_str().as_encoded_bytes())
-            .with_context(|| format!("writing {}", record.display()))?;
-        return trim_regions(image, work)
-            .with_context(|| format!("trimming {} offline", image.display()));
-    }
-    let export = work.join("export");
-    std::fs::File::create(&export).with_context(|| format!("creating {}", export.display()))?;
-    let daemon = StorageDaemon::start(image, format, &export, &work.join("qsd.pid"))?;
-    match trim_regions(&export, work) {
-        Ok(out) => {
-            daemon.stop()?;
-            Ok(out)
-        }
-        Err(e) => {
-            // Only stopped when nothing is mounted on the export any more: a daemon killed
-            // under a mounted filesystem would lose what the kernel has not written yet.
-            if !mounted_under(work) {
-                let _ = daemon.stop();
-            } else {
-                std::mem::forget(daemon);
-            }
-            Err(e).with_context(|| format!("trimming {} offline", image.display()))
-        }
-    }
-}
-
-/// fstrim each filesystem of a raw disk (a file or a block device), region by region.
-fn trim_regions(disk: &Path, work: &Path) -> Result<Vec<FsTrim>> {
-    use crate::kickstart::seal::{RegionDevice, region_tag, regions};
-    let mut out = Vec::new();
-    for (i, region) in regions(disk)?.into_iter().enumerate() {
-        let part = if region.number == 0 {
-            "whole disk".to_string()
-        } else {
-            format!("partition {}", region.number)
-        };
-        let dev = RegionDevice::attach(disk, region, &region_tag(disk))?;
-        let trimmed = trim_filesystem(&part, dev.path(), &work.join(format!("mnt{i}")));
-        let detached = dev.detach();
-        out.push(trimmed?);
-        detached?;
-    }
-    Ok(out)
-}
-
-/// Mount one filesystem, fstrim it, unmount it.
-fn trim_filesystem(part: &str, node: &Path, mnt: &Path) -> Result<FsTrim> {
-    let fstype = probe_fstype(node)?;
-    let skip = |note: &str| FsTrim {
-        part: part.to_string(),
-        fstype: fstype.clone().unwrap_or_else(|| "-".into()),
-        trimmed: None,
-        note: Some(note.to_string()),
-    };
-    let Some(fs) = fstype.as_deref() else {
-        return Ok(skip("no filesystem"));
-    };
-    if fs == "LVM2_member" {
-        return Ok(skip(
-            "LVM inside the guest: not opened on the host (trim it running, through its guest agent)",
-        ));
-    }
-    if fs == "swap" {
-        return Ok(skip("swap"));
-    }
-    if !OFFLINE_FILESYSTEMS.contains(&fs) {
-        return Ok(skip(&format!("{fs}: not trimmed offline")));
-    }
-    std::fs::create_dir_all(mnt).with_context(|| format!("creating {}", mnt.display()))?;
-    let mut options = vec!["noatime"];
-    if fs == "xfs" {
-        // Every clone of one base carries the same filesystem UUID.
-        options.push("nouuid");
-    }
-    Cmd::new("mount")
-        .args(["-t", fs, "-o", &options.join(",")])
-        .arg(node)
-        .arg(mnt)
-        .run()
-        .with_context(|| format!("mounting the {fs} filesystem of {part}"))?;
-    let trimmed = Cmd::new("fstrim").arg("-v").arg(mnt).run();
-    let unmounted = unmount(mnt);
-    let trimmed = trimmed.with_context(|| format!("fstrim of the {fs} filesystem of {part}"))?;
-    unmounted?;
-    Ok(FsTrim {
-        part: part.to_string(),
-        fstype: fs.to_string(),
-        trimmed: parse_fstrim(&trimmed.stdout),
-        note: None,
-    })
-}
-
-fn unmount(mnt: &Path) -> Result<()> {
-    let mut last = None;
-    for _ in 0..10 {
-        match Cmd::new("umount").arg(mnt).run() {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(last.expect("tried")).with_context(|| format!("unmounting {}", mnt.display()))
-}
-
-/// The filesystem type blkid finds on a device; None when it finds none.
-fn probe_fstype(node: &Path) -> Result<Option<String>> {
-    let out = Cmd::new("blkid")
-        .args(["-p", "-o", "value", "-s", "TYPE"])
-        .arg(node)
-        .capture()
-        .context("probing a filesystem with blkid")?;
-    // blkid exits 2 when it finds nothing.
-    if out.code == Some(2) {
-        return Ok(None);
-    }
-    if !out.success() {
-        bail!("blkid -p {} failed: {}", node.display(), out.stderr.trim());
-    }
-    let t = out.stdout.trim();
-    Ok((!t.is_empty()).then(|| t.to_string()))
-}
-
-/// `fstrim -v` prints `/mnt: 229.9 MiB (241067008 bytes) trimmed`: the byte count.
-pub fn parse_fstrim(stdout: &str) -> Option<u64> {
-    let open = stdout.rfind('(')?;
-    let rest = &stdout[open + 1..];
-    let (n, _) = rest.split_once(" bytes)")?;
-    n.trim().parse().ok()
-}
-
-/// True when something is mounted at or under `dir`.
-fn mounted_under(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    blockdev::parse_mountinfo(&text)
-        .iter()
-        .any(|m| m.mount_point.starts_with(&dir))
-}
-
-/// qemu-storage-daemon exporting one image as a raw disk over FUSE, writable, discards
-/// passed down to the image file. QEMU takes its image lock: an image another program
-/// has open (a VM lab does not know of, qemu-img, qemu-nbd) is refused before anything
-/// changes.
-struct StorageDaemon {
-    pid: i32,
-    image: PathBuf,
-    export: PathBuf,
-}
-
-impl StorageDaemon {
-    fn start(image: &Path, format: &str, export: &Path, pidfile: &Path) -> Result<StorageDaemon> {
-        let file = serde_json::json!({
-            "driver": "file", "node-name": "lab-file", "filename": image,
-            "discard": "unmap", "aio": "threads",
-        });
-        let disk = serde_json::json!({
-            "driver": format, "node-name": "lab-disk", "file": "lab-file", "discard": "unmap",
-        });
-        let fuse = serde_json::json!({
-            "type": "fuse", "id": "lab-export", "node-name": "lab-disk",
-            "mountpoint": export, "writable": true,
-        });
-        let out = Cmd::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(file.to_string())
-            .arg("--blockdev")
-            .arg(disk.to_string())
-            .arg("--export")
-            .arg(fuse.to_string())
-            .arg("--pidfile")
-            .arg(pidfile)
-            .arg("--daemonize")
-            .run();
-        if let Err(e) = out {
-            if e.is_not_found() {
-                bail!(
-                    "qemu-storage-daemon is not installed: install qemu-system-common \
-                     (Fedora: qemu-img)"
-                );
-            }
-            let text = e.to_string();
-            if text.contains("lock") {
-                bail!(
-                    "{} is open in another program (its QEMU image lock is held: a VM lab \
-                     does not know of, qemu-img, qemu-nbd...): left alone, nothing changed",
-                    image.display()
-                );
-            }
-            if !Path::new("/dev/fuse").exists() {
-                return Err(e).with_context(|| {
-                    format!(
-                        "exporting {} over FUSE: there is no /dev/fuse (`modprobe fuse`)",
-                        image.display()
-                    )
-                });
-            }
-            return Err(e).with_context(|| format!("exporting {}", image.display()));
-        }
-        let pid = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .with_context(|| format!("reading {}", pidfile.display()))?;
-        Ok(StorageDaemon {
-            pid,
-            image: image.to_path_buf(),
-            export: export.to_path_buf(),
-        })
-    }
-
-    /// SIGTERM (QEMU flushes the image and removes the export), then wait for the end.
-    fn stop(self) -> Result<()> {
-        stop_process(self.pid, Duration::from_secs(30))
-            .with_context(|| format!("stopping the export of {}", self.image.display()))?;
-        unmount_dead_export(&self.export)
-    }
-}
-
-/// A FUSE export whose daemon is gone can stay mounted ("transport endpoint is not
-/// connected"); with no daemon behind it nothing is in flight, and it is unmounted.
-fn unmount_dead_export(export: &Path) -> Result<()> {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| {
-            blockdev::parse_mountinfo(&t)
-                .iter()
-                .any(|m| m.mount_point == export)
-        })
-        .unwrap_or(false);
-    if mounted {
-        ui::debug(format_args!(
-            "lab: {} is still mounted with its daemon gone",
-            export.display()
-        ));
-        unmount(export)?;
-    }
-    Ok(())
-}
-
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid, 0) == 0 }
-}
-
-fn stop_process(pid: i32, patience: Duration) -> Result<()> {
-    // SAFETY: plain kill(2) on a pid lab read from the daemon's own pid file.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + patience;
-    while process_alive(pid) {
-        if Instant::now() >= deadline {
-            bail!("process {pid} did not end within {} s", patience.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// Take down what a killed offline trim left in `work`: its mounts, its loop devices and
-/// its qemu-storage-daemon, in that order; then the directory.
-pub fn clear_leftovers(work: &Path) -> Result<()> {
-    if !work.exists() {
-        return Ok(());
-    }
-    ui::debug(format_args!(
-        "lab: clearing what an interrupted trim left in {}",
-        work.display()
-    ));
-    for entry in std::fs::read_dir(work)?.flatten() {
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with("mnt") && mounted_under(&path) {
-            unmount(&path)?;
-        }
-    }
-    let export = work.join("export");
-    // The loop device stands on the export, or on the block device recorded in `block`.
-    let backing = match std::fs::read(work.join("block")) {
-        Ok(bytes) if !bytes.is_empty() => Some(PathBuf::from(
-            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
-        )),
-        _ => export.exists().then(|| export.clone()),
-    };
-    // Partition mappings of a block device (see kickstart::seal::RegionDevice).
-    if let Ok(bytes) = std::fs::read(work.join("block"))
-        && !bytes.is_empty()
-    {
-        let device =
-            PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes));
-        for name in crate::kickstart::seal::mappings_with_prefix(
-            &crate::kickstart::seal::region_tag(&device),
-        ) {
-            crate::kickstart::seal::remove_mapping(&name);
-        }
-    }
-    if let Some(backing) = &backing
-        && let Ok(out) = Cmd::new("losetup")
-            .args(["--noheadings", "--output", "NAME", "--associated"])
-            .arg(backing)
-            .run()
-    {
-        for dev in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            Cmd::new("losetup")
-                .args(["-d", dev])
-                .run()
-                .with_context(|| format!("detaching {dev}, left by an interrupted trim"))?;
-        }
-    }
-    if let Some(pid) = std::fs::read_to_string(work.join("qsd.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse::<i32>().ok())
-    {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("qemu-storage-daemon")
-            && cmdline.contains(&export.display().to_string())
-        {
-            stop_process(pid, Duration::from_secs(30))?;
-        }
-    }
-    // The daemon is gone (stopped above, or died): no export can still be served.
-    unmount_dead_export(&export)?;
-    remove_workdir(work)
-}
-
-/// Remove an offline trim's directory, never while anything is mounted under it: a
-/// recursive removal would go on into the guest's filesystem.
-fn remove_workdir(work: &Path) -> Result<()> {
-    if mounted_under(work) {
-        bail!(
-            "{} still has something mounted under it (a guest filesystem or the export): \
-             left as it is; unmount it (`umount -R {}`) and run lab trim again",
-            work.display(),
-            work.display()
-        );
-    }
-    match std::fs::remove_dir_all(work) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", work.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The `discard` attribute of each disk of a domain: (source, discard) pairs.
@@ -1214,13 +834,11 @@ pub fn agent_link(xml: &str, domain: &str) -> Link {
 
 /// The links under the image directory: its filesystem gives clusters back, its disk
 /// takes discards.
-pub fn host_links(dir: &Path) -> Vec<Link> {
-    let stack = blockdev::resolve_path(&Sysroot::live(), dir);
-    let mounted_with_discard = match (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        &stack.mount_point,
-    ) {
-        (Ok(text), Some(mp)) => mounted_with_discard(&text, mp),
+pub fn host_links(sysroot: &Sysroot, dir: &Path) -> Vec<Link> {
+    let stack = blockdev::resolve_path(sysroot, dir);
+    let mounted_with_discard = match (sysroot.read_opt("/proc/self/mountinfo"), &stack.mount_point)
+    {
+        (Some(text), Some(mp)) => mounted_with_discard(&text, mp),
         _ => None,
     };
     stack_links(&stack, mounted_with_discard)
@@ -1563,16 +1181,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn fstrim_output_gives_the_bytes() {
-        assert_eq!(
-            parse_fstrim("/tmp/x/mnt0: 229.9 MiB (241067008 bytes) trimmed\n"),
-            Some(241_067_008)
-        );
-        assert_eq!(parse_fstrim("/m (1): 0 B (0 bytes) trimmed"), Some(0));
-        assert_eq!(parse_fstrim("nonsense"), None);
-    }
-
     fn pool(discards: &str) -> ThinPool {
         let rows = crate::host::lvm::parse_lvs(include_str!(
             "../tests/fixtures/lvm/guest-lvs-pool-50.json"
@@ -1667,45 +1275,5 @@ mod tests {
         assert_eq!(mounted_with_discard(text, Path::new("/")), Some(true));
         assert_eq!(mounted_with_discard(text, Path::new("/srv")), Some(false));
         assert_eq!(mounted_with_discard(text, Path::new("/nope")), None);
-    }
-
-    #[test]
-    fn a_workdir_with_something_mounted_is_never_removed() {
-        // As root (CI, setup-host.sh): a tmpfs stands for a guest filesystem left mounted.
-        let work = tempfile::tempdir().unwrap();
-        let mnt = work.path().join("mnt0");
-        std::fs::create_dir(&mnt).unwrap();
-        Cmd::new("mount")
-            .args(["-t", "tmpfs", "lab-test", mnt.to_str().unwrap()])
-            .run()
-            .expect("mounting a tmpfs (tests run as root)");
-        std::fs::write(mnt.join("guest-file"), "precious").unwrap();
-        let err = remove_workdir(work.path()).unwrap_err();
-        let kept = std::fs::read_to_string(mnt.join("guest-file"));
-        Cmd::new("umount").arg(&mnt).run().unwrap();
-        assert!(
-            format!("{err:#}").contains("still has something mounted"),
-            "{err:#}"
-        );
-        assert_eq!(kept.unwrap(), "precious");
-        // Nothing mounted: removed, and clearing it again is no error.
-        remove_workdir(work.path()).unwrap();
-        assert!(!work.path().exists());
-        clear_leftovers(work.path()).unwrap();
-    }
-
-    #[test]
-    fn an_offline_workdir_is_the_same_for_the_same_image() {
-        let a = offline_workdir(Path::new("/run/lab"), Path::new("/img/lab-t-node1.qcow2"));
-        assert_eq!(
-            a,
-            offline_workdir(Path::new("/run/lab"), Path::new("/img/lab-t-node1.qcow2"))
-        );
-        assert!(a.starts_with("/run/lab"));
-        assert!(a.to_string_lossy().contains("trim-lab-t-node1.qcow2-"));
-        assert_ne!(
-            a,
-            offline_workdir(Path::new("/run/lab"), Path::new("/other/lab-t-node1.qcow2"))
-        );
     }
 }

@@ -917,8 +917,8 @@ mod in_guest {
         }
 
         // lab trim's offline path on a stopped VM's thin snapshot: data written and deleted
-        // while mounted, unmounted untrimmed; lab::trim::offline_fstrim (a loop device on
-        // the volume, its ext4 mounted and fstrimmed) gives the pool its blocks back.
+        // while mounted, unmounted untrimmed; lab::storage::fstrim::offline_fstrim (the
+        // volume itself, its ext4 mounted and fstrimmed) gives the pool its blocks back.
         step("lab-trim-offline", || {
             let web1 = s.clone_volume(PROFILE, "web1")?.context("no web1")?;
             let dev = web1.path.to_str().context("path")?;
@@ -932,7 +932,7 @@ mod in_guest {
             let work = Path::new("/tmp/lab-trim-work");
             fs::create_dir_all(work)?;
             let t = Instant::now();
-            let filesystems = lab::trim::offline_fstrim(&web1.path, "raw", work)?;
+            let filesystems = lab::storage::fstrim::offline_fstrim(&web1.path, "raw", work)?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             let trimmed = pool_percent(&s)?;
             let loops = sh(
@@ -993,7 +993,7 @@ mod in_guest {
             let deleted = pool_percent(&s)?;
             let work = Path::new("/tmp/lab-trim-work-2");
             fs::create_dir_all(work)?;
-            let filesystems = lab::trim::offline_fstrim(Path::new(&dev), "raw", work)?;
+            let filesystems = lab::storage::fstrim::offline_fstrim(Path::new(&dev), "raw", work)?;
             let trimmed = pool_percent(&s)?;
             let left = sh("dmsetup", &["ls"])?;
             data(

@@ -587,7 +587,7 @@ fn an_offline_trim_gives_back_what_a_filesystem_freed() {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let t = Instant::now();
-    let filesystems = lab::trim::offline_fstrim(&image, "qcow2", &work).unwrap();
+    let filesystems = lab::storage::fstrim::offline_fstrim(&image, "qcow2", &work).unwrap();
     let after = allocated(&image);
     eprintln!(
         "offline trim: {} -> {} bytes in {:.2} s",
@@ -683,7 +683,8 @@ fn an_offline_trim_of_a_block_device_sends_the_discards_down() {
 
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    let filesystems = lab::trim::offline_fstrim(Path::new(&device), "raw", &work).unwrap();
+    let filesystems =
+        lab::storage::fstrim::offline_fstrim(Path::new(&device), "raw", &work).unwrap();
     let after = allocated(&backing);
     eprintln!("offline trim of block device {device}: {before} -> {after} bytes");
     assert_eq!(filesystems.len(), 1, "{filesystems:?}");
@@ -728,7 +729,7 @@ fn an_offline_trim_of_a_block_device_sends_the_discards_down() {
         }
     }
     let _leftover = Leftover(leftover.clone());
-    lab::trim::clear_leftovers(&killed).unwrap();
+    lab::storage::fstrim::clear_leftovers(&killed).unwrap();
     let on_device = run(
         "losetup",
         &["--noheadings", "--output", "NAME", "--associated", &device],

@@ -336,6 +336,9 @@ fn remove_leftover_scratch(work_dir: &Path, profile: &str) -> Result<()> {
                 "removing {}, left by an interrupted build",
                 path.display()
             ));
+            // A build killed while sealing: its export and mounts go first, so the removal
+            // never walks into the base's filesystem.
+            crate::storage::fstrim::clear_leftovers(&path.join(seal::WORK_DIR))?;
             std::fs::remove_dir_all(&path)
                 .with_context(|| format!("removing {}", path.display()))?;
         }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::observe::ObservedVolume;
 use crate::size::ByteSize;
 
+pub mod fstrim;
 pub mod lvm_thin;
 pub mod qcow2;
 
