@@ -129,7 +129,7 @@ pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
             ),
         },
         Some(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
-        None => bail!("ssh to {} was killed by a signal", t.vm),
+        None => bail!("ssh to {} was {}", t.vm, crate::runner::Exit::of(status)),
     }
 }
 
