@@ -12,6 +12,7 @@ pub mod commands_base;
 pub mod commands_ssh;
 pub mod commands_trim;
 pub mod error;
+pub mod fanout;
 pub mod host;
 pub mod initramfs;
 pub mod kickstart;
