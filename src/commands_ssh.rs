@@ -426,20 +426,26 @@ pub fn ready(global: &GlobalArgs, args: &ReadyArgs) -> Result<u8> {
     let key = key(&profile).map_err(|e| format!("{e:#}"));
     let hint = unreachable_hint(&profile);
     let timeout = Duration::from_secs(args.timeout);
-    let mut findings: Vec<Finding> = std::thread::scope(|s| {
-        let handles: Vec<_> = profile
-            .instances()
-            .into_iter()
-            .map(|(vm, spec)| {
-                let (profile, lv, key, hint) = (&profile, &lv, &key, &hint);
-                s.spawn(move || vm_readiness(lv, profile, &vm, spec, key, hint, timeout))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let instances = profile.instances();
+    let mut findings: Vec<Finding> = fanout::each(
+        &instances,
+        |(vm, _)| vm.clone(),
+        |(vm, spec)| Ok(vm_readiness(&lv, &profile, vm, spec, &key, &hint, timeout)),
+    )
+    .into_iter()
+    .zip(&instances)
+    // A VM whose readiness could not be told (lab panicked) is not ready.
+    .flat_map(|(r, (vm, _))| {
+        r.unwrap_or_else(|e| {
+            vec![Finding {
+                vm: vm.clone(),
+                check: "ssh".into(),
+                ok: false,
+                detail: format!("{e:#}"),
+            }]
+        })
+    })
+    .collect();
     if packstack::is_packstack(&profile) {
         let controller = profile
             .instances()
