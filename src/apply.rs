@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::directboot;
+use crate::fanout;
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
 use crate::plan::{Action, Object, Op, Plan, VmPlan};
@@ -190,33 +191,20 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
 
     let in_use = env.lv.disks_in_use()?;
     let progress = VmProgress::new();
-    let results: Vec<Result<VmState>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .vms
-            .iter()
-            .map(|vm| {
-                let bar = progress.bar(&vm.name);
-                let boot = boot.as_ref();
-                let in_use = &in_use;
-                s.spawn(move || {
-                    let r = bring_up(plan, env, vm, boot, in_use, &bar);
-                    match &r {
-                        Ok(st) => bar.finish_with_message(format!(
-                            "ready at {}",
-                            st.ip.as_deref().unwrap_or("?")
-                        )),
-                        Err(e) => bar.abandon_with_message(format!("failed: {e:#}")),
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
-            .collect()
-    });
-    let states = all_or_errors(results)?;
+    let states = fanout::all(
+        plan.vms.iter().map(|vm| (vm, progress.bar(&vm.name))),
+        |(vm, _)| vm.name.clone(),
+        |(vm, bar)| {
+            let r = bring_up(plan, env, vm, boot.as_ref(), &in_use, &bar);
+            match &r {
+                Ok(st) => {
+                    bar.finish_with_message(format!("ready at {}", st.ip.as_deref().unwrap_or("?")))
+                }
+                Err(e) => bar.abandon_with_message(format!("failed: {e:#}")),
+            }
+            r
+        },
+    )?;
     timings.vms = ms(t);
     Ok((states, timings))
 }
@@ -254,22 +242,6 @@ impl Default for VmProgress {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Every VM's result, or one error listing every VM that failed.
-pub fn all_or_errors<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
-    let mut states = Vec::new();
-    let mut errors = Vec::new();
-    for r in results {
-        match r {
-            Ok(s) => states.push(s),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("\n"));
-    }
-    Ok(states)
 }
 
 /// How long an installer may run before lab gives up on it and removes what it made.
@@ -478,35 +450,25 @@ pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
         env.lv.stop_domain(&vm.domain)?;
     }
     let in_use = env.lv.disks_in_use()?;
-    let results: Vec<Result<VmState>> = std::thread::scope(|s| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|vm| {
-                let in_use = &in_use;
-                let boot = boot.as_ref();
-                s.spawn(move || {
-                    let p = &env.profile.name;
-                    let mut timings = VmTimings::default();
-                    ui::debug(format_args!("lab: reset disk of {}", vm.name));
-                    let t = Instant::now();
-                    env.storage.remove_clone(p, &vm.name, in_use)?;
-                    env.storage.clone_base(p, &vm.name, in_use)?;
-                    crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
-                    timings.disk = ms(t);
-                    ui::debug(format_args!("lab: start domain {}", vm.domain));
-                    let t = Instant::now();
-                    env.lv.start_domain(&vm.domain)?;
-                    timings.start = ms(t);
-                    ready_state(env, vm, boot.is_some(), timings)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
-            .collect()
-    });
-    all_or_errors(results)
+    fanout::all(
+        targets.iter().copied(),
+        |vm| vm.name.clone(),
+        |vm| {
+            let p = &env.profile.name;
+            let mut timings = VmTimings::default();
+            ui::debug(format_args!("lab: reset disk of {}", vm.name));
+            let t = Instant::now();
+            env.storage.remove_clone(p, &vm.name, &in_use)?;
+            env.storage.clone_base(p, &vm.name, &in_use)?;
+            crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
+            timings.disk = ms(t);
+            ui::debug(format_args!("lab: start domain {}", vm.domain));
+            let t = Instant::now();
+            env.lv.start_domain(&vm.domain)?;
+            timings.start = ms(t);
+            ready_state(env, vm, boot.is_some(), timings)
+        },
+    )
 }
 
 /// `lab down`: lab's domains, network and clones of the profile (with `purge`, its base and

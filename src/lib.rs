@@ -11,6 +11,7 @@ pub mod commands;
 pub mod directboot;
 pub mod dirs;
 pub mod error;
+pub mod fanout;
 pub mod guest;
 pub mod host;
 pub mod kickstart;

@@ -360,24 +360,20 @@ pub struct TrimEnv<'a> {
 pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
     let started = Instant::now();
     let chain = host_links(&Sysroot::live(), &env.profile.storage.dir);
-    let images: Vec<ImageTrim> = std::thread::scope(|s| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|t| s.spawn(move || trim_one(env, t)))
-            .collect();
-        handles
+    // trim_one reports its failures in its row: only a panic comes back as an error.
+    let images: Vec<ImageTrim> =
+        crate::fanout::each(targets, |t| t.name.clone(), |t| Ok(trim_one(env, t)))
             .into_iter()
             .zip(targets)
-            .map(|(h, t)| {
-                h.join().unwrap_or_else(|_| {
+            .map(|(r, t)| {
+                r.unwrap_or_else(|_| {
                     let mut r = blank(t, Method::None);
                     r.outcome = Outcome::Failed;
                     r.message = Some("lab's trim of this image panicked".into());
                     r
                 })
             })
-            .collect()
-    });
+            .collect();
     TrimReport {
         profile: env.profile.name.clone(),
         given_back: images.iter().map(|i| i.given_back).sum(),

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ReadyArgs, SshArgs};
 use crate::error::{exit, usage};
+use crate::fanout;
 use crate::guest::packstack;
 use crate::guest::provision::{self, StepResult};
 use crate::guest::ssh::{self, Key, Target, Unanswered};
@@ -133,7 +134,7 @@ pub fn ssh_command(global: &GlobalArgs, args: &SshArgs) -> Result<u8> {
             ),
         },
         Some(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
-        None => bail!("ssh to {} was killed by a signal", t.vm),
+        None => bail!("ssh to {} was {}", t.vm, crate::runner::Exit::of(status)),
     }
 }
 
@@ -197,60 +198,45 @@ pub fn provision(
         None
     };
     let progress = crate::apply::VmProgress::new();
-    let results: Vec<Result<(String, Vec<StepResult>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .vms
-            .iter()
-            .map(|vm| {
-                let bar = progress.bar(&vm.name);
-                let (key, hint, answers) = (&key, &hint, &answers);
-                s.spawn(move || {
-                    let r = (|| {
-                        let steps = provision::steps_for(profile, &vm.name, vm.role.as_deref())?;
-                        if steps.is_empty() {
-                            return Ok((vm.name.clone(), Vec::new()));
-                        }
-                        let t = target(lv, profile, &vm.name, key)?;
-                        bar.set_message("waiting for SSH");
-                        wait_ssh(&t, deadline, hint)?;
-                        if let Some(a) = answers
-                            && a.controller.to_string() == t.ip
-                        {
-                            bar.set_message("packstack answer file");
-                            let path = packstack::answer_file_path(profile)
-                                .unwrap_or_else(|| "/root/lab-answers.txt".into());
-                            remote_answer_file(&t, &path, &a.text)?;
-                        }
-                        let on_line = |step: &str, line: &str| {
-                            let line: String = line.chars().take(100).collect();
-                            bar.set_message(format!("{step}: {line}"));
-                        };
-                        let shell = || remote_shell(&t);
-                        let done = provision::run_steps(
-                            &vm.name,
-                            &steps,
-                            &shell,
-                            provision::DONE_DIR,
-                            &on_line,
-                        )?;
-                        Ok((vm.name.clone(), done))
-                    })();
-                    match &r {
-                        Ok((_, steps)) => {
-                            bar.finish_with_message(format!("provisioned: {}", summary(steps)))
-                        }
-                        Err(e) => bar.abandon_with_message(format!("failed: {e:#}")),
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
-            .collect()
-    });
-    out.extend(crate::apply::all_or_errors(results)?);
+    let provisioned = fanout::all(
+        plan.vms.iter().map(|vm| (vm, progress.bar(&vm.name))),
+        |(vm, _)| vm.name.clone(),
+        |(vm, bar)| {
+            let r = (|| {
+                let steps = provision::steps_for(profile, &vm.name, vm.role.as_deref())?;
+                if steps.is_empty() {
+                    return Ok((vm.name.clone(), Vec::new()));
+                }
+                let t = target(lv, profile, &vm.name, &key)?;
+                bar.set_message("waiting for SSH");
+                wait_ssh(&t, deadline, &hint)?;
+                if let Some(a) = &answers
+                    && a.controller.to_string() == t.ip
+                {
+                    bar.set_message("packstack answer file");
+                    let path = packstack::answer_file_path(profile)
+                        .unwrap_or_else(|| "/root/lab-answers.txt".into());
+                    remote_answer_file(&t, &path, &a.text)?;
+                }
+                let on_line = |step: &str, line: &str| {
+                    let line: String = line.chars().take(100).collect();
+                    bar.set_message(format!("{step}: {line}"));
+                };
+                let shell = || remote_shell(&t);
+                let done =
+                    provision::run_steps(&vm.name, &steps, &shell, provision::DONE_DIR, &on_line)?;
+                Ok((vm.name.clone(), done))
+            })();
+            match &r {
+                Ok((_, steps)) => {
+                    bar.finish_with_message(format!("provisioned: {}", summary(steps)))
+                }
+                Err(e) => bar.abandon_with_message(format!("failed: {e:#}")),
+            }
+            r
+        },
+    )?;
+    out.extend(provisioned);
     Ok(out)
 }
 
@@ -280,43 +266,31 @@ fn kvm_failures(
             })
             .collect();
     }
-    let probed: Vec<Result<Option<(String, String)>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = computes
-            .iter()
-            .filter(|vm| vm.nested && vm.domain_type == "kvm")
-            .map(|vm| {
-                s.spawn(move || {
-                    let t = target(lv, profile, &vm.name, key)?;
-                    wait_ssh(&t, deadline, hint)?;
-                    let line = remote_shell(&t)
-                        .stdin(KVM_PROBE)
-                        .timeout(Duration::from_secs(60))
-                        .run()
-                        .with_context(|| format!("{}: probing /dev/kvm", vm.name))?
-                        .stdout;
-                    let line = line.trim();
-                    Ok(match line.strip_prefix("ok: ") {
-                        Some(_) => None,
-                        None => Some((
-                            vm.name.clone(),
-                            line.strip_prefix("no: ").unwrap_or(line).to_string(),
-                        )),
-                    })
-                })
-            })
-            .collect();
-        handles
+    let probed = fanout::all(
+        computes
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
-            .collect()
-    });
-    let mut out = Vec::new();
-    for p in probed {
-        if let Some(f) = p? {
-            out.push(f);
-        }
-    }
-    Ok(out)
+            .filter(|vm| vm.nested && vm.domain_type == "kvm"),
+        |vm| vm.name.clone(),
+        |vm| {
+            let t = target(lv, profile, &vm.name, key)?;
+            wait_ssh(&t, deadline, hint)?;
+            let line = remote_shell(&t)
+                .stdin(KVM_PROBE)
+                .timeout(Duration::from_secs(60))
+                .run()
+                .with_context(|| format!("{}: probing /dev/kvm", vm.name))?
+                .stdout;
+            let line = line.trim();
+            Ok(match line.strip_prefix("ok: ") {
+                Some(_) => None,
+                None => Some((
+                    vm.name.clone(),
+                    line.strip_prefix("no: ").unwrap_or(line).to_string(),
+                )),
+            })
+        },
+    )?;
+    Ok(probed.into_iter().flatten().collect())
 }
 
 fn summary(steps: &[StepResult]) -> String {
@@ -450,20 +424,26 @@ pub fn ready(global: &GlobalArgs, args: &ReadyArgs) -> Result<u8> {
     let key = key(&profile).map_err(|e| format!("{e:#}"));
     let hint = unreachable_hint(&profile);
     let timeout = Duration::from_secs(args.timeout);
-    let mut findings: Vec<Finding> = std::thread::scope(|s| {
-        let handles: Vec<_> = profile
-            .instances()
-            .into_iter()
-            .map(|(vm, spec)| {
-                let (profile, lv, key, hint) = (&profile, &lv, &key, &hint);
-                s.spawn(move || vm_readiness(lv, profile, &vm, spec, key, hint, timeout))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let instances = profile.instances();
+    let mut findings: Vec<Finding> = fanout::each(
+        &instances,
+        |(vm, _)| vm.clone(),
+        |(vm, spec)| Ok(vm_readiness(&lv, &profile, vm, spec, &key, &hint, timeout)),
+    )
+    .into_iter()
+    .zip(&instances)
+    // A VM whose readiness could not be told (lab panicked) is not ready.
+    .flat_map(|(r, (vm, _))| {
+        r.unwrap_or_else(|e| {
+            vec![Finding {
+                vm: vm.clone(),
+                check: "ssh".into(),
+                ok: false,
+                detail: format!("{e:#}"),
+            }]
+        })
+    })
+    .collect();
     if packstack::is_packstack(&profile) {
         let controller = profile
             .instances()

@@ -10,15 +10,13 @@
 //! killed in the VM (`timeout`) and lab stops waiting for it.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::profile::Profile;
-use crate::runner::{Cmd, quote};
+use crate::runner::{Cmd, Exit, quote};
 
 /// Where a VM records its finished steps.
 pub const DONE_DIR: &str = "/var/lib/lab/steps";
@@ -146,142 +144,56 @@ pub fn run_steps(
     for step in steps {
         check_name(&step.name)?;
         let started = Instant::now();
-        let (status, lines) = run_one(shell(), &step_script(step, done_dir), step, on_line)
+        let mut skipped = false;
+        // lab waits a little longer than the step's own timeout (which the VM enforces)
+        // before it kills the shell. ssh's own messages (connection refused, host key
+        // changed) come on its stderr, streamed with the step's output.
+        let ran = shell()
+            .stdin(step_script(step, done_dir))
+            .timeout(step.timeout + Duration::from_secs(10))
+            .stream(TAIL_LINES, &mut |line| {
+                if line == SKIPPED {
+                    skipped = true;
+                } else {
+                    on_line(&step.name, line);
+                }
+            })
+            .map_err(anyhow::Error::new)
             .with_context(|| format!("{vm}: step {}", step.name))?;
         let ms = started.elapsed().as_millis() as u64;
-        let tail: Vec<String> = lines.iter().rev().take(TAIL_LINES).rev().cloned().collect();
-        let ended = match status {
-            Ended::Code(0) if lines.iter().any(|l| l == SKIPPED) => {
+        let ended = match ran.exit {
+            Exit::Code(0) => {
                 results.push(StepResult {
                     name: step.name.clone(),
-                    outcome: "skipped".into(),
-                    ms,
-                    tail: Vec::new(),
-                });
-                continue;
-            }
-            Ended::Code(0) => {
-                results.push(StepResult {
-                    name: step.name.clone(),
-                    outcome: "done".into(),
+                    outcome: if skipped { "skipped" } else { "done" }.into(),
                     ms,
                     tail: Vec::new(),
                 });
                 continue;
             }
             // `timeout -s KILL` in the VM: 137; lab's own deadline: TimedOut.
-            Ended::Code(137) | Ended::TimedOut => {
+            Exit::Code(137) | Exit::TimedOut(_) => {
                 format!("did not finish within {} s", step.timeout.as_secs())
             }
-            Ended::Code(125) => format!("ran, but could not be recorded in {done_dir}"),
-            Ended::Code(255) => "the connection failed (ssh exit status 255)".to_string(),
-            Ended::Code(code) => format!("failed with exit status {code}"),
-            Ended::Signal => "was killed by a signal".to_string(),
+            Exit::Code(125) => format!("ran, but could not be recorded in {done_dir}"),
+            Exit::Code(255) => "the connection failed (ssh exit status 255)".to_string(),
+            Exit::Code(_) => format!("failed with {}", ran.exit),
+            Exit::Signal(_) => format!("was {}", ran.exit),
         };
+        let tail: Vec<&str> = ran
+            .tail
+            .iter()
+            .map(String::as_str)
+            .filter(|l| *l != SKIPPED)
+            .collect();
         let shown = if tail.is_empty() {
             " (it printed nothing)".to_string()
         } else {
-            format!(
-                "; its last lines:\n    {}",
-                tail.iter()
-                    .filter(|l| *l != SKIPPED)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n    ")
-            )
+            format!("; its last lines:\n    {}", tail.join("\n    "))
         };
         bail!("{vm}: provision step {} {ended}{shown}", step.name);
     }
     Ok(results)
-}
-
-enum Ended {
-    Code(i32),
-    Signal,
-    TimedOut,
-}
-
-/// Run one script, streaming its stdout lines; lab waits a little longer than the step's
-/// own timeout (which the VM enforces) before it kills the shell.
-fn run_one(
-    shell: Cmd,
-    script: &str,
-    step: &Step,
-    on_line: &dyn Fn(&str, &str),
-) -> Result<(Ended, Vec<String>)> {
-    let mut child = shell
-        .std_command()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting `{}`", shell.cmdline()))?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        // A shell that died at once (no connection) is seen below, by its status.
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let err_tx = tx.clone();
-    let out_reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // ssh's own messages (connection refused, host key changed) come on stderr.
-    let err_reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if err_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + step.timeout + Duration::from_secs(10);
-    let mut lines = Vec::new();
-    let mut timed_out = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
-            Ok(line) => {
-                if line != SKIPPED {
-                    on_line(&step.name, &line);
-                }
-                lines.push(line);
-                if lines.len() > 10 * TAIL_LINES {
-                    lines.drain(..lines.len() - 5 * TAIL_LINES);
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    timed_out = true;
-                    let _ = child.kill();
-                    break;
-                }
-            }
-        }
-    }
-    let status = child.wait().context("waiting for the shell")?;
-    let _ = out_reader.join();
-    let _ = err_reader.join();
-    // Lines that came after the kill.
-    lines.extend(rx.try_iter());
-    let ended = if timed_out {
-        Ended::TimedOut
-    } else {
-        match status.code() {
-            Some(code) => Ended::Code(code),
-            None => Ended::Signal,
-        }
-    };
-    Ok((ended, lines))
 }
 
 /// Which of `steps` the VM has recorded as done with the same command: asked in one shell

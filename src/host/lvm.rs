@@ -14,7 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Sysroot;
-use crate::runner::Cmd;
+use crate::runner::{Cmd, Exit};
 
 /// The `lvs` columns lab reads.
 pub const LVS_FIELDS: &str = "lv_name,vg_name,lv_attr,segtype,lv_size,lv_metadata_size,data_percent,metadata_percent,discards,lv_uuid,lv_tags";
@@ -731,7 +731,7 @@ fn report(lvm: &Path, command: &str, fields: &str, targets: &[&str]) -> anyhow::
         ])
         .args(targets.iter().copied())
         .capture()?;
-    judge_report(command, &out.stdout, &out.stderr, out.code)
+    judge_report(command, &out.stdout, &out.stderr, out.exit())
 }
 
 /// A missing VG or LV exits 5 with an empty but valid report and says "not found" (or
@@ -742,11 +742,11 @@ pub fn judge_report(
     command: &str,
     stdout: &str,
     stderr: &str,
-    code: Option<i32>,
+    exit: Exit,
 ) -> anyhow::Result<String> {
     let parsed = serde_json::from_str::<serde_json::Value>(stdout).is_ok();
     let absent = stderr.contains("not found") || stderr.contains("Failed to find");
-    if parsed && (code == Some(0) || absent) {
+    if parsed && (exit.success() || absent) {
         return Ok(stdout.to_string());
     }
     let said: Vec<&str> = stderr
@@ -754,11 +754,7 @@ pub fn judge_report(
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let status = match code {
-        Some(c) => format!("exit status {c}"),
-        None => "killed by a signal".to_string(),
-    };
-    bail!("`lvm {command}` failed ({status}): {}", said.join("; "))
+    bail!("`lvm {command}` failed ({exit}): {}", said.join("; "))
 }
 
 #[cfg(test)]
@@ -835,21 +831,22 @@ mod tests {
     }
 
     /// The exit status the capture recorded in the last line of a `.stderr` fixture.
-    fn captured(stem: &str) -> (String, String, Option<i32>) {
+    fn captured(stem: &str) -> (String, String, Exit) {
         let stderr = fixture(&format!("{stem}.stderr"));
         let code = stderr
             .lines()
             .last()
             .and_then(|l| l.strip_prefix("exit status "))
-            .and_then(|c| c.parse().ok());
-        (fixture(&format!("{stem}.json")), stderr, code)
+            .and_then(|c| c.parse().ok())
+            .expect("the fixture ends with its exit status");
+        (fixture(&format!("{stem}.json")), stderr, Exit::Code(code))
     }
 
     #[test]
     fn not_found_is_an_answer_but_no_lock_is_an_error() {
         for stem in ["vgs-missing", "lvs-vg-missing", "lvs-lv-missing"] {
             let (out, err, code) = captured(stem);
-            assert_eq!(code, Some(5), "{stem}");
+            assert_eq!(code, Exit::Code(5), "{stem}");
             let json = judge_report("vgs", &out, &err, code).unwrap();
             assert!(report_rows(&json, "vg").unwrap().is_empty());
         }
@@ -859,8 +856,8 @@ mod tests {
             .to_string();
         assert!(e.contains("exit status 5"), "{e}");
         assert!(e.contains("Can't get lock for vg_lab"), "{e}");
-        assert!(judge_report("vgs", "", "", Some(0)).is_err());
-        assert!(judge_report("vgs", &fixture("vgs.json"), "", Some(0)).is_ok());
+        assert!(judge_report("vgs", "", "", Exit::Code(0)).is_err());
+        assert!(judge_report("vgs", &fixture("vgs.json"), "", Exit::Code(0)).is_ok());
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl LvmThinStorage {
                 target,
             ])
             .capture()?;
-        lvm::judge_report(command, &out.stdout, &out.stderr, out.code)
+        lvm::judge_report(command, &out.stdout, &out.stderr, out.exit())
     }
 
     fn vg_exists(&self) -> Result<bool> {
