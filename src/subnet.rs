@@ -1,5 +1,6 @@
-//! Choosing the lab's subnet so it collides with nothing: not the LAN, not a VPN's routes,
-//! not a libvirt network, not another lab.
+//! Choosing the lab's subnet so it collides with nothing: not the LAN, not a VPN's routes
+//! (in any routing table), not the host's DNS servers or proxies, not a docker or libvirt
+//! network, not another lab.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -7,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::host::net::NetFacts;
+use crate::host::net::{NetFacts, engine_bridge};
 use crate::names::fnv1a;
 
 /// A network already in use on this host, and by what.
@@ -22,7 +23,12 @@ pub struct Taken {
 
 impl fmt::Display for Taken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.net, self.what)
+        // One address (a DNS server, a proxy) reads as an address.
+        if self.net.prefix_len() == 32 {
+            write!(f, "{} ({})", self.net.addr(), self.what)
+        } else {
+            write!(f, "{} ({})", self.net, self.what)
+        }
     }
 }
 
@@ -30,7 +36,10 @@ impl fmt::Display for Taken {
 /// lab's own, more specific route wins over them, so they are no collision.
 const DEFAULT_LIKE_PREFIX: u8 = 8;
 
-/// Every network the host's routes, addresses and VPN interfaces use.
+/// Every network the host's routes (of every table it could read), addresses, VPN
+/// interfaces and container bridges use, and the addresses of its DNS servers and
+/// proxies: a lab subnet holding one of those would route its queries into the lab's
+/// bridge, even when only a default or full-tunnel route reaches it today.
 pub fn taken_by_host(facts: &NetFacts) -> Vec<Taken> {
     let mut taken = Vec::new();
     for route in &facts.routes {
@@ -38,11 +47,23 @@ pub fn taken_by_host(facts: &NetFacts) -> Vec<Taken> {
             continue;
         }
         let kind = facts.iface_kind(&route.iface);
-        let what = if kind.is_vpn() {
+        let mut what = if let Some(bridge) = engine_bridge(&route.iface) {
+            bridge
+        } else if kind.is_vpn() {
             format!("VPN route via {} ({})", route.iface, kind_name(kind))
         } else {
             format!("route via {}", route.iface)
         };
+        if !route.in_main_table() {
+            what.push_str(&format!(" in routing table {}", route.table));
+        }
+        if taken
+            .iter()
+            .any(|t: &Taken| t.net == route.dest && t.what == what)
+        {
+            // The same route with another metric or gateway.
+            continue;
+        }
         taken.push(Taken {
             net: route.dest,
             what,
@@ -55,6 +76,34 @@ pub fn taken_by_host(facts: &NetFacts) -> Vec<Taken> {
             taken.push(Taken {
                 net,
                 what: format!("host address {addr}"),
+                iface: None,
+            });
+        }
+    }
+    let addresses = facts
+        .resolvers
+        .iter()
+        .map(|r| {
+            let what = match &r.link {
+                Some(link) => format!("DNS server of {link} in {}", r.source),
+                None => format!("DNS server in {}", r.source),
+            };
+            (r.addr, what)
+        })
+        .chain(
+            facts
+                .proxies
+                .iter()
+                .map(|p| (p.addr, format!("proxy set by {} in {}", p.var, p.source))),
+        );
+    for (addr, what) in addresses {
+        let net = Ipv4Net::from(addr);
+        // Named once as an address (a host address, or a resolver that is also a proxy);
+        // a route to it (Tailscale's 100.100.100.100) does not say it is the DNS server.
+        if !taken.iter().any(|t| t.net == net && t.iface.is_none()) {
+            taken.push(Taken {
+                net,
+                what,
                 iface: None,
             });
         }
@@ -187,7 +236,7 @@ pub fn gateway(net: Ipv4Net) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::net::{Iface, IfaceKind, Route};
+    use crate::host::net::{Iface, IfaceKind, Proxy, Resolver, Route};
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
@@ -209,21 +258,25 @@ mod tests {
                     iface: "wlan0".into(),
                     dest: net("0.0.0.0/0"),
                     gateway: Some("192.168.1.1".parse().unwrap()),
+                    table: "main".into(),
                 },
                 Route {
                     iface: "wlan0".into(),
                     dest: net("192.168.1.0/24"),
                     gateway: None,
+                    table: "main".into(),
                 },
                 Route {
                     iface: "tun0".into(),
                     dest: net("10.0.0.0/8"),
                     gateway: None,
+                    table: "main".into(),
                 },
                 Route {
                     iface: "tun0".into(),
                     dest: net("0.0.0.0/1"),
                     gateway: None,
+                    table: "main".into(),
                 },
             ],
             local_addrs: vec![
@@ -234,12 +287,15 @@ mod tests {
                 Iface {
                     name: "wlan0".into(),
                     kind: IfaceKind::Ethernet,
+                    index: None,
                 },
                 Iface {
                     name: "tun0".into(),
                     kind: IfaceKind::Tun,
+                    index: None,
                 },
             ],
+            ..NetFacts::default()
         };
         assert_eq!(
             taken_by_host(&facts),
@@ -316,6 +372,119 @@ mod tests {
             tiny.allocate("x", None, &[]),
             Err(AllocError::RangeTooSmall { .. })
         ));
+    }
+
+    fn facts_with_resolver(addr: &str) -> NetFacts {
+        NetFacts {
+            resolvers: vec![Resolver {
+                addr: addr.parse().unwrap(),
+                source: "/etc/resolv.conf".into(),
+                link: None,
+            }],
+            ..NetFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_dns_server_reached_by_the_default_route_is_taken() {
+        // This machine: its DNS server 10.255.255.53 is reached through the default route
+        // only; a lab on 10.255.255.0/24 would cut its name resolution.
+        let host = taken_by_host(&facts_with_resolver("10.255.255.53"));
+        assert_eq!(
+            host,
+            [taken("10.255.255.53/32", "DNS server in /etc/resolv.conf")]
+        );
+        assert_eq!(
+            host[0].to_string(),
+            "10.255.255.53 (DNS server in /etc/resolv.conf)"
+        );
+        let only = SubnetAllocator::new(net("10.255.255.0/24"));
+        assert_eq!(
+            only.allocate("smoke", None, &host).unwrap_err(),
+            AllocError::Exhausted {
+                range: net("10.255.255.0/24"),
+                prefix: 24
+            }
+        );
+        // Nor is it kept as the lab's current subnet.
+        let two = SubnetAllocator::new(net("10.255.254.0/23"));
+        let chosen = two
+            .allocate("smoke", Some(net("10.255.255.0/24")), &host)
+            .unwrap();
+        assert_eq!(chosen.subnet, net("10.255.254.0/24"));
+        // "vpn-dns" prefers the second /24 of a /23: the reason names the DNS server.
+        let chosen = two.allocate("vpn-dns", None, &host).unwrap();
+        assert_eq!(chosen.subnet, net("10.255.254.0/24"));
+        assert!(
+            chosen.reason.contains(
+                "10.255.255.0/24 is taken by 10.255.255.53 (DNS server in /etc/resolv.conf)"
+            ),
+            "{}",
+            chosen.reason
+        );
+        // systemd-resolved's stub on loopback never collides (it is not read as a
+        // resolver), and a resolver that is the host's own address is named once.
+        let mut facts = facts_with_resolver("192.168.1.7");
+        facts.local_addrs = vec!["192.168.1.7".parse().unwrap()];
+        assert_eq!(taken_by_host(&facts).len(), 1);
+    }
+
+    #[test]
+    fn routes_of_other_tables_bridges_and_proxies_say_what_they_are() {
+        let route = |iface: &str, dest: &str, table: &str| Route {
+            iface: iface.into(),
+            dest: net(dest),
+            gateway: None,
+            table: table.into(),
+        };
+        let facts = NetFacts {
+            routes: vec![
+                route("tailscale0", "100.64.0.0/10", "52"),
+                route("tailscale0", "100.100.100.100/32", "52"),
+                route("wg0", "10.213.160.0/20", "51820"),
+                route("docker0", "172.17.0.0/16", "main"),
+                route("cni-podman0", "10.88.0.0/16", "main"),
+            ],
+            ifaces: vec![
+                Iface {
+                    name: "tailscale0".into(),
+                    kind: IfaceKind::Tun,
+                    index: Some(5),
+                },
+                Iface {
+                    name: "wg0".into(),
+                    kind: IfaceKind::WireGuard,
+                    index: Some(6),
+                },
+            ],
+            resolvers: vec![Resolver {
+                addr: "100.100.100.100".parse().unwrap(),
+                source: "/etc/resolv.conf".into(),
+                link: None,
+            }],
+            proxies: vec![Proxy {
+                addr: "10.77.0.8".parse().unwrap(),
+                var: "https_proxy".into(),
+                source: "/etc/environment".into(),
+            }],
+            ..NetFacts::default()
+        };
+        let found: Vec<String> = taken_by_host(&facts)
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "100.64.0.0/10 (VPN route via tailscale0 (tun/tap) in routing table 52)",
+                "100.100.100.100 (VPN route via tailscale0 (tun/tap) in routing table 52)",
+                "10.213.160.0/20 (VPN route via wg0 (WireGuard) in routing table 51820)",
+                "172.17.0.0/16 (docker bridge docker0)",
+                "10.88.0.0/16 (podman bridge cni-podman0)",
+                "100.100.100.100 (DNS server in /etc/resolv.conf)",
+                "10.77.0.8 (proxy set by https_proxy in /etc/environment)",
+            ]
+        );
     }
 
     #[test]

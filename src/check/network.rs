@@ -1,5 +1,5 @@
-//! `network.subnet`: the lab's subnet must collide with no route, address, VPN or libvirt
-//! network on this host.
+//! `network.subnet`: the lab's subnet must collide with no route (of any routing table),
+//! address, VPN, DNS server, proxy, container bridge or libvirt network on this host.
 
 use serde::Serialize;
 
@@ -102,6 +102,13 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
     if !vpns.is_empty() {
         note.push_str(&format!("; VPN interfaces seen: {}", vpns.join(", ")));
     }
+    if let Some(why) = &host.route_source.why_main_only {
+        // Policy routing (Tailscale, wg-quick, corporate VPNs) is then invisible.
+        note.push_str(&format!(
+            "; routes of the main table only ({}: {why})",
+            host.route_source.from
+        ));
+    }
 
     let (spec, range, source) = match ctx.profile {
         Some(p) => (
@@ -153,7 +160,10 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
             ),
             Err(e) => Check::fail(
                 "network.subnet",
-                format!("auto for {source}: {e}{note}"),
+                format!(
+                    "auto for {source}: {e}{}{note}",
+                    in_range(allocator.range, &taken)
+                ),
                 "in [network] set auto_range to another private range, e.g. \
                  auto_range = \"172.30.0.0/16\", or disconnect the VPN that routes it",
             ),
@@ -168,6 +178,20 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
             libvirt_networks_read: libvirt_read,
         },
     );
+}
+
+/// What takes the auto range, so a refusal names it.
+fn in_range(range: ipnet::Ipv4Net, taken: &[Taken]) -> String {
+    const SHOWN: usize = 5;
+    let hits = subnet::collisions(range, taken);
+    if hits.is_empty() {
+        return String::new();
+    }
+    let mut named: Vec<String> = hits.iter().take(SHOWN).map(|t| t.to_string()).collect();
+    if hits.len() > SHOWN {
+        named.push(format!("{} more", hits.len() - SHOWN));
+    }
+    format!(" ({range} holds {})", named.join(", "))
 }
 
 fn in_use(n: usize) -> String {
