@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
-use crate::plan::{Action, Object, Op, Plan, VmPlan};
+use crate::plan::{Action, Plan, Planned, VmPlan};
 use crate::profile::Profile;
 use crate::smoke;
 use crate::storage::{InUse, Storage, Volume};
@@ -81,17 +81,21 @@ fn boot_for(env: &Env<'_>, boot: Option<&smoke::BootFiles>, vm: &VmPlan) -> Opti
     })
 }
 
-fn step(what: &Action) {
+fn step(what: &Planned) {
     ui::debug(format_args!(
         "lab: {} {} {}",
-        what.op, what.object, what.name
+        what.op(),
+        what.object(),
+        what.name()
     ));
 }
 
-fn done(what: &Action) {
+fn done(what: &Planned) {
     ui::debug(format_args!(
         "lab: done {} {} {}",
-        what.op, what.object, what.name
+        what.op(),
+        what.object(),
+        what.name()
     ));
 }
 
@@ -140,6 +144,29 @@ pub fn preflight_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// When, in a run of `lab up`, an action is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase<'a> {
+    /// First: domains need the network to start.
+    Network,
+    Base,
+    /// In the VM's own thread, all VMs at once.
+    Vm(&'a str),
+    /// Not carried out: what is left alone.
+    Never,
+}
+
+fn phase(a: &Action) -> Phase<'_> {
+    match a {
+        Action::CreateNetwork { .. } | Action::StartNetwork { .. } => Phase::Network,
+        Action::BuildBase { .. } => Phase::Base,
+        Action::CloneDisk { vm, .. }
+        | Action::DefineDomain { vm, .. }
+        | Action::StartDomain { vm, .. } => Phase::Vm(vm),
+        Action::Keep { .. } => Phase::Never,
+    }
+}
+
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
 pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     preflight_dir(&env.dir)?;
@@ -150,15 +177,23 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     let mut timings = LabTimings::default();
     // Network first: domains need it to start.
     let t = Instant::now();
-    for a in plan.actions.iter().filter(|a| a.object == Object::Network) {
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| phase(&a.action) == Phase::Network)
+    {
         step(a);
-        match a.op {
-            Op::Create => {
+        match &a.action {
+            Action::CreateNetwork { name } => {
                 let doc = xml::to_xml(&xml::network_for(plan));
-                env.lv.define_network(&a.name, &doc)?;
+                env.lv.define_network(name, &doc)?;
             }
-            Op::Start => env.lv.start_network(&a.name)?,
-            _ => {}
+            Action::StartNetwork { name } => env.lv.start_network(name)?,
+            Action::BuildBase { .. }
+            | Action::CloneDisk { .. }
+            | Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::Keep { .. } => unreachable!("not of the network phase"),
         }
         done(a);
     }
@@ -176,9 +211,23 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     timings.boot_files = ms(t);
 
     let t = Instant::now();
-    for a in plan.actions.iter().filter(|a| a.object == Object::Base) {
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| phase(&a.action) == Phase::Base)
+    {
         step(a);
-        build_base(env)?;
+        match &a.action {
+            Action::BuildBase { .. } => {
+                build_base(env)?;
+            }
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::CloneDisk { .. }
+            | Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::Keep { .. } => unreachable!("not of the base phase"),
+        }
         done(a);
     }
     timings.base = ms(t);
@@ -305,15 +354,15 @@ fn bring_up(
     bar: &ProgressBar,
 ) -> Result<VmState> {
     let console = console_log(&env.dir, &vm.domain);
-    let mine = |a: &&Action| a.vm.as_deref() == Some(vm.name.as_str());
+    let mine = |a: &&Planned| phase(&a.action) == Phase::Vm(vm.name.as_str());
     let mut disk: Option<Volume> = None;
     let mut timings = VmTimings::default();
     for a in plan.actions.iter().filter(mine) {
         step(a);
-        bar.set_message(format!("{} {}", a.op, a.object));
+        bar.set_message(format!("{} {}", a.op(), a.object()));
         let t = Instant::now();
-        match (a.op, a.object) {
-            (Op::Clone, Object::Disk) => {
+        match &a.action {
+            Action::CloneDisk { .. } => {
                 disk = Some(
                     env.storage
                         .clone_base(&env.profile.name, &vm.name, in_use)?,
@@ -322,7 +371,7 @@ fn bring_up(
                 crate::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }
-            (Op::Define, Object::Domain) => {
+            Action::DefineDomain { name, .. } => {
                 let disk = match &disk {
                     Some(d) => d.clone(),
                     None => env
@@ -337,19 +386,22 @@ fn bring_up(
                     boot_for(env, boot, vm).as_ref(),
                     &console,
                 ));
-                env.lv.define_domain(&vm.domain, &doc)?;
+                env.lv.define_domain(name, &doc)?;
                 timings.define = ms(t);
             }
-            (Op::Start, Object::Domain) => {
+            Action::StartDomain { name, .. } => {
                 if disk.is_none() {
                     // An existing clone: a thin snapshot is activated here (-K), as after a
                     // reboot; a qcow2 overlay is just found.
                     env.storage.clone_volume(&env.profile.name, &vm.name)?;
                 }
-                env.lv.start_domain(&vm.domain)?;
+                env.lv.start_domain(name)?;
                 timings.start = ms(t);
             }
-            _ => {}
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::BuildBase { .. }
+            | Action::Keep { .. } => unreachable!("not of a VM's phase"),
         }
         done(a);
     }

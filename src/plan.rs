@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::names;
-use crate::profile::{NetMode, Profile, StorageBackend, SubnetSpec};
+use crate::profile::{NetMode, Profile, StorageBackend, SubnetSpec, VmSpec};
 use crate::size::ByteSize;
 use crate::state::{Observed, VolumeRole};
 use crate::subnet::{self, SubnetAllocator, Taken};
@@ -37,6 +37,7 @@ pub struct KvmVerdict {
     pub reason: String,
 }
 
+/// The verb of an action, as `lab up --dry-run` prints it and `--json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Op {
@@ -61,6 +62,7 @@ impl fmt::Display for Op {
     }
 }
 
+/// The kind of object an action is about, as printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Object {
@@ -81,15 +83,126 @@ impl fmt::Display for Object {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Action {
-    pub op: Op,
-    pub object: Object,
-    pub name: String,
+/// One thing lab does (or leaves alone on purpose), carrying what its executor needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Define and start the lab's libvirt network (from the plan's [`NetworkPlan`]).
+    CreateNetwork { name: String },
+    /// Start the lab's network, defined but inactive.
+    StartNetwork { name: String },
+    /// Build the profile's base and seal it.
+    BuildBase { name: String },
+    /// Clone VM `vm`'s disk `name` from the base.
+    CloneDisk { vm: String, name: String },
+    /// Define VM `vm`'s domain `name`.
+    DefineDomain { vm: String, name: String },
+    /// Start VM `vm`'s domain `name`.
+    StartDomain { vm: String, name: String },
+    /// Nothing to do: the object is as it should be, or is left alone on purpose.
+    Keep {
+        object: Object,
+        name: String,
+        vm: Option<String>,
+    },
+}
+
+impl Action {
+    pub fn op(&self) -> Op {
+        match self {
+            Action::CreateNetwork { .. } => Op::Create,
+            Action::StartNetwork { .. } | Action::StartDomain { .. } => Op::Start,
+            Action::BuildBase { .. } => Op::Build,
+            Action::CloneDisk { .. } => Op::Clone,
+            Action::DefineDomain { .. } => Op::Define,
+            Action::Keep { .. } => Op::Keep,
+        }
+    }
+
+    pub fn object(&self) -> Object {
+        match self {
+            Action::CreateNetwork { .. } | Action::StartNetwork { .. } => Object::Network,
+            Action::BuildBase { .. } => Object::Base,
+            Action::CloneDisk { .. } => Object::Disk,
+            Action::DefineDomain { .. } | Action::StartDomain { .. } => Object::Domain,
+            Action::Keep { object, .. } => *object,
+        }
+    }
+
+    /// The name of the object acted on.
+    pub fn name(&self) -> &str {
+        match self {
+            Action::CreateNetwork { name }
+            | Action::StartNetwork { name }
+            | Action::BuildBase { name }
+            | Action::CloneDisk { name, .. }
+            | Action::DefineDomain { name, .. }
+            | Action::StartDomain { name, .. }
+            | Action::Keep { name, .. } => name,
+        }
+    }
+
     /// The VM this action is for, when it is for one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vm: Option<String>,
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::BuildBase { .. } => None,
+            Action::CloneDisk { vm, .. }
+            | Action::DefineDomain { vm, .. }
+            | Action::StartDomain { vm, .. } => Some(vm),
+            Action::Keep { vm, .. } => vm.as_deref(),
+        }
+    }
+}
+
+/// An action with the reason lab takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub action: Action,
     pub why: String,
+}
+
+impl Planned {
+    pub fn new(action: Action, why: impl Into<String>) -> Planned {
+        Planned {
+            action,
+            why: why.into(),
+        }
+    }
+
+    pub fn op(&self) -> Op {
+        self.action.op()
+    }
+
+    pub fn object(&self) -> Object {
+        self.action.object()
+    }
+
+    pub fn name(&self) -> &str {
+        self.action.name()
+    }
+
+    pub fn vm(&self) -> Option<&str> {
+        self.action.vm()
+    }
+}
+
+/// `{"op", "object", "name", "vm"?, "why"}`: the shape scripts read from `--json`.
+impl Serialize for Planned {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let vm = self.vm();
+        let mut st = s.serialize_struct("Action", 5)?;
+        st.serialize_field("op", &self.op())?;
+        st.serialize_field("object", &self.object())?;
+        st.serialize_field("name", self.name())?;
+        match vm {
+            Some(vm) => st.serialize_field("vm", vm)?,
+            None => st.skip_field("vm")?,
+        }
+        st.serialize_field("why", &self.why)?;
+        st.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,9 +259,9 @@ pub struct Plan {
     pub storage: StoragePlan,
     pub vms: Vec<VmPlan>,
     /// What `lab up` changes, in order.
-    pub actions: Vec<Action>,
+    pub actions: Vec<Planned>,
     /// What already is as it should be, or is left alone on purpose.
-    pub unchanged: Vec<Action>,
+    pub unchanged: Vec<Planned>,
     pub warnings: Vec<String>,
 }
 
@@ -163,28 +276,62 @@ impl Plan {
 #[error("{0}")]
 pub struct PlanError(pub String);
 
-fn act(op: Op, object: Object, name: &str, vm: Option<&str>, why: impl Into<String>) -> Action {
-    Action {
-        op,
-        object,
-        name: name.to_string(),
-        vm: vm.map(str::to_string),
-        why: why.into(),
+/// What the steps of the planner add up: actions, what is left alone, warnings.
+#[derive(Debug, Default)]
+struct Lists {
+    actions: Vec<Planned>,
+    unchanged: Vec<Planned>,
+    warnings: Vec<String>,
+}
+
+impl Lists {
+    fn act(&mut self, action: Action, why: impl Into<String>) {
+        self.actions.push(Planned::new(action, why));
+    }
+
+    fn keep(&mut self, object: Object, name: &str, vm: Option<&str>, why: impl Into<String>) {
+        self.unchanged.push(Planned::new(
+            Action::Keep {
+                object,
+                name: name.to_string(),
+                vm: vm.map(str::to_string),
+            },
+            why,
+        ));
     }
 }
 
-/// Compute the plan. Pure: no I/O, no clock, no randomness.
+/// Compute the plan of `lab up`. Pure: no I/O, no clock, no randomness.
 pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<Plan, PlanError> {
-    let p = profile.name.as_str();
-    let at = |key: &str| profile.locate(key);
-    let mut actions = Vec::new();
-    let mut unchanged = Vec::new();
-    let mut warnings = Vec::new();
+    let mut out = Lists::default();
+    let network = network_step(profile, host, observed, &mut out)?;
+    let storage = storage_step(profile, host)?;
+    base_step(profile, &storage, observed, &mut out)?;
+    acceleration_warnings(host, &mut out);
+    let mut vms = Vec::new();
+    for (index, (name, spec)) in profile.instances().iter().enumerate() {
+        vms.push(vm_step(
+            profile, host, observed, &network, &storage, index, name, spec, &mut out,
+        )?);
+    }
+    dropped_vms_step(profile, observed, &vms, &mut out);
+    Ok(Plan {
+        profile: profile.name.clone(),
+        network,
+        storage,
+        vms,
+        actions: out.actions,
+        unchanged: out.unchanged,
+        warnings: out.warnings,
+    })
+}
 
-    // Nothing with one of lab's names that lab did not make is ever touched.
+/// Nothing with one of lab's names that lab did not make is ever touched: the lab's
+/// network name and bridge must be free or lab's.
+fn refuse_foreign_network(profile: &Profile, observed: &Observed) -> Result<(), PlanError> {
+    let p = profile.name.as_str();
     let net_name = names::network(p);
-    let own_net = observed.network(&net_name);
-    if let Some(n) = own_net
+    if let Some(n) = observed.network(&net_name)
         && !n.owner.as_ref().is_some_and(|o| o.is(p))
     {
         return Err(PlanError(format!(
@@ -203,10 +350,17 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
             other.name
         )));
     }
+    Ok(())
+}
 
-    // Subnet: the host's networks and every libvirt network but this lab's own.
+/// The networks the lab's subnet must not collide with: the host's and every libvirt
+/// network but this lab's own (the host's route to the lab's own bridge, and the bridge's
+/// address, are the lab).
+fn taken_subnets(profile: &Profile, host: &HostFacts, observed: &Observed) -> Vec<Taken> {
+    let net_name = names::network(&profile.name);
+    let bridge = names::bridge(&profile.name);
+    let own_net = observed.network(&net_name);
     let own_subnets: Vec<Ipv4Net> = own_net.map(|n| n.subnets.clone()).unwrap_or_default();
-    // The host's route to the lab's own bridge, and the bridge's address, are the lab.
     let mut taken: Vec<Taken> = host
         .taken
         .iter()
@@ -227,9 +381,20 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
             iface: None,
         }));
     }
-    let (subnet, why_subnet) = match profile.network.subnet {
+    taken
+}
+
+/// The profile's fixed subnet when it collides with nothing, else the allocator's choice;
+/// with why.
+fn choose_subnet(
+    profile: &Profile,
+    own: Option<Ipv4Net>,
+    taken: &[Taken],
+) -> Result<(Ipv4Net, String), PlanError> {
+    let at = |key: &str| profile.locate(key);
+    match profile.network.subnet {
         SubnetSpec::Fixed(net) => {
-            let hits = subnet::collisions(net, &taken);
+            let hits = subnet::collisions(net, taken);
             if !hits.is_empty() {
                 let with: Vec<String> = hits.iter().map(|t| t.to_string()).collect();
                 return Err(PlanError(format!(
@@ -238,56 +403,56 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
                     with.join(", ")
                 )));
             }
-            (
+            Ok((
                 net,
                 format!("{net} is set in the profile and collides with nothing"),
-            )
+            ))
         }
         SubnetSpec::Auto => {
             let alloc = SubnetAllocator::new(profile.network.auto_range)
-                .allocate(p, own_subnets.first().copied(), &taken)
+                .allocate(&profile.name, own, taken)
                 .map_err(|e| {
                     PlanError(format!(
                         "{}: network.subnet: auto: {e}; set network.auto_range to another private range",
                         at("network.subnet")
                     ))
                 })?;
-            (alloc.subnet, alloc.reason)
+            Ok((alloc.subnet, alloc.reason))
         }
-    };
-    let instances = profile.instances();
-    let gateway = subnet::gateway(subnet);
+    }
+}
+
+/// The lab's network: its subnet, addresses, and whether it is to be created or started.
+fn network_step(
+    profile: &Profile,
+    host: &HostFacts,
+    observed: &Observed,
+    out: &mut Lists,
+) -> Result<NetworkPlan, PlanError> {
+    let p = profile.name.as_str();
+    refuse_foreign_network(profile, observed)?;
+    let net_name = names::network(p);
+    let bridge = names::bridge(p);
+    let own_net = observed.network(&net_name);
+    let taken = taken_subnets(profile, host, observed);
+    let own_first = own_net.and_then(|n| n.subnets.first().copied());
+    let (subnet, why_subnet) = choose_subnet(profile, own_first, &taken)?;
+    let instances = profile.instances().len();
     let first_vm = names::vm_ip(subnet, 0).ok_or_else(|| subnet_too_small(profile, subnet))?;
-    let last_vm = names::vm_ip(subnet, instances.len() - 1)
-        .ok_or_else(|| subnet_too_small(profile, subnet))?;
-    let broadcast = subnet.broadcast();
+    let last_vm =
+        names::vm_ip(subnet, instances - 1).ok_or_else(|| subnet_too_small(profile, subnet))?;
     let dhcp_start = Ipv4Addr::from(u32::from(last_vm) + 1);
-    let dhcp_end = Ipv4Addr::from(u32::from(broadcast) - 1);
+    let dhcp_end = Ipv4Addr::from(u32::from(subnet.broadcast()) - 1);
     let dhcp_range = if dhcp_start <= dhcp_end {
         (dhcp_start, dhcp_end)
     } else {
         (first_vm, last_vm)
     };
-    let network = NetworkPlan {
-        name: net_name.clone(),
-        bridge: bridge.clone(),
-        subnet,
-        gateway,
-        mode: profile.network.mode,
-        domain: profile
-            .network
-            .domain
-            .clone()
-            .unwrap_or_else(|| format!("{p}.lab")),
-        dhcp_range,
-        why_subnet,
-    };
     match own_net {
-        None => actions.push(act(
-            Op::Create,
-            Object::Network,
-            &net_name,
-            None,
+        None => out.act(
+            Action::CreateNetwork {
+                name: net_name.clone(),
+            },
             format!(
                 "{} network on bridge {bridge}, {subnet}",
                 match profile.network.mode {
@@ -295,7 +460,7 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
                     NetMode::Nat => "NAT",
                 }
             ),
-        )),
+        ),
         Some(n) if !n.subnets.contains(&subnet) => {
             return Err(PlanError(format!(
                 "network {net_name} is on {} but the profile now wants {subnet}: run `lab down {cli}` first",
@@ -307,30 +472,41 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
                 cli = profile.cli_name()
             )));
         }
-        Some(n) if !n.active => actions.push(act(
-            Op::Start,
-            Object::Network,
-            &net_name,
-            None,
+        Some(n) if !n.active => out.act(
+            Action::StartNetwork {
+                name: net_name.clone(),
+            },
             "defined but not active",
-        )),
-        Some(_) => unchanged.push(act(
-            Op::Keep,
-            Object::Network,
-            &net_name,
-            None,
-            "exists and is active",
-        )),
+        ),
+        Some(_) => out.keep(Object::Network, &net_name, None, "exists and is active"),
     }
+    Ok(NetworkPlan {
+        name: net_name,
+        bridge,
+        subnet,
+        gateway: subnet::gateway(subnet),
+        mode: profile.network.mode,
+        domain: profile
+            .network
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("{p}.lab")),
+        dhcp_range,
+        why_subnet,
+    })
+}
 
-    // Storage backend.
+/// The storage backend: a thin pool when the profile names one that exists (or insists
+/// on it), else qcow2 overlays in the image directory.
+fn storage_step(profile: &Profile, host: &HostFacts) -> Result<StoragePlan, PlanError> {
+    let at = |key: &str| profile.locate(key);
     let s = &profile.storage;
     let pool = match (&s.vg, &s.pool) {
         (Some(vg), Some(pool)) => Some((vg.clone(), pool.clone())),
         _ => None,
     };
     let pool_exists = pool.as_ref().is_some_and(|p| host.thin_pools.contains(p));
-    let (backend, location, why_storage) = match (s.backend, &pool) {
+    let (backend, location, why) = match (s.backend, &pool) {
         (StorageBackend::LvmThin, Some((vg, pl))) if pool_exists => (
             Backend::LvmThin,
             format!("{vg}/{pl}"),
@@ -379,200 +555,223 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
             )));
         }
     };
-    let volume = |name: String| match backend {
-        Backend::LvmThin => name,
-        Backend::Qcow2 => format!("{name}.qcow2"),
-    };
-    let base_name = volume(names::base_volume(p));
-    let storage = StoragePlan {
+    Ok(StoragePlan {
         backend,
         location,
-        base: base_name.clone(),
-        why: why_storage,
-    };
-    let has_volume = |name: &str, role: VolumeRole| {
-        observed.volumes.iter().any(|v| {
-            v.name == name
-                && v.role == Some(role)
-                && v.sealed
-                && v.owner.as_ref().is_some_and(|o| o.is(p))
-        })
-    };
-    let foreign_volume = |name: &str| {
-        observed
-            .volumes
-            .iter()
-            .any(|v| v.name == name && !v.owner.as_ref().is_some_and(|o| o.is(p)))
-    };
-    if foreign_volume(&base_name) {
+        base: volume_name(backend, names::base_volume(&profile.name)),
+        why,
+    })
+}
+
+/// A volume's name on a backend: an LV's name, or an image file's.
+fn volume_name(backend: Backend, name: String) -> String {
+    match backend {
+        Backend::LvmThin => name,
+        Backend::Qcow2 => format!("{name}.qcow2"),
+    }
+}
+
+/// A sealed volume of lab's for this profile, in the role given.
+fn has_volume(observed: &Observed, profile: &str, name: &str, role: VolumeRole) -> bool {
+    observed.volumes.iter().any(|v| {
+        v.name == name
+            && v.role == Some(role)
+            && v.sealed
+            && v.owner.as_ref().is_some_and(|o| o.is(profile))
+    })
+}
+
+/// Refused: a volume with one of lab's names that is not this profile's.
+fn refuse_foreign_volume(
+    observed: &Observed,
+    profile: &str,
+    name: &str,
+    storage: &StoragePlan,
+) -> Result<(), PlanError> {
+    if observed
+        .volumes
+        .iter()
+        .any(|v| v.name == name && !v.owner.as_ref().is_some_and(|o| o.is(profile)))
+    {
         return Err(PlanError(format!(
-            "{base_name} exists in {} and is not lab's: lab will not touch it",
+            "{name} exists in {} and is not lab's: lab will not touch it",
             storage.location
         )));
     }
-    if let (true, Some(why)) = (
-        has_volume(&base_name, VolumeRole::Base),
+    Ok(())
+}
+
+/// The base: built when missing, unsealed (an interrupted build) or out of date.
+fn base_step(
+    profile: &Profile,
+    storage: &StoragePlan,
+    observed: &Observed,
+    out: &mut Lists,
+) -> Result<(), PlanError> {
+    let p = profile.name.as_str();
+    let base_name = &storage.base;
+    refuse_foreign_volume(observed, p, base_name, storage)?;
+    let build = Action::BuildBase {
+        name: base_name.clone(),
+    };
+    match (
+        has_volume(observed, p, base_name, VolumeRole::Base),
         &observed.base_out_of_date,
     ) {
-        actions.push(act(
-            Op::Build,
-            Object::Base,
-            &base_name,
-            None,
+        (true, Some(why)) => out.act(
+            build,
             format!(
                 "out of date ({why}): {}; VMs made before keep the old base until `lab reset`",
                 base_source(profile)
             ),
-        ));
-    } else if has_volume(&base_name, VolumeRole::Base) {
-        unchanged.push(act(
-            Op::Keep,
-            Object::Base,
-            &base_name,
-            None,
-            "built and sealed",
-        ));
-    } else {
-        actions.push(act(
-            Op::Build,
-            Object::Base,
-            &base_name,
-            None,
-            base_source(profile),
-        ));
+        ),
+        (true, None) => out.keep(Object::Base, base_name, None, "built and sealed"),
+        (false, _) => out.act(build, base_source(profile)),
     }
+    Ok(())
+}
 
-    // Acceleration.
+/// Without usable KVM every VM is emulated: said once.
+fn acceleration_warnings(host: &HostFacts, out: &mut Lists) {
     if !host.kvm.usable {
-        warnings.push(format!(
+        out.warnings.push(format!(
             "KVM is unusable here ({}): every VM runs under TCG emulation, tens of times slower",
             host.kvm.reason
         ));
     }
+}
 
-    // VMs.
-    let mut vms = Vec::new();
-    for (index, (name, spec)) in instances.iter().enumerate() {
-        let domain = names::domain(p, name);
-        let disk_volume = volume(names::clone_volume(p, name));
-        let (domain_type, cpu_mode) = if !host.kvm.usable {
-            if spec.nested {
-                warnings.push(format!(
-                    "{name} wants nested KVM, but under TCG emulation it cannot run KVM itself: \
-                     its own guests would be emulated again"
-                ));
-            }
-            ("qemu", "maximum")
-        } else if spec.nested {
-            if !host.kvm.nested {
-                warnings.push(format!(
-                    "{name} wants nested KVM, but nesting is off on this host: \
-                     `lab check --fix` turns it on"
-                ));
-            }
-            ("kvm", "host-passthrough")
-        } else {
-            ("kvm", "host-model")
-        };
-        let ip = names::vm_ip(subnet, index).ok_or_else(|| subnet_too_small(profile, subnet))?;
-        let vm = VmPlan {
-            name: name.clone(),
-            domain: domain.clone(),
-            mac: names::mac(p, name),
-            ip,
-            vcpus: spec.vcpus,
-            memory: spec.memory,
-            disk: spec.disk.unwrap_or(profile.base.disk),
-            disk_volume: disk_volume.clone(),
-            role: spec.role.clone(),
-            nested: spec.nested,
-            domain_type: domain_type.to_string(),
-            cpu_mode: cpu_mode.to_string(),
-        };
-        let observed_domain = observed.domain(&domain);
-        if let Some(d) = observed_domain
-            && !d.owner.as_ref().is_some_and(|o| o.is(p))
-        {
-            return Err(PlanError(format!(
-                "libvirt domain {domain} exists and is not lab's (no lab ownership mark): \
-                 lab will not touch it; rename the VM or the profile"
-            )));
-        }
-        if foreign_volume(&disk_volume) {
-            return Err(PlanError(format!(
-                "{disk_volume} exists in {} and is not lab's: lab will not touch it",
-                storage.location
-            )));
-        }
-        let vm_ref = Some(name.as_str());
-        if has_volume(&disk_volume, VolumeRole::Clone) {
-            unchanged.push(act(
-                Op::Keep,
-                Object::Disk,
-                &disk_volume,
-                vm_ref,
-                "clone exists",
-            ));
-        } else {
-            actions.push(act(
-                Op::Clone,
-                Object::Disk,
-                &disk_volume,
-                vm_ref,
-                match backend {
-                    Backend::LvmThin => format!("thin snapshot of {base_name}, discards on"),
-                    Backend::Qcow2 => format!("qcow2 overlay on {base_name}"),
-                },
+/// The libvirt domain type and CPU mode of a VM, with a warning when it wants nesting the
+/// host cannot give.
+fn acceleration_of(
+    host: &HostFacts,
+    name: &str,
+    nested: bool,
+    out: &mut Lists,
+) -> (&'static str, &'static str) {
+    if !host.kvm.usable {
+        if nested {
+            out.warnings.push(format!(
+                "{name} wants nested KVM, but under TCG emulation it cannot run KVM itself: \
+                 its own guests would be emulated again"
             ));
         }
-        match observed_domain {
-            None => {
-                actions.push(act(
-                    Op::Define,
-                    Object::Domain,
-                    &domain,
-                    vm_ref,
-                    format!(
-                        "{} vCPU, {}, {ip}, {domain_type}/{cpu_mode}",
-                        spec.vcpus, spec.memory
-                    ),
-                ));
-                actions.push(act(Op::Start, Object::Domain, &domain, vm_ref, "new"));
-            }
-            Some(d) if !d.running => actions.push(act(
-                Op::Start,
-                Object::Domain,
-                &domain,
-                vm_ref,
-                "defined but shut off",
-            )),
-            Some(_) => unchanged.push(act(Op::Keep, Object::Domain, &domain, vm_ref, "running")),
+        ("qemu", "maximum")
+    } else if nested {
+        if !host.kvm.nested {
+            out.warnings.push(format!(
+                "{name} wants nested KVM, but nesting is off on this host: \
+                 `lab check --fix` turns it on"
+            ));
         }
-        vms.push(vm);
+        ("kvm", "host-passthrough")
+    } else {
+        ("kvm", "host-model")
     }
+}
 
-    // lab's VMs of this profile that the profile no longer names are left alone, and said.
+/// One VM: its addresses and hardware, and its disk and domain made or started as needed.
+#[allow(clippy::too_many_arguments)]
+fn vm_step(
+    profile: &Profile,
+    host: &HostFacts,
+    observed: &Observed,
+    network: &NetworkPlan,
+    storage: &StoragePlan,
+    index: usize,
+    name: &str,
+    spec: &VmSpec,
+    out: &mut Lists,
+) -> Result<VmPlan, PlanError> {
+    let p = profile.name.as_str();
+    let domain = names::domain(p, name);
+    let disk_volume = volume_name(storage.backend, names::clone_volume(p, name));
+    let (domain_type, cpu_mode) = acceleration_of(host, name, spec.nested, out);
+    let ip = names::vm_ip(network.subnet, index)
+        .ok_or_else(|| subnet_too_small(profile, network.subnet))?;
+    let observed_domain = observed.domain(&domain);
+    if let Some(d) = observed_domain
+        && !d.owner.as_ref().is_some_and(|o| o.is(p))
+    {
+        return Err(PlanError(format!(
+            "libvirt domain {domain} exists and is not lab's (no lab ownership mark): \
+             lab will not touch it; rename the VM or the profile"
+        )));
+    }
+    refuse_foreign_volume(observed, p, &disk_volume, storage)?;
+    let vm = name.to_string();
+    if has_volume(observed, p, &disk_volume, VolumeRole::Clone) {
+        out.keep(Object::Disk, &disk_volume, Some(name), "clone exists");
+    } else {
+        out.act(
+            Action::CloneDisk {
+                vm: vm.clone(),
+                name: disk_volume.clone(),
+            },
+            match storage.backend {
+                Backend::LvmThin => format!("thin snapshot of {}, discards on", storage.base),
+                Backend::Qcow2 => format!("qcow2 overlay on {}", storage.base),
+            },
+        );
+    }
+    match observed_domain {
+        None => {
+            out.act(
+                Action::DefineDomain {
+                    vm: vm.clone(),
+                    name: domain.clone(),
+                },
+                format!(
+                    "{} vCPU, {}, {ip}, {domain_type}/{cpu_mode}",
+                    spec.vcpus, spec.memory
+                ),
+            );
+            out.act(
+                Action::StartDomain {
+                    vm: vm.clone(),
+                    name: domain.clone(),
+                },
+                "new",
+            );
+        }
+        Some(d) if !d.running => out.act(
+            Action::StartDomain {
+                vm: vm.clone(),
+                name: domain.clone(),
+            },
+            "defined but shut off",
+        ),
+        Some(_) => out.keep(Object::Domain, &domain, Some(name), "running"),
+    }
+    Ok(VmPlan {
+        name: vm,
+        domain,
+        mac: names::mac(p, name),
+        ip,
+        vcpus: spec.vcpus,
+        memory: spec.memory,
+        disk: spec.disk.unwrap_or(profile.base.disk),
+        disk_volume,
+        role: spec.role.clone(),
+        nested: spec.nested,
+        domain_type: domain_type.to_string(),
+        cpu_mode: cpu_mode.to_string(),
+    })
+}
+
+/// lab's VMs of this profile that the profile no longer names are left alone, and said.
+fn dropped_vms_step(profile: &Profile, observed: &Observed, vms: &[VmPlan], out: &mut Lists) {
+    let p = profile.name.as_str();
     for d in &observed.domains {
         if d.owner.as_ref().is_some_and(|o| o.is(p)) && !vms.iter().any(|v| v.domain == d.name) {
-            unchanged.push(act(
-                Op::Keep,
+            out.keep(
                 Object::Domain,
                 &d.name,
                 d.owner.as_ref().and_then(|o| o.vm.as_deref()),
                 "lab's, but no longer in the profile: left alone (`lab down` removes it)",
-            ));
+            );
         }
     }
-
-    Ok(Plan {
-        profile: p.to_string(),
-        network,
-        storage,
-        vms,
-        actions,
-        unchanged,
-        warnings,
-    })
 }
 
 fn subnet_too_small(profile: &Profile, subnet: Ipv4Net) -> PlanError {
@@ -627,14 +826,17 @@ pub fn render(plan: &Plan) -> String {
         for a in &plan.actions {
             out.push_str(&format!(
                 "  {:<7} {:<8} {}  ({})\n",
-                a.op, a.object, a.name, a.why
+                a.op(),
+                a.object(),
+                a.name(),
+                a.why
             ));
         }
     }
     if !plan.unchanged.is_empty() {
         out.push_str("\nLeaves alone:\n");
         for a in &plan.unchanged {
-            out.push_str(&format!("  {:<8} {}  ({})\n", a.object, a.name, a.why));
+            out.push_str(&format!("  {:<8} {}  ({})\n", a.object(), a.name(), a.why));
         }
     }
     if !plan.warnings.is_empty() {

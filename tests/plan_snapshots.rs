@@ -2,7 +2,7 @@
 //! the lab already up (nothing to do), one VM missing, the preferred subnet taken, KVM
 //! unusable, and (for the packstack profiles) a thin pool present.
 
-use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan};
+use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan, Planned};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
 use lab::state::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
 use lab::subnet::Taken;
@@ -52,44 +52,56 @@ fn fresh_host() -> (HostFacts, Observed) {
 
 /// What the host looks like after `lab up` carried out `plan`.
 fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
-    let owner = |vm: &Option<String>| Owner {
+    let owner = |vm: Option<&str>| Owner {
         profile: plan.profile.clone(),
-        vm: vm.clone(),
+        vm: vm.map(str::to_string),
+    };
+    let volume = |name: &str, vm: Option<&str>, role| ObservedVolume {
+        name: name.to_string(),
+        location: plan.storage.location.clone(),
+        owner: Some(owner(vm)),
+        role: Some(role),
+        sealed: true,
     };
     for a in &plan.actions {
-        match (a.object, a.op) {
-            (Object::Network, Op::Create) => observed.networks.push(ObservedNetwork {
-                name: a.name.clone(),
+        match &a.action {
+            Action::CreateNetwork { name } => observed.networks.push(ObservedNetwork {
+                name: name.clone(),
                 bridge: Some(plan.network.bridge.clone()),
                 subnets: vec![plan.network.subnet],
-                owner: Some(owner(&None)),
+                owner: Some(owner(None)),
                 active: true,
             }),
-            (Object::Base, Op::Build) | (Object::Disk, Op::Clone) => {
-                observed.volumes.push(ObservedVolume {
-                    name: a.name.clone(),
-                    location: plan.storage.location.clone(),
-                    owner: Some(owner(&a.vm)),
-                    role: Some(if a.object == Object::Base {
-                        VolumeRole::Base
-                    } else {
-                        VolumeRole::Clone
-                    }),
-                    sealed: true,
-                })
+            Action::StartNetwork { name } => {
+                for n in observed.networks.iter_mut().filter(|n| &n.name == name) {
+                    n.active = true;
+                }
             }
-            (Object::Domain, Op::Define) => observed.domains.push(ObservedDomain {
-                name: a.name.clone(),
-                owner: Some(owner(&a.vm)),
+            Action::BuildBase { name } => {
+                observed.volumes.push(volume(name, None, VolumeRole::Base))
+            }
+            Action::CloneDisk { vm, name } => {
+                observed
+                    .volumes
+                    .push(volume(name, Some(vm), VolumeRole::Clone))
+            }
+            Action::DefineDomain { vm, name } => observed.domains.push(ObservedDomain {
+                name: name.clone(),
+                owner: Some(owner(Some(vm))),
                 running: true,
             }),
-            _ => {}
+            Action::StartDomain { name, .. } => {
+                for d in observed.domains.iter_mut().filter(|d| &d.name == name) {
+                    d.running = true;
+                }
+            }
+            Action::Keep { .. } => {}
         }
     }
     observed
 }
 
-fn changes(plan: &Plan) -> Vec<&Action> {
+fn changes(plan: &Plan) -> Vec<&Planned> {
     plan.actions.iter().collect()
 }
 
@@ -138,11 +150,7 @@ fn one_vm_missing_brings_back_that_vm_alone() {
         up.domains.retain(|d| d.name != gone.domain);
         up.volumes.retain(|v| v.name != gone.disk_volume);
         let plan = plan::plan(&p, &host, &up).unwrap();
-        let touched: Vec<(Op, &str)> = plan
-            .actions
-            .iter()
-            .map(|a| (a.op, a.name.as_str()))
-            .collect();
+        let touched: Vec<(Op, &str)> = plan.actions.iter().map(|a| (a.op(), a.name())).collect();
         assert_eq!(
             touched,
             vec![
@@ -279,7 +287,7 @@ fn vms_dropped_from_the_profile_are_left_alone_and_said() {
     let kept = plan
         .unchanged
         .iter()
-        .find(|a| a.name == "lab-smoke-node4")
+        .find(|a| a.name() == "lab-smoke-node4")
         .unwrap();
     assert!(kept.why.contains("no longer in the profile"));
 }
@@ -303,7 +311,7 @@ fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
             }
         }
     });
-    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)]);
 }
 
@@ -312,7 +320,7 @@ fn a_kickstart_base_whose_inputs_changed_is_built_again_and_clones_are_kept() {
     let plan = plan_after_up("packstack-aio", |up| {
         up.base_out_of_date = Some("the rendered kickstart changed".into());
     });
-    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)], "{:#?}", plan.actions);
     let why = &plan.actions[0].why;
     assert!(
