@@ -149,9 +149,15 @@ pub fn preflight_dir(dir: &Path) -> Result<()> {
 enum Phase<'a> {
     /// First: domains need the network to start.
     Network,
+    /// Before the base and the domains that boot from them.
+    BootFiles,
     Base,
     /// In the VM's own thread, all VMs at once.
     Vm(&'a str),
+    /// Once every VM is ready.
+    Pool,
+    /// After `apply`, by the provisioning of `lab up`.
+    Provision,
     /// Not carried out: what is left alone.
     Never,
 }
@@ -159,12 +165,65 @@ enum Phase<'a> {
 fn phase(a: &Action) -> Phase<'_> {
     match a {
         Action::CreateNetwork { .. } | Action::StartNetwork { .. } => Phase::Network,
+        Action::WriteBootFiles { .. } => Phase::BootFiles,
         Action::BuildBase { .. } => Phase::Base,
         Action::CloneDisk { vm, .. }
         | Action::DefineDomain { vm, .. }
-        | Action::StartDomain { vm, .. } => Phase::Vm(vm),
+        | Action::StartDomain { vm, .. }
+        | Action::ReattachTap { vm, .. } => Phase::Vm(vm),
+        Action::DefinePool { .. } | Action::RefreshPool { .. } => Phase::Pool,
+        Action::Provision { .. } => Phase::Provision,
         Action::Keep { .. } => Phase::Never,
     }
+}
+
+/// Carry out one action of the lab as a whole (network, boot files, base, storage pool).
+fn run_lab_action(
+    a: &Planned,
+    plan: &Plan,
+    env: &Env<'_>,
+    boot: &mut Option<smoke::BootFiles>,
+) -> Result<()> {
+    step(a);
+    match &a.action {
+        Action::CreateNetwork { name } => {
+            let doc = xml::to_xml(&xml::network_for(plan));
+            env.lv.define_network(name, &doc)?;
+        }
+        Action::StartNetwork { name } => env.lv.start_network(name)?,
+        Action::WriteBootFiles { .. } => {
+            std::fs::create_dir_all(&env.dir)
+                .with_context(|| format!("creating {}", env.dir.display()))?;
+            *boot = Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?);
+        }
+        Action::BuildBase { .. } => {
+            build_base(env)?;
+        }
+        // The pool only shows lab's volumes to virsh and virt-manager: a failure costs the
+        // presenter nothing but that view, and is a warning.
+        Action::DefinePool { vg, .. } => {
+            let shown = crate::storage::lvm_thin::define_libvirt_pool(env.lv, vg)
+                .and_then(|_| crate::storage::lvm_thin::refresh_libvirt_pool(env.lv, vg));
+            if let Err(e) = shown {
+                ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
+            }
+        }
+        Action::RefreshPool { vg, .. } => {
+            if let Err(e) = crate::storage::lvm_thin::refresh_libvirt_pool(env.lv, vg) {
+                ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
+            }
+        }
+        Action::CloneDisk { .. }
+        | Action::DefineDomain { .. }
+        | Action::StartDomain { .. }
+        | Action::ReattachTap { .. } => {
+            bail!("{} {}: a VM's action, run in its thread", a.op(), a.name())
+        }
+        Action::Provision { .. } => bail!("provisioning runs once the VMs are ready"),
+        Action::Keep { .. } => {}
+    }
+    done(a);
+    Ok(())
 }
 
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
@@ -175,62 +234,21 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
         smoke::preflight()?;
     }
     let mut timings = LabTimings::default();
-    // Network first: domains need it to start.
-    let t = Instant::now();
-    for a in plan
-        .actions
-        .iter()
-        .filter(|a| phase(&a.action) == Phase::Network)
-    {
-        step(a);
-        match &a.action {
-            Action::CreateNetwork { name } => {
-                let doc = xml::to_xml(&xml::network_for(plan));
-                env.lv.define_network(name, &doc)?;
-            }
-            Action::StartNetwork { name } => env.lv.start_network(name)?,
-            Action::BuildBase { .. }
-            | Action::CloneDisk { .. }
-            | Action::DefineDomain { .. }
-            | Action::StartDomain { .. }
-            | Action::Keep { .. } => unreachable!("not of the network phase"),
+    let mut boot = None;
+    let lab_phase = |ph: Phase<'_>, boot: &mut Option<smoke::BootFiles>| -> Result<u64> {
+        let t = Instant::now();
+        for a in plan.actions.iter().filter(|a| phase(&a.action) == ph) {
+            run_lab_action(a, plan, env, boot)?;
         }
-        done(a);
-    }
-    timings.network = ms(t);
-
-    // Boot files (direct boot) are made, or found unchanged, on every run.
-    let t = Instant::now();
-    let boot = if direct_boot(env.profile) {
-        std::fs::create_dir_all(&env.dir)
-            .with_context(|| format!("creating {}", env.dir.display()))?;
-        Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?)
-    } else {
-        None
+        Ok(ms(t))
     };
-    timings.boot_files = ms(t);
-
-    let t = Instant::now();
-    for a in plan
-        .actions
-        .iter()
-        .filter(|a| phase(&a.action) == Phase::Base)
-    {
-        step(a);
-        match &a.action {
-            Action::BuildBase { .. } => {
-                build_base(env)?;
-            }
-            Action::CreateNetwork { .. }
-            | Action::StartNetwork { .. }
-            | Action::CloneDisk { .. }
-            | Action::DefineDomain { .. }
-            | Action::StartDomain { .. }
-            | Action::Keep { .. } => unreachable!("not of the base phase"),
-        }
-        done(a);
+    timings.network = lab_phase(Phase::Network, &mut boot)?;
+    timings.boot_files = lab_phase(Phase::BootFiles, &mut boot)?;
+    if boot.is_none() && direct_boot(env.profile) {
+        // The plan found them current.
+        boot = Some(smoke::existing_boot_files(&env.dir, &env.profile.name));
     }
-    timings.base = ms(t);
+    timings.base = lab_phase(Phase::Base, &mut boot)?;
     let t = Instant::now();
 
     let in_use = env.lv.disks_in_use()?;
@@ -263,6 +281,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
     });
     let states = all_or_errors(results)?;
     timings.vms = ms(t);
+    lab_phase(Phase::Pool, &mut boot)?;
     Ok((states, timings))
 }
 
@@ -398,30 +417,31 @@ fn bring_up(
                 env.lv.start_domain(name)?;
                 timings.start = ms(t);
             }
+            // A running VM whose network was stopped and started again under it is off
+            // the new bridge, cut off: its interface is put back, and that is said.
+            Action::ReattachTap { tap, bridge, .. } => {
+                env.lv.reattach(tap, bridge)?;
+                ui::warn(format_args!(
+                    "{}: its interface {tap} was off bridge {bridge} (the network was \
+                     restarted under the running VM): put back",
+                    vm.name
+                ));
+            }
             Action::CreateNetwork { .. }
             | Action::StartNetwork { .. }
+            | Action::WriteBootFiles { .. }
             | Action::BuildBase { .. }
-            | Action::Keep { .. } => unreachable!("not of a VM's phase"),
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::Keep { .. } => {
+                bail!("{} {}: not an action of VM {}", a.op(), a.name(), vm.name)
+            }
         }
         done(a);
     }
-    reattach_interfaces(env, vm)?;
     bar.set_message("waiting until ready");
     ready_state(env, vm, boot.is_some(), timings)
-}
-
-/// A running VM whose network was stopped and started again under it is off the new
-/// bridge, cut off: its interfaces are put back, and that is said.
-fn reattach_interfaces(env: &Env<'_>, vm: &VmPlan) -> Result<()> {
-    for (tap, bridge) in env.lv.detached_interfaces(&vm.domain) {
-        env.lv.reattach(&tap, &bridge)?;
-        ui::warn(format_args!(
-            "{}: its interface {tap} was off bridge {bridge} (the network was restarted \
-             under the running VM): put back",
-            vm.name
-        ));
-    }
-    Ok(())
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.

@@ -130,6 +130,34 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
             Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
         }
     }
+    let p = profile.name.as_str();
+    // Interfaces of running lab domains that a restarted network left off its bridge.
+    let running: Vec<String> = observed
+        .domains
+        .iter()
+        .filter(|d| d.running && d.owner.as_ref().is_some_and(|o| o.is(p)))
+        .map(|d| d.name.clone())
+        .collect();
+    for domain in running {
+        for (tap, bridge) in lv.detached_interfaces(&domain) {
+            observed.detached_taps.push(crate::state::DetachedTap {
+                domain: domain.clone(),
+                tap,
+                bridge,
+            });
+        }
+    }
+    if apply::direct_boot(profile) {
+        observed.boot_files_current =
+            crate::smoke::boot_files_current(&profile.storage.dir, &profile.name);
+    }
+    if let Some(vg) = &profile.storage.vg {
+        match lvm_thin::lab_libvirt_pool(lv, vg) {
+            Ok(Some(pool)) if pool.active => observed.storage_pools.push(pool.name),
+            Ok(_) => {}
+            Err(e) => ui::debug(format_args!("libvirt storage pools: {e:#}")),
+        }
+    }
     Ok(observed)
 }
 
@@ -183,7 +211,10 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     };
     let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&sysroot, &profile);
-    let mut plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
+    let options = plan::UpOptions {
+        provision: !args.no_provision,
+    };
+    let mut plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
     if observed.base_out_of_date.is_none() {
         plan.warnings
             .extend(crate::commands_base::stale_base_warning(&profile));
@@ -222,9 +253,8 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ready_timeout: Duration::from_secs(args.timeout),
     };
     let (vms, lab_timings) = apply::apply(&plan, &env)?;
-    show_thin_volumes_in_libvirt(&lv, &plan);
     let t = Instant::now();
-    let provision = if args.no_provision {
+    let provision = if plan.provision.is_empty() {
         Default::default()
     } else {
         crate::commands_ssh::provision(
@@ -277,21 +307,6 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
-}
-
-/// A libvirt storage pool (`dir`, over `/dev/VG`) for the thin pool's VG, so `virsh vol-list`
-/// and virt-manager show lab's volumes (virt-manager cannot manage thin volumes by path). A failure here
-/// costs the presenter nothing but that view: a warning.
-fn show_thin_volumes_in_libvirt(lv: &Libvirt, plan: &plan::Plan) {
-    if plan.storage.backend != plan::Backend::LvmThin {
-        return;
-    }
-    let vg = plan.storage.location.split('/').next().unwrap_or_default();
-    let shown =
-        lvm_thin::define_libvirt_pool(lv, vg).and_then(|_| lvm_thin::refresh_libvirt_pool(lv, vg));
-    if let Err(e) = shown {
-        ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
-    }
 }
 
 /// `lab pool create PROFILE --size SIZE`: the thin pool the profile names, made on request

@@ -194,9 +194,11 @@ pub fn provision(
     };
     let progress = crate::apply::VmProgress::new();
     let results: Vec<Result<(String, Vec<StepResult>)>> = std::thread::scope(|s| {
+        // The VMs the plan provisions.
         let handles: Vec<_> = plan
             .vms
             .iter()
+            .filter(|vm| plan.provision.iter().any(|a| a.vm() == Some(&vm.name)))
             .map(|vm| {
                 let bar = progress.bar(&vm.name);
                 let (key, hint, answers) = (&key, &hint, &answers);

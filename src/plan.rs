@@ -47,6 +47,10 @@ pub enum Op {
     Define,
     Start,
     Keep,
+    Write,
+    Attach,
+    Refresh,
+    Run,
 }
 
 impl fmt::Display for Op {
@@ -58,6 +62,10 @@ impl fmt::Display for Op {
             Op::Define => "define",
             Op::Start => "start",
             Op::Keep => "keep",
+            Op::Write => "write",
+            Op::Attach => "attach",
+            Op::Refresh => "refresh",
+            Op::Run => "run",
         })
     }
 }
@@ -70,6 +78,14 @@ pub enum Object {
     Base,
     Disk,
     Domain,
+    /// The kernel and initramfs of direct-boot VMs.
+    Boot,
+    /// A VM's network interface on the host.
+    Tap,
+    /// A libvirt storage pool.
+    Pool,
+    /// A VM's provisioning steps.
+    Steps,
 }
 
 impl fmt::Display for Object {
@@ -79,6 +95,10 @@ impl fmt::Display for Object {
             Object::Base => "base",
             Object::Disk => "disk",
             Object::Domain => "domain",
+            Object::Boot => "boot",
+            Object::Tap => "tap",
+            Object::Pool => "pool",
+            Object::Steps => "steps",
         })
     }
 }
@@ -98,6 +118,21 @@ pub enum Action {
     DefineDomain { vm: String, name: String },
     /// Start VM `vm`'s domain `name`.
     StartDomain { vm: String, name: String },
+    /// Make the direct-boot kernel copy and initramfs (and lab's SSH key they carry).
+    WriteBootFiles { kernel: String, initrd: String },
+    /// Put running VM `vm`'s interface `tap` back on `bridge`.
+    ReattachTap {
+        vm: String,
+        tap: String,
+        bridge: String,
+    },
+    /// Define (or start) lab's libvirt storage pool `name` over `/dev/VG`, and refresh it.
+    DefinePool { vg: String, name: String },
+    /// Have libvirt list `/dev/VG` again: lab made volumes in it.
+    RefreshPool { vg: String, name: String },
+    /// Run VM `vm`'s provisioning steps, in order (one done before with the same command
+    /// is skipped).
+    Provision { vm: String, steps: Vec<String> },
     /// Nothing to do: the object is as it should be, or is left alone on purpose.
     Keep {
         object: Object,
@@ -113,7 +148,11 @@ impl Action {
             Action::StartNetwork { .. } | Action::StartDomain { .. } => Op::Start,
             Action::BuildBase { .. } => Op::Build,
             Action::CloneDisk { .. } => Op::Clone,
-            Action::DefineDomain { .. } => Op::Define,
+            Action::DefineDomain { .. } | Action::DefinePool { .. } => Op::Define,
+            Action::WriteBootFiles { .. } => Op::Write,
+            Action::ReattachTap { .. } => Op::Attach,
+            Action::RefreshPool { .. } => Op::Refresh,
+            Action::Provision { .. } => Op::Run,
             Action::Keep { .. } => Op::Keep,
         }
     }
@@ -124,6 +163,10 @@ impl Action {
             Action::BuildBase { .. } => Object::Base,
             Action::CloneDisk { .. } => Object::Disk,
             Action::DefineDomain { .. } | Action::StartDomain { .. } => Object::Domain,
+            Action::WriteBootFiles { .. } => Object::Boot,
+            Action::ReattachTap { .. } => Object::Tap,
+            Action::DefinePool { .. } | Action::RefreshPool { .. } => Object::Pool,
+            Action::Provision { .. } => Object::Steps,
             Action::Keep { object, .. } => *object,
         }
     }
@@ -137,7 +180,12 @@ impl Action {
             | Action::CloneDisk { name, .. }
             | Action::DefineDomain { name, .. }
             | Action::StartDomain { name, .. }
+            | Action::DefinePool { name, .. }
+            | Action::RefreshPool { name, .. }
             | Action::Keep { name, .. } => name,
+            Action::WriteBootFiles { initrd, .. } => initrd,
+            Action::ReattachTap { tap, .. } => tap,
+            Action::Provision { vm, .. } => vm,
         }
     }
 
@@ -146,10 +194,15 @@ impl Action {
         match self {
             Action::CreateNetwork { .. }
             | Action::StartNetwork { .. }
-            | Action::BuildBase { .. } => None,
+            | Action::BuildBase { .. }
+            | Action::WriteBootFiles { .. }
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. } => None,
             Action::CloneDisk { vm, .. }
             | Action::DefineDomain { vm, .. }
-            | Action::StartDomain { vm, .. } => Some(vm),
+            | Action::StartDomain { vm, .. }
+            | Action::ReattachTap { vm, .. }
+            | Action::Provision { vm, .. } => Some(vm),
             Action::Keep { vm, .. } => vm.as_deref(),
         }
     }
@@ -187,12 +240,27 @@ impl Planned {
     }
 }
 
-/// `{"op", "object", "name", "vm"?, "why"}`: the shape scripts read from `--json`.
+/// `{"op", "object", "name", "vm"?, "why", "steps"?}`: the shape scripts read from
+/// `--json`.
 impl Serialize for Planned {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let vm = self.vm();
-        let mut st = s.serialize_struct("Action", 5)?;
+        let steps = match &self.action {
+            Action::Provision { steps, .. } => Some(steps),
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::BuildBase { .. }
+            | Action::CloneDisk { .. }
+            | Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::WriteBootFiles { .. }
+            | Action::ReattachTap { .. }
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. }
+            | Action::Keep { .. } => None,
+        };
+        let mut st = s.serialize_struct("Action", 6)?;
         st.serialize_field("op", &self.op())?;
         st.serialize_field("object", &self.object())?;
         st.serialize_field("name", self.name())?;
@@ -201,6 +269,10 @@ impl Serialize for Planned {
             None => st.skip_field("vm")?,
         }
         st.serialize_field("why", &self.why)?;
+        match steps {
+            Some(steps) => st.serialize_field("steps", steps)?,
+            None => st.skip_field("steps")?,
+        }
         st.end()
     }
 }
@@ -262,6 +334,11 @@ pub struct Plan {
     pub actions: Vec<Planned>,
     /// What already is as it should be, or is left alone on purpose.
     pub unchanged: Vec<Planned>,
+    /// Run in the VMs once all are ready: the provisioning steps of each VM. A step done
+    /// before with the same command is skipped, so on a lab already provisioned these
+    /// change nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub provision: Vec<Planned>,
     pub warnings: Vec<String>,
 }
 
@@ -301,10 +378,34 @@ impl Lists {
     }
 }
 
-/// Compute the plan of `lab up`. Pure: no I/O, no clock, no randomness.
+/// What `lab up` was asked besides the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpOptions {
+    /// Run the profile's provisioning steps (`--no-provision` says no).
+    pub provision: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions { provision: true }
+    }
+}
+
+/// The plan of `lab up` with provisioning. Pure: no I/O, no clock, no randomness.
 pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<Plan, PlanError> {
+    up(profile, host, observed, UpOptions::default())
+}
+
+/// The plan of `lab up`. Pure: no I/O, no clock, no randomness.
+pub fn up(
+    profile: &Profile,
+    host: &HostFacts,
+    observed: &Observed,
+    options: UpOptions,
+) -> Result<Plan, PlanError> {
     let mut out = Lists::default();
     let network = network_step(profile, host, observed, &mut out)?;
+    boot_files_step(profile, observed, &mut out);
     let storage = storage_step(profile, host)?;
     base_step(profile, &storage, observed, &mut out)?;
     acceleration_warnings(host, &mut out);
@@ -315,6 +416,12 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
         )?);
     }
     dropped_vms_step(profile, observed, &vms, &mut out);
+    pool_step(profile, &storage, observed, &mut out);
+    let provision = if options.provision {
+        provision_step(profile, &vms)
+    } else {
+        Vec::new()
+    };
     Ok(Plan {
         profile: profile.name.clone(),
         network,
@@ -322,8 +429,129 @@ pub fn plan(profile: &Profile, host: &HostFacts, observed: &Observed) -> Result<
         vms,
         actions: out.actions,
         unchanged: out.unchanged,
+        provision,
         warnings: out.warnings,
     })
+}
+
+/// Whether the profile's VMs boot straight from a kernel and an initramfs lab makes.
+fn direct_boot(profile: &Profile) -> bool {
+    profile.base.kernel.is_some()
+}
+
+/// The direct-boot kernel and initramfs: made when missing or when what they are made of
+/// changed (the host's kernel, busybox, the SSH server or agent, lab's key).
+fn boot_files_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
+    if !direct_boot(profile) {
+        return;
+    }
+    let dir = &profile.storage.dir;
+    let file = |path: PathBuf| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let kernel = file(crate::smoke::kernel_path(dir, &profile.name));
+    let initrd = file(crate::smoke::initrd_path(dir, &profile.name));
+    if observed.boot_files_current {
+        out.keep(
+            Object::Boot,
+            &initrd,
+            None,
+            format!("{kernel} and {initrd} are current"),
+        );
+    } else {
+        out.act(
+            Action::WriteBootFiles {
+                kernel: kernel.clone(),
+                initrd,
+            },
+            format!(
+                "copy of the host's kernel as {kernel} and the initramfs lab makes, in {}: \
+                 missing, or what they are made of changed",
+                dir.display()
+            ),
+        );
+    }
+}
+
+/// With a thin pool, lab's libvirt storage pool over the VG, so `virsh vol-list` and
+/// virt-manager show lab's volumes: defined when missing, refreshed when lab makes volumes.
+fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out: &mut Lists) {
+    if storage.backend != Backend::LvmThin {
+        return;
+    }
+    let Some(vg) = profile.storage.vg.clone() else {
+        return;
+    };
+    let name = names::storage_pool(&vg);
+    let makes_volumes = out.actions.iter().any(|a| match &a.action {
+        Action::BuildBase { .. } | Action::CloneDisk { .. } => true,
+        Action::CreateNetwork { .. }
+        | Action::StartNetwork { .. }
+        | Action::DefineDomain { .. }
+        | Action::StartDomain { .. }
+        | Action::WriteBootFiles { .. }
+        | Action::ReattachTap { .. }
+        | Action::DefinePool { .. }
+        | Action::RefreshPool { .. }
+        | Action::Provision { .. }
+        | Action::Keep { .. } => false,
+    });
+    if !observed.storage_pools.contains(&name) {
+        out.act(
+            Action::DefinePool {
+                vg: vg.clone(),
+                name,
+            },
+            format!(
+                "libvirt storage pool over {} so virsh vol-list and virt-manager show lab's \
+                 volumes (a failure here is a warning)",
+                names::vg_dir(&vg)
+            ),
+        );
+    } else if makes_volumes {
+        out.act(
+            Action::RefreshPool {
+                vg: vg.clone(),
+                name,
+            },
+            format!(
+                "libvirt lists {} again, with the new volumes",
+                names::vg_dir(&vg)
+            ),
+        );
+    } else {
+        out.keep(Object::Pool, &name, None, "defined and active");
+    }
+}
+
+/// Each VM's provisioning steps, in profile order: a step with neither `role` nor `vm`
+/// runs everywhere (as [`crate::provision::steps_for`] selects them).
+fn provision_step(profile: &Profile, vms: &[VmPlan]) -> Vec<Planned> {
+    vms.iter()
+        .filter_map(|vm| {
+            let steps: Vec<String> = profile
+                .provision
+                .iter()
+                .filter(|s| s.role.is_none() || s.role == vm.role)
+                .filter(|s| s.vm.as_deref().is_none_or(|v| v == vm.name))
+                .map(|s| s.name.clone())
+                .collect();
+            (!steps.is_empty()).then(|| {
+                Planned::new(
+                    Action::Provision {
+                        vm: vm.name.clone(),
+                        steps: steps.clone(),
+                    },
+                    format!(
+                        "{}; a step done before with the same command is skipped",
+                        steps.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Nothing with one of lab's names that lab did not make is ever touched: the lab's
@@ -741,7 +969,23 @@ fn vm_step(
             },
             "defined but shut off",
         ),
-        Some(_) => out.keep(Object::Domain, &domain, Some(name), "running"),
+        Some(_) => {
+            out.keep(Object::Domain, &domain, Some(name), "running");
+            for t in observed.detached_taps.iter().filter(|t| t.domain == domain) {
+                out.act(
+                    Action::ReattachTap {
+                        vm: vm.clone(),
+                        tap: t.tap.clone(),
+                        bridge: t.bridge.clone(),
+                    },
+                    format!(
+                        "off bridge {} (the network was restarted under the running VM): \
+                         put back",
+                        t.bridge
+                    ),
+                );
+            }
+        }
     }
     Ok(VmPlan {
         name: vm,
@@ -824,6 +1068,18 @@ pub fn render(plan: &Plan) -> String {
     } else {
         out.push_str("\nWill do:\n");
         for a in &plan.actions {
+            out.push_str(&format!(
+                "  {:<7} {:<8} {}  ({})\n",
+                a.op(),
+                a.object(),
+                a.name(),
+                a.why
+            ));
+        }
+    }
+    if !plan.provision.is_empty() {
+        out.push_str("\nThen in the VMs:\n");
+        for a in &plan.provision {
             out.push_str(&format!(
                 "  {:<7} {:<8} {}  ({})\n",
                 a.op(),

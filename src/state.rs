@@ -144,6 +144,29 @@ pub struct Observed {
     /// source or the disk size changed). None when it is current, or not from a kickstart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_out_of_date: Option<String>,
+    /// When the profile's kickstart base was built (seconds since the epoch, from its
+    /// build record); None when unknown or not from a kickstart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_built_at: Option<u64>,
+    /// Whether the direct-boot kernel and initramfs are lab's and made from what the host
+    /// has now (read for direct-boot profiles only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub boot_files_current: bool,
+    /// Interfaces of running lab domains that are off their bridge (the network was
+    /// restarted under them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detached_taps: Vec<DetachedTap>,
+    /// lab's libvirt storage pools (over a thin pool's VG) that are defined and active.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub storage_pools: Vec<String>,
+}
+
+/// A running domain's interface that is off the bridge libvirt put it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetachedTap {
+    pub domain: String,
+    pub tap: String,
+    pub bridge: String,
 }
 
 impl Observed {

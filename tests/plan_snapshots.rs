@@ -4,7 +4,9 @@
 
 use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan, Planned};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
-use lab::state::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
+use lab::state::{
+    DetachedTap, Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole,
+};
 use lab::subnet::Taken;
 
 fn profile(name: &str) -> Profile {
@@ -46,6 +48,7 @@ fn fresh_host() -> (HostFacts, Observed) {
         }],
         volumes: vec![],
         base_out_of_date: None,
+        ..Observed::default()
     };
     (host, observed)
 }
@@ -95,7 +98,10 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                     d.running = true;
                 }
             }
-            Action::Keep { .. } => {}
+            Action::WriteBootFiles { .. } => observed.boot_files_current = true,
+            Action::ReattachTap { tap, .. } => observed.detached_taps.retain(|t| &t.tap != tap),
+            Action::DefinePool { name, .. } => observed.storage_pools.push(name.clone()),
+            Action::RefreshPool { .. } | Action::Provision { .. } | Action::Keep { .. } => {}
         }
     }
     observed
@@ -368,4 +374,107 @@ fn the_plan_is_the_same_every_time() {
         let b = plan::plan(&profile(name), &host, &observed).unwrap();
         assert_eq!(a, b);
     }
+}
+
+#[test]
+fn a_running_vm_cut_off_its_bridge_gets_its_tap_put_back() {
+    let plan = plan_after_up("smoke", |up| {
+        for n in &mut up.networks {
+            if n.name == "lab-smoke" {
+                n.active = false;
+            }
+        }
+        up.detached_taps.push(DetachedTap {
+            domain: "lab-smoke-node2".into(),
+            tap: "vnet7".into(),
+            bridge: "lab-smoke".into(),
+        });
+    });
+    let actions: Vec<&Action> = plan.actions.iter().map(|a| &a.action).collect();
+    assert_eq!(
+        actions,
+        [
+            &Action::StartNetwork {
+                name: "lab-smoke".into()
+            },
+            &Action::ReattachTap {
+                vm: "node2".into(),
+                tap: "vnet7".into(),
+                bridge: "lab-smoke".into()
+            }
+        ]
+    );
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("  attach  tap      vnet7  (off bridge lab-smoke"),
+        "{text}"
+    );
+}
+
+#[test]
+fn boot_files_are_written_only_when_not_current() {
+    let plan = plan_after_up("smoke", |up| up.boot_files_current = false);
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
+    assert_eq!(ops, [(Op::Write, Object::Boot)]);
+    // Nothing of the kind for a profile that boots from its disk.
+    let (host, observed) = fresh_host();
+    let plan = plan::plan(&profile("packstack-aio"), &host, &observed).unwrap();
+    assert!(plan.actions.iter().all(|a| a.object() != Object::Boot));
+}
+
+#[test]
+fn the_libvirt_pool_of_a_thin_pool_is_defined_then_refreshed_when_volumes_are_made() {
+    let p = profile("packstack-aio");
+    let (mut host, observed) = fresh_host();
+    host.thin_pools.push(("vg_lab".into(), "lab-pool".into()));
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let last = first.actions.last().unwrap();
+    assert_eq!(
+        last.action,
+        Action::DefinePool {
+            vg: "vg_lab".into(),
+            name: "lab-vg_lab".into()
+        }
+    );
+    let mut up = observed_after(&first, observed);
+    let again = plan::plan(&p, &host, &up).unwrap();
+    assert!(again.is_empty(), "{:#?}", again.actions);
+    assert!(again.unchanged.iter().any(|a| a.object() == Object::Pool));
+    up.volumes.retain(|v| v.role != Some(VolumeRole::Clone));
+    let reclone = plan::plan(&p, &host, &up).unwrap();
+    assert!(matches!(
+        reclone.actions.last().unwrap().action,
+        Action::RefreshPool { .. }
+    ));
+}
+
+#[test]
+fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
+    let (host, observed) = fresh_host();
+    let p = profile("packstack-multinode");
+    let plan = plan::plan(&p, &host, &observed).unwrap();
+    let steps: Vec<(&str, Vec<String>)> = plan
+        .provision
+        .iter()
+        .map(|a| match &a.action {
+            Action::Provision { vm, steps } => (vm.as_str(), steps.clone()),
+            other => panic!("not provisioning: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("controller", vec!["rdo-release".into(), "packstack".into()]),
+            ("compute1", vec!["rdo-release".into()]),
+            ("compute2", vec!["rdo-release".into()]),
+        ]
+    );
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("Then in the VMs:\n  run     steps    controller  (rdo-release, packstack;"),
+        "{text}"
+    );
+    let declined = plan::up(&p, &host, &observed, plan::UpOptions { provision: false }).unwrap();
+    assert!(declined.provision.is_empty());
+    assert_eq!(declined.actions, plan.actions);
 }
