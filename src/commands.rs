@@ -129,6 +129,14 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
             // The build says why, if it comes to one.
             Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
         }
+        // When it was built, for the planner to tell its age.
+        observed.base_built_at = storage
+            .base_record(&profile.name)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<crate::kickstart::BuildRecord>(&t).ok())
+            .map(|r| r.built_at)
+            .filter(|&b| b > 0);
     }
     let p = profile.name.as_str();
     // Interfaces of running lab domains that a restarted network left off its bridge.
@@ -214,11 +222,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let options = plan::UpOptions {
         provision: !args.no_provision,
     };
-    let mut plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
-    if observed.base_out_of_date.is_none() {
-        plan.warnings
-            .extend(crate::commands_base::stale_base_warning(&profile));
-    }
+    let plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
     let planned = started.elapsed();
     if args.dry_run {
         if global.json {
@@ -582,6 +586,7 @@ pub fn gather_host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         kvm: crate::check::kvm::verdict_cached(sysroot),
         taken: subnet::taken_by_host(&net),
         thin_pools,
+        now: crate::commands_base::now_secs(),
     }
 }
 

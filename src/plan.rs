@@ -24,6 +24,9 @@ pub struct HostFacts {
     pub taken: Vec<Taken>,
     /// Thin pools that exist, as (VG, pool).
     pub thin_pools: Vec<(String, String)>,
+    /// The host's clock, in seconds since the epoch (the base's age is told from it); 0
+    /// when unknown.
+    pub now: u64,
 }
 
 /// Whether guests get KVM, from the same probes as `lab check`.
@@ -417,6 +420,7 @@ pub fn up(
     }
     dropped_vms_step(profile, observed, &vms, &mut out);
     pool_step(profile, &storage, observed, &mut out);
+    stale_base_warning(profile, observed, host.now, &mut out);
     let provision = if options.provision {
         provision_step(profile, &vms)
     } else {
@@ -432,6 +436,43 @@ pub fn up(
         provision,
         warnings: out.warnings,
     })
+}
+
+/// A base older than this many days is due for a rebuild that patches it.
+pub const STALE_DAYS: u64 = 30;
+
+/// How long ago `then` (seconds since the epoch) was, in days, as people say it.
+pub fn days_ago(then: u64, now: u64) -> String {
+    match now.saturating_sub(then) / 86_400 {
+        0 => "today".into(),
+        1 => "1 day ago".into(),
+        n => format!("{n} days ago"),
+    }
+}
+
+/// How long ago a base built at `built_at` was built, when that is more than
+/// [`STALE_DAYS`] ago.
+pub fn stale_since(built_at: Option<u64>, now: u64) -> Option<String> {
+    built_at
+        .filter(|&b| now.saturating_sub(b) / 86_400 > STALE_DAYS)
+        .map(|b| days_ago(b, now))
+}
+
+/// A kickstart base that is current but was built more than [`STALE_DAYS`] ago is due
+/// for patching ("update the base regularly"): a warning. One out of date is rebuilt
+/// anyway, and says so in its action.
+fn stale_base_warning(profile: &Profile, observed: &Observed, now: u64, out: &mut Lists) {
+    if profile.base.kickstart.is_none() || observed.base_out_of_date.is_some() {
+        return;
+    }
+    if let Some(ago) = stale_since(observed.base_built_at.filter(|&b| b > 0), now) {
+        out.warnings.push(format!(
+            "the base of {} was built {ago}: `lab base build {} --force` patches it (VMs made \
+             before keep the old base until `lab reset`)",
+            profile.name,
+            profile.cli_name()
+        ));
+    }
 }
 
 /// Whether the profile's VMs boot straight from a kernel and an initramfs lab makes.

@@ -22,6 +22,10 @@ fn good_kvm() -> KvmVerdict {
     }
 }
 
+/// The clock of the tests' host: 2027-01-15.
+const NOW: u64 = 1_800_000_000;
+const DAY: u64 = 86_400;
+
 /// A laptop on home Wi-Fi with libvirt's default network and someone else's VM.
 fn fresh_host() -> (HostFacts, Observed) {
     let host = HostFacts {
@@ -32,6 +36,7 @@ fn fresh_host() -> (HostFacts, Observed) {
             iface: Some("wlan0".into()),
         }],
         thin_pools: vec![],
+        now: NOW,
     };
     let observed = Observed {
         domains: vec![ObservedDomain {
@@ -477,4 +482,32 @@ fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
     let declined = plan::up(&p, &host, &observed, plan::UpOptions { provision: false }).unwrap();
     assert!(declined.provision.is_empty());
     assert_eq!(declined.actions, plan.actions);
+}
+
+#[test]
+fn a_kickstart_base_built_long_ago_is_a_warning_told_from_observed_data() {
+    let old = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 45 * DAY);
+    });
+    assert!(old.is_empty(), "{:#?}", old.actions);
+    assert_eq!(
+        old.warnings,
+        [
+            "the base of packstack-aio was built 45 days ago: `lab base build packstack-aio \
+          --force` patches it (VMs made before keep the old base until `lab reset`)"
+        ]
+    );
+    let recent = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 30 * DAY);
+    });
+    assert!(recent.warnings.is_empty(), "{:?}", recent.warnings);
+    // A base out of date is rebuilt: its action says so, no warning besides.
+    let rebuilt = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 45 * DAY);
+        up.base_out_of_date = Some("the rendered kickstart changed".into());
+    });
+    assert!(rebuilt.warnings.is_empty(), "{:?}", rebuilt.warnings);
+    // Not a kickstart base: no age told.
+    let smoke = plan_after_up("smoke", |up| up.base_built_at = Some(NOW - 45 * DAY));
+    assert!(smoke.warnings.is_empty(), "{:?}", smoke.warnings);
 }
