@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
-use crate::plan::{Action, Plan, Planned, VmPlan};
+use crate::plan::{Action, DownPlan, FileKind, Plan, Planned, VmPlan};
 use crate::profile::Profile;
 use crate::smoke;
 use crate::storage::{InUse, Storage, Volume};
@@ -152,12 +152,16 @@ enum Phase<'a> {
     /// Before the base and the domains that boot from them.
     BootFiles,
     Base,
+    /// `lab reset`: every target VM stopped before any disk is dropped.
+    Stop,
     /// In the VM's own thread, all VMs at once.
     Vm(&'a str),
     /// Once every VM is ready.
     Pool,
     /// After `apply`, by the provisioning of `lab up`.
     Provision,
+    /// `lab down`'s removals, by [`down`].
+    Down,
     /// Not carried out: what is left alone.
     Never,
 }
@@ -170,9 +174,16 @@ fn phase(a: &Action) -> Phase<'_> {
         Action::CloneDisk { vm, .. }
         | Action::DefineDomain { vm, .. }
         | Action::StartDomain { vm, .. }
-        | Action::ReattachTap { vm, .. } => Phase::Vm(vm),
+        | Action::ReattachTap { vm, .. }
+        | Action::RecloneDisk { vm, .. } => Phase::Vm(vm),
+        Action::StopDomain { .. } => Phase::Stop,
         Action::DefinePool { .. } | Action::RefreshPool { .. } => Phase::Pool,
         Action::Provision { .. } => Phase::Provision,
+        Action::RemoveDomain { .. }
+        | Action::RemoveNetwork { .. }
+        | Action::RemoveClone { .. }
+        | Action::RemoveBase { .. }
+        | Action::RemoveFile { .. } => Phase::Down,
         Action::Keep { .. } => Phase::Never,
     }
 }
@@ -213,7 +224,14 @@ fn run_lab_action(
                 ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
             }
         }
+        Action::StopDomain { name, .. } => env.lv.stop_domain(name)?,
+        Action::RemoveDomain { .. }
+        | Action::RemoveNetwork { .. }
+        | Action::RemoveClone { .. }
+        | Action::RemoveBase { .. }
+        | Action::RemoveFile { .. } => bail!("{} {}: an action of lab down", a.op(), a.name()),
         Action::CloneDisk { .. }
+        | Action::RecloneDisk { .. }
         | Action::DefineDomain { .. }
         | Action::StartDomain { .. }
         | Action::ReattachTap { .. } => {
@@ -228,38 +246,70 @@ fn run_lab_action(
 
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
 pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
-    preflight_dir(&env.dir)?;
-    if direct_boot(env.profile) {
-        // What the boot files are made of, before anything is made.
-        smoke::preflight()?;
-    }
+    preflight(env)?;
     let mut timings = LabTimings::default();
     let mut boot = None;
-    let lab_phase = |ph: Phase<'_>, boot: &mut Option<smoke::BootFiles>| -> Result<u64> {
-        let t = Instant::now();
-        for a in plan.actions.iter().filter(|a| phase(&a.action) == ph) {
-            run_lab_action(a, plan, env, boot)?;
-        }
-        Ok(ms(t))
-    };
-    timings.network = lab_phase(Phase::Network, &mut boot)?;
-    timings.boot_files = lab_phase(Phase::BootFiles, &mut boot)?;
-    if boot.is_none() && direct_boot(env.profile) {
-        // The plan found them current.
-        boot = Some(smoke::existing_boot_files(&env.dir, &env.profile.name));
-    }
-    timings.base = lab_phase(Phase::Base, &mut boot)?;
+    timings.network = lab_phase(plan, env, Phase::Network, &mut boot)?;
+    timings.boot_files = lab_phase(plan, env, Phase::BootFiles, &mut boot)?;
+    let boot = boot_files(env, boot);
+    timings.base = lab_phase(plan, env, Phase::Base, &mut None)?;
     let t = Instant::now();
+    let vms: Vec<&VmPlan> = plan.vms.iter().collect();
+    let states = bring_up_all(plan, env, &vms, boot.as_ref(), Some(&VmProgress::new()))?;
+    timings.vms = ms(t);
+    lab_phase(plan, env, Phase::Pool, &mut None)?;
+    Ok((states, timings))
+}
 
+/// What must hold before anything is made: a directory QEMU can reach, and (direct boot)
+/// what the boot files are made of.
+fn preflight(env: &Env<'_>) -> Result<()> {
+    preflight_dir(&env.dir)?;
+    if direct_boot(env.profile) {
+        smoke::preflight()?;
+    }
+    Ok(())
+}
+
+/// Carry out the lab-wide actions of phase `ph`, in order; the milliseconds it took.
+fn lab_phase(
+    plan: &Plan,
+    env: &Env<'_>,
+    ph: Phase<'_>,
+    boot: &mut Option<smoke::BootFiles>,
+) -> Result<u64> {
+    let t = Instant::now();
+    for a in plan.actions.iter().filter(|a| phase(&a.action) == ph) {
+        run_lab_action(a, plan, env, boot)?;
+    }
+    Ok(ms(t))
+}
+
+/// The boot files of a direct-boot profile: as written now, or as the plan found them.
+fn boot_files(env: &Env<'_>, written: Option<smoke::BootFiles>) -> Option<smoke::BootFiles> {
+    match written {
+        Some(b) => Some(b),
+        None if direct_boot(env.profile) => {
+            Some(smoke::existing_boot_files(&env.dir, &env.profile.name))
+        }
+        None => None,
+    }
+}
+
+/// Every VM of `vms` at once: its actions of the plan, then waiting until it is ready.
+fn bring_up_all(
+    plan: &Plan,
+    env: &Env<'_>,
+    vms: &[&VmPlan],
+    boot: Option<&smoke::BootFiles>,
+    progress: Option<&VmProgress>,
+) -> Result<Vec<VmState>> {
     let in_use = env.lv.disks_in_use()?;
-    let progress = VmProgress::new();
     let results: Vec<Result<VmState>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .vms
+        let handles: Vec<_> = vms
             .iter()
             .map(|vm| {
-                let bar = progress.bar(&vm.name);
-                let boot = boot.as_ref();
+                let bar = progress.map_or_else(ProgressBar::hidden, |p| p.bar(&vm.name));
                 let in_use = &in_use;
                 s.spawn(move || {
                     let r = bring_up(plan, env, vm, boot, in_use, &bar);
@@ -279,10 +329,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
             .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
             .collect()
     });
-    let states = all_or_errors(results)?;
-    timings.vms = ms(t);
-    lab_phase(Phase::Pool, &mut boot)?;
-    Ok((states, timings))
+    all_or_errors(results)
 }
 
 /// A spinner line per VM on stderr, updated from the VM's thread (hidden with -q).
@@ -427,6 +474,16 @@ fn bring_up(
                     vm.name
                 ));
             }
+            Action::RecloneDisk { .. } => {
+                env.storage
+                    .remove_clone(&env.profile.name, &vm.name, in_use)?;
+                disk = Some(
+                    env.storage
+                        .clone_base(&env.profile.name, &vm.name, in_use)?,
+                );
+                crate::ssh::forget_host(&env.dir, &vm.domain)?;
+                timings.disk = ms(t);
+            }
             Action::CreateNetwork { .. }
             | Action::StartNetwork { .. }
             | Action::WriteBootFiles { .. }
@@ -434,6 +491,12 @@ fn bring_up(
             | Action::DefinePool { .. }
             | Action::RefreshPool { .. }
             | Action::Provision { .. }
+            | Action::StopDomain { .. }
+            | Action::RemoveDomain { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::RemoveClone { .. }
+            | Action::RemoveBase { .. }
+            | Action::RemoveFile { .. }
             | Action::Keep { .. } => {
                 bail!("{} {}: not an action of VM {}", a.op(), a.name(), vm.name)
             }
@@ -531,182 +594,121 @@ pub fn console_tail(console: &Path) -> String {
     )
 }
 
-/// `lab reset`: each target VM stopped, its clone dropped and made again from the base,
-/// started, and waited for, all at once.
-pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
-    preflight_dir(&env.dir)?;
-    // Boot files before any VM is stopped: a failure there leaves the VMs as they were.
-    let boot = if direct_boot(env.profile) {
-        Some(smoke::prepare_boot_files(&env.dir, &env.profile.name)?)
-    } else {
-        None
-    };
-    for vm in targets {
-        ui::debug(format_args!("lab: stop domain {}", vm.domain));
-        env.lv.stop_domain(&vm.domain)?;
-    }
-    let in_use = env.lv.disks_in_use()?;
-    let results: Vec<Result<VmState>> = std::thread::scope(|s| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|vm| {
-                let in_use = &in_use;
-                let boot = boot.as_ref();
-                s.spawn(move || {
-                    let p = &env.profile.name;
-                    let mut timings = VmTimings::default();
-                    ui::debug(format_args!("lab: reset disk of {}", vm.name));
-                    let t = Instant::now();
-                    env.storage.remove_clone(p, &vm.name, in_use)?;
-                    env.storage.clone_base(p, &vm.name, in_use)?;
-                    crate::ssh::forget_host(&env.dir, &vm.domain)?;
-                    timings.disk = ms(t);
-                    ui::debug(format_args!("lab: start domain {}", vm.domain));
-                    let t = Instant::now();
-                    env.lv.start_domain(&vm.domain)?;
-                    timings.start = ms(t);
-                    ready_state(env, vm, boot.is_some(), timings)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a VM thread panicked")))
-            .collect()
-    });
-    all_or_errors(results)
+/// `lab reset`: carry out a plan of [`crate::plan::reset`]. Boot files first (a failure
+/// there leaves the VMs as they were), then every target VM stopped, then each at once:
+/// its clone dropped and made again from the base, started, and waited for.
+pub fn reset(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
+    preflight(env)?;
+    let mut boot = None;
+    lab_phase(plan, env, Phase::BootFiles, &mut boot)?;
+    let boot = boot_files(env, boot);
+    lab_phase(plan, env, Phase::Stop, &mut None)?;
+    let targets: Vec<&VmPlan> = plan
+        .vms
+        .iter()
+        .filter(|vm| {
+            plan.actions
+                .iter()
+                .any(|a| phase(&a.action) == Phase::Vm(vm.name.as_str()))
+        })
+        .collect();
+    bring_up_all(plan, env, &targets, boot.as_ref(), None)
 }
 
-/// `lab down`: lab's domains, network and clones of the profile (with `purge`, its base and
-/// boot files too). Only what carries lab's mark for this profile is touched.
-pub fn down(
-    lv: &Libvirt,
-    profile: &Profile,
-    observed: &crate::state::Observed,
-    purge: bool,
-) -> Result<Vec<String>> {
-    use crate::state::VolumeRole;
+/// `lab down`: carry out a plan of [`crate::plan::down`]; what was removed, as
+/// `KIND NAME` lines (console logs, host keys and marks go unsaid).
+pub fn down(plan: &DownPlan, lv: &Libvirt, profile: &Profile) -> Result<Vec<String>> {
     let p = profile.name.as_str();
-    let dir = &profile.storage.dir;
-    let mut removed = Vec::new();
-    for d in &observed.domains {
-        if d.owner.as_ref().is_some_and(|o| o.is(p)) {
-            lv.remove_domain(&d.name)?;
-            let _ = std::fs::remove_file(console_log(dir, &d.name));
-            ui::debug(format_args!("lab: removed domain {}", d.name));
-            removed.push(format!("domain {}", d.name));
-        }
-    }
-    let net = crate::names::network(p);
-    if let Some(n) = observed.network(&net)
-        && n.owner.as_ref().is_some_and(|o| o.is(p))
-    {
-        lv.remove_network(&net)?;
-        removed.push(format!("network {net}"));
-    }
-    let storage = crate::storage::qcow2::Qcow2Storage::new(dir);
+    let qcow2 = crate::storage::qcow2::Qcow2Storage::new(&profile.storage.dir);
     let thin = match (&profile.storage.vg, &profile.storage.pool) {
         (Some(vg), Some(pool)) => Some(crate::storage::lvm_thin::LvmThinStorage::new(vg, pool)),
         _ => None,
     };
     // A thin volume's location is VG/LV; an image's is its path.
-    let storage_of = |v: &crate::state::ObservedVolume| -> &dyn Storage {
+    let storage_of = |location: &str| -> &dyn Storage {
         match &thin {
-            Some(t) if !v.location.starts_with('/') => t,
-            _ => &storage,
+            Some(t) if !location.starts_with('/') => t,
+            _ => &qcow2,
         }
     };
-    let in_use = lv.disks_in_use()?;
-    let ours: Vec<&crate::state::ObservedVolume> = observed
-        .volumes
-        .iter()
-        .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
-        .collect();
-    // Clones first: a base is only removed once nothing is backed by it.
-    for v in &ours {
-        if let (Some(VolumeRole::Clone), Some(vm)) =
-            (v.role, v.owner.as_ref().and_then(|o| o.vm.as_ref()))
-        {
-            storage_of(v).remove_clone(p, vm, &in_use)?;
-            removed.push(format!("disk {}", v.location));
-        }
-    }
-    if purge && let Some(base) = ours.iter().find(|v| v.role == Some(VolumeRole::Base)) {
-        storage_of(base).remove_base(p)?;
-        removed.push(format!("base {}", base.location));
-    }
-    // Console logs lab asked libvirt to write and the VMs' host keys, also of VMs removed
-    // behind lab's back.
-    for (vm, _) in profile.instances() {
-        let domain = crate::names::domain(p, &vm);
-        let log = console_log(dir, &domain);
-        if log.exists() {
-            std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
-        }
-        crate::ssh::forget_host(dir, &domain)?;
-    }
-    // The packstack password lab made up belongs to the OpenStack that was in the VMs.
-    let secret = crate::commands_ssh::packstack_password_path(dir, p);
-    if secret.exists() {
-        std::fs::remove_file(&secret).with_context(|| format!("removing {}", secret.display()))?;
-        removed.push(format!("packstack password {}", secret.display()));
-    }
-    if purge {
-        let key = crate::ssh::lab_key_path(dir, p);
-        for file in [crate::ssh::pub_path(&key), key] {
-            if file.exists() {
-                std::fs::remove_file(&file)
-                    .with_context(|| format!("removing {}", file.display()))?;
-                removed.push(format!("key {}", file.display()));
+    // What running domains hold, read once the plan's domains are gone (they come first).
+    let mut in_use: Option<Vec<InUse>> = None;
+    let mut removed = Vec::new();
+    for a in &plan.actions {
+        step(a);
+        let said = match &a.action {
+            Action::RemoveDomain { name, .. } => {
+                lv.remove_domain(name)?;
+                ui::debug(format_args!("lab: removed domain {name}"));
+                Some(format!("domain {name}"))
             }
-        }
+            Action::RemoveNetwork { name } => {
+                lv.remove_network(name)?;
+                Some(format!("network {name}"))
+            }
+            Action::RemoveClone { vm, location, .. } => {
+                let in_use = match &in_use {
+                    Some(u) => u,
+                    None => in_use.insert(lv.disks_in_use()?),
+                };
+                storage_of(location).remove_clone(p, vm, in_use)?;
+                Some(format!("disk {location}"))
+            }
+            Action::RemoveBase { location, .. } => {
+                storage_of(location).remove_base(p)?;
+                Some(format!("base {location}"))
+            }
+            Action::RemoveFile { kind, path } => remove_file(*kind, Path::new(path))?,
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::WriteBootFiles { .. }
+            | Action::BuildBase { .. }
+            | Action::CloneDisk { .. }
+            | Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::ReattachTap { .. }
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::StopDomain { .. }
+            | Action::RecloneDisk { .. } => {
+                bail!("{} {}: not an action of lab down", a.op(), a.name())
+            }
+            Action::Keep { .. } => None,
+        };
+        removed.extend(said);
+        done(a);
     }
-    for partial in storage.clear_partial(p)? {
-        removed.push(format!("unfinished {}", partial.display()));
-    }
-    removed.extend(remove_leftover_marks(dir, p, purge)?);
     Ok(removed)
 }
 
-/// lab's marker files of `profile` whose image is gone (an interrupted clone), and with
-/// `purge` its boot files: removed. Files without lab's mark are never touched.
-fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<String>> {
-    use crate::state::{Marker, VolumeRole};
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(removed);
+/// Remove one file of lab's (one already gone is fine); what to report of it.
+fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
+    let gone = |p: &Path| match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
     };
-    for entry in entries.flatten() {
-        let mark = entry.path();
-        let Some(name) = mark.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(target) = name.strip_suffix(".lab") else {
-            continue;
-        };
-        let Some(marker) = std::fs::read_to_string(&mark)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
-        else {
-            continue;
-        };
-        if !marker.owner.is(profile) {
-            continue;
-        }
-        let file = dir.join(target);
-        let is_boot = marker.role == VolumeRole::Boot;
-        if is_boot && purge && file.exists() {
-            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            let _ = std::fs::remove_file(smoke::digest_path(&file));
-            let _ = std::fs::remove_file(smoke::inputs_path(&file));
-            removed.push(format!("boot file {}", file.display()));
-        }
-        if !file.exists() {
-            std::fs::remove_file(&mark).with_context(|| format!("removing {}", mark.display()))?;
-        }
+    if kind == FileKind::UnfinishedDir {
+        // Only if empty: something that came since is left alone.
+        let _ = std::fs::remove_dir(path);
+        return Ok(None);
     }
-    removed.sort();
-    Ok(removed)
+    gone(path)?;
+    let shown = path.display();
+    Ok(match kind {
+        FileKind::ConsoleLog | FileKind::KnownHosts | FileKind::OrphanMark => None,
+        FileKind::UnfinishedDir => None,
+        FileKind::PackstackPassword => Some(format!("packstack password {shown}")),
+        FileKind::SshKey => Some(format!("key {shown}")),
+        FileKind::Unfinished => Some(format!("unfinished {shown}")),
+        FileKind::BootFile => {
+            let _ = std::fs::remove_file(smoke::digest_path(path));
+            let _ = std::fs::remove_file(smoke::inputs_path(path));
+            gone(&crate::state::marker_path(path))?;
+            Some(format!("boot file {shown}"))
+        }
+    })
 }
 
 #[cfg(test)]

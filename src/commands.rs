@@ -496,45 +496,26 @@ fn thin_volume_of(path: &str) -> Option<(&str, &str)> {
     (!vg.is_empty() && vg != "mapper" && !lv.is_empty() && !lv.contains('/')).then_some((vg, lv))
 }
 
-/// `lab reset PROFILE [VM...]`: each VM back to a fresh clone of the base, in parallel.
+/// `lab reset PROFILE [VM...] [--dry-run]`: each VM back to a fresh clone of the base, in
+/// parallel.
 pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = HostLock::acquire(&format!("lab reset {}", profile.name))?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab reset {}", profile.name))?)
+    };
     let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&Sysroot::live(), &profile);
-    let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
-    let targets: Vec<&plan::VmPlan> = if args.vms.is_empty() {
-        plan.vms.iter().collect()
-    } else {
-        let mut t = Vec::new();
-        for name in &args.vms {
-            match plan.vms.iter().find(|v| &v.name == name) {
-                Some(v) => t.push(v),
-                None => {
-                    return Err(usage(format!(
-                        "profile {} has no VM {name:?}: its VMs are {}",
-                        profile.name,
-                        plan.vms
-                            .iter()
-                            .map(|v| v.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+    let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render(&plan));
         }
-        t
-    };
-    for v in &targets {
-        if observed.domain(&v.domain).is_none() {
-            return Err(usage(format!(
-                "{} is not up (no domain {}): run `lab up {}` first",
-                v.name,
-                v.domain,
-                profile.cli_name()
-            )));
-        }
+        return Ok(exit::OK);
     }
     let storage = storage_for(&plan)?;
     let env = apply::Env {
@@ -544,7 +525,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         dir: profile.storage.dir.clone(),
         ready_timeout: Duration::from_secs(args.timeout),
     };
-    let vms = apply::reset(&env, &targets)?;
+    let vms = apply::reset(&plan, &env)?;
     if global.json {
         ui::print_json(&vms)?;
     } else {
@@ -553,14 +534,29 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// `lab down PROFILE [--purge]`: remove lab's domains, network and clones for the profile
-/// (and with --purge its base and boot files); nothing without lab's mark is touched.
+/// `lab down PROFILE [--purge] [--dry-run]`: remove lab's domains, network and clones for
+/// the profile (and with --purge its base and boot files); nothing without lab's mark is
+/// touched.
 pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = HostLock::acquire(&format!("lab down {}", profile.name))?;
-    let observed = observe(&lv, &profile)?;
-    let removed = apply::down(&lv, &profile, &observed, args.purge)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab down {}", profile.name))?)
+    };
+    let mut observed = observe(&lv, &profile)?;
+    observed.files = lab_files(&profile, &observed);
+    let plan = plan::down(&profile, &observed, args.purge);
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render_down(&plan));
+        }
+        return Ok(exit::OK);
+    }
+    let removed = apply::down(&plan, &lv, &profile)?;
     if global.json {
         ui::print_json(&removed)?;
     } else if removed.is_empty() {
@@ -571,6 +567,76 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The files lab wrote for `profile` beside its images: console logs and host keys of its
+/// VMs (and of lab's domains of the profile it no longer names), the packstack password,
+/// lab's SSH key, unfinished images, and lab's marker files with what they mark.
+fn lab_files(profile: &Profile, observed: &Observed) -> crate::state::LabFiles {
+    use crate::state::{MarkFile, Marker};
+    let p = profile.name.as_str();
+    let dir = &profile.storage.dir;
+    let mut domains: Vec<String> = profile
+        .instances()
+        .into_iter()
+        .map(|(vm, _)| crate::names::domain(p, &vm))
+        .collect();
+    for d in &observed.domains {
+        if d.owner.as_ref().is_some_and(|o| o.is(p)) && !domains.contains(&d.name) {
+            domains.push(d.name.clone());
+        }
+    }
+    let existing = |paths: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        paths.into_iter().filter(|f| f.exists()).collect()
+    };
+    let key = crate::ssh::lab_key_path(dir, p);
+    let mut marks = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let mark = entry.path();
+        let Some(target) = mark
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lab"))
+            .map(|t| dir.join(t))
+        else {
+            continue;
+        };
+        let Some(marker) = std::fs::read_to_string(&mark)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
+        else {
+            continue;
+        };
+        if marker.owner.is(p) {
+            marks.push(MarkFile {
+                target_exists: target.exists(),
+                mark,
+                target,
+                role: marker.role,
+            });
+        }
+    }
+    marks.sort_by(|a, b| a.mark.cmp(&b.mark));
+    let qcow2 = Qcow2Storage::new(dir);
+    let unfinished = qcow2.partial(p);
+    crate::state::LabFiles {
+        console_logs: existing(domains.iter().map(|d| apply::console_log(dir, d)).collect()),
+        known_hosts: existing(
+            domains
+                .iter()
+                .map(|d| crate::ssh::known_hosts_path(dir, d))
+                .collect(),
+        ),
+        packstack_password: Some(crate::commands_ssh::packstack_password_path(dir, p))
+            .filter(|f| f.exists()),
+        ssh_key: existing(vec![crate::ssh::pub_path(&key), key]),
+        unfinished_dir: Some(qcow2.partial_dir()).filter(|d| {
+            std::fs::read_dir(d)
+                .is_ok_and(|entries| entries.flatten().all(|e| unfinished.contains(&e.path())))
+        }),
+        unfinished,
+        marks,
+    }
 }
 
 /// What the planner needs to know of the host.

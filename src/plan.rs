@@ -1,10 +1,16 @@
 //! The plan: a pure function of (profile, host facts, observed state) that lists every
-//! action `lab up` would take, and every object it leaves alone, each with the reason.
-//! `lab up --dry-run` prints it; `lab up` runs exactly it.
+//! action `lab up`, `lab reset` or `lab down` would take, and every object it leaves
+//! alone, each with the reason. `--dry-run` prints it; the command runs exactly it
+//! (`apply`). No I/O and no clock here: what the planner needs to know is observed or a
+//! host fact ([`HostFacts::now`] included).
+//!
+//! `lab up`'s plan is made in steps, each a small function: the network, the boot files
+//! (direct boot), storage and the base, acceleration, each VM, the VMs the profile dropped,
+//! lab's libvirt pool (thin), provisioning, and the base's age.
 
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -54,6 +60,9 @@ pub enum Op {
     Attach,
     Refresh,
     Run,
+    Stop,
+    Reclone,
+    Remove,
 }
 
 impl fmt::Display for Op {
@@ -69,6 +78,9 @@ impl fmt::Display for Op {
             Op::Attach => "attach",
             Op::Refresh => "refresh",
             Op::Run => "run",
+            Op::Stop => "stop",
+            Op::Reclone => "reclone",
+            Op::Remove => "remove",
         })
     }
 }
@@ -89,6 +101,8 @@ pub enum Object {
     Pool,
     /// A VM's provisioning steps.
     Steps,
+    /// A file lab wrote beside its images.
+    File,
 }
 
 impl fmt::Display for Object {
@@ -102,6 +116,7 @@ impl fmt::Display for Object {
             Object::Tap => "tap",
             Object::Pool => "pool",
             Object::Steps => "steps",
+            Object::File => "file",
         })
     }
 }
@@ -136,6 +151,24 @@ pub enum Action {
     /// Run VM `vm`'s provisioning steps, in order (one done before with the same command
     /// is skipped).
     Provision { vm: String, steps: Vec<String> },
+    /// Stop (power off) VM `vm`'s domain `name`.
+    StopDomain { vm: String, name: String },
+    /// Drop VM `vm`'s disk `name` and clone it again from the base (a new host key too).
+    RecloneDisk { vm: String, name: String },
+    /// Stop and undefine lab's domain `name` (of VM `vm`, when its mark names one).
+    RemoveDomain { vm: Option<String>, name: String },
+    /// Stop and undefine lab's network `name`.
+    RemoveNetwork { name: String },
+    /// Remove VM `vm`'s disk `name`, at `location` (`VG/LV` or an image's path).
+    RemoveClone {
+        vm: String,
+        name: String,
+        location: String,
+    },
+    /// Remove the profile's base `name`, at `location`.
+    RemoveBase { name: String, location: String },
+    /// Remove a file lab wrote (with its sidecars, for a boot file).
+    RemoveFile { kind: FileKind, path: String },
     /// Nothing to do: the object is as it should be, or is left alone on purpose.
     Keep {
         object: Object,
@@ -156,6 +189,13 @@ impl Action {
             Action::ReattachTap { .. } => Op::Attach,
             Action::RefreshPool { .. } => Op::Refresh,
             Action::Provision { .. } => Op::Run,
+            Action::StopDomain { .. } => Op::Stop,
+            Action::RecloneDisk { .. } => Op::Reclone,
+            Action::RemoveDomain { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::RemoveClone { .. }
+            | Action::RemoveBase { .. }
+            | Action::RemoveFile { .. } => Op::Remove,
             Action::Keep { .. } => Op::Keep,
         }
     }
@@ -165,7 +205,14 @@ impl Action {
             Action::CreateNetwork { .. } | Action::StartNetwork { .. } => Object::Network,
             Action::BuildBase { .. } => Object::Base,
             Action::CloneDisk { .. } => Object::Disk,
-            Action::DefineDomain { .. } | Action::StartDomain { .. } => Object::Domain,
+            Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::StopDomain { .. }
+            | Action::RemoveDomain { .. } => Object::Domain,
+            Action::RemoveNetwork { .. } => Object::Network,
+            Action::RecloneDisk { .. } | Action::RemoveClone { .. } => Object::Disk,
+            Action::RemoveBase { .. } => Object::Base,
+            Action::RemoveFile { .. } => Object::File,
             Action::WriteBootFiles { .. } => Object::Boot,
             Action::ReattachTap { .. } => Object::Tap,
             Action::DefinePool { .. } | Action::RefreshPool { .. } => Object::Pool,
@@ -185,7 +232,13 @@ impl Action {
             | Action::StartDomain { name, .. }
             | Action::DefinePool { name, .. }
             | Action::RefreshPool { name, .. }
+            | Action::StopDomain { name, .. }
+            | Action::RecloneDisk { name, .. }
+            | Action::RemoveDomain { name, .. }
+            | Action::RemoveNetwork { name }
             | Action::Keep { name, .. } => name,
+            Action::RemoveClone { location, .. } | Action::RemoveBase { location, .. } => location,
+            Action::RemoveFile { path, .. } => path,
             Action::WriteBootFiles { initrd, .. } => initrd,
             Action::ReattachTap { tap, .. } => tap,
             Action::Provision { vm, .. } => vm,
@@ -200,13 +253,59 @@ impl Action {
             | Action::BuildBase { .. }
             | Action::WriteBootFiles { .. }
             | Action::DefinePool { .. }
-            | Action::RefreshPool { .. } => None,
+            | Action::RefreshPool { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::RemoveBase { .. }
+            | Action::RemoveFile { .. } => None,
             Action::CloneDisk { vm, .. }
             | Action::DefineDomain { vm, .. }
             | Action::StartDomain { vm, .. }
             | Action::ReattachTap { vm, .. }
-            | Action::Provision { vm, .. } => Some(vm),
+            | Action::Provision { vm, .. }
+            | Action::StopDomain { vm, .. }
+            | Action::RecloneDisk { vm, .. }
+            | Action::RemoveClone { vm, .. } => Some(vm),
+            Action::RemoveDomain { vm, .. } => vm.as_deref(),
             Action::Keep { vm, .. } => vm.as_deref(),
+        }
+    }
+}
+
+/// The files `lab down` removes besides volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileKind {
+    /// A VM's serial console log.
+    ConsoleLog,
+    /// A VM's known_hosts file.
+    KnownHosts,
+    /// The packstack password lab made up for the lab.
+    PackstackPassword,
+    /// Half of lab's SSH key pair for the profile (with --purge).
+    SshKey,
+    /// An unfinished image an interrupted run left.
+    Unfinished,
+    /// A direct-boot kernel or initramfs, with its digest, inputs and mark (with --purge).
+    BootFile,
+    /// lab's mark beside a file that is gone.
+    OrphanMark,
+    /// The directory of unfinished images, empty once they are gone.
+    UnfinishedDir,
+}
+
+impl FileKind {
+    fn describe(self) -> &'static str {
+        match self {
+            FileKind::ConsoleLog => "a VM's console log",
+            FileKind::KnownHosts => "a VM's host key, as lab's ssh knew it",
+            FileKind::PackstackPassword => {
+                "the packstack password lab made up: it belongs to the OpenStack in the VMs"
+            }
+            FileKind::SshKey => "lab's SSH key for the profile (--purge)",
+            FileKind::Unfinished => "unfinished, left by an interrupted run",
+            FileKind::BootFile => "a boot file lab made, with its digest and inputs (--purge)",
+            FileKind::OrphanMark => "lab's mark of a file that is gone",
+            FileKind::UnfinishedDir => "the directory of unfinished images, left empty",
         }
     }
 }
@@ -261,6 +360,13 @@ impl Serialize for Planned {
             | Action::ReattachTap { .. }
             | Action::DefinePool { .. }
             | Action::RefreshPool { .. }
+            | Action::StopDomain { .. }
+            | Action::RecloneDisk { .. }
+            | Action::RemoveDomain { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::RemoveClone { .. }
+            | Action::RemoveBase { .. }
+            | Action::RemoveFile { .. }
             | Action::Keep { .. } => None,
         };
         let mut st = s.serialize_struct("Action", 6)?;
@@ -527,7 +633,7 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
     };
     let name = names::storage_pool(&vg);
     let makes_volumes = out.actions.iter().any(|a| match &a.action {
-        Action::BuildBase { .. } | Action::CloneDisk { .. } => true,
+        Action::BuildBase { .. } | Action::CloneDisk { .. } | Action::RecloneDisk { .. } => true,
         Action::CreateNetwork { .. }
         | Action::StartNetwork { .. }
         | Action::DefineDomain { .. }
@@ -537,6 +643,12 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
         | Action::DefinePool { .. }
         | Action::RefreshPool { .. }
         | Action::Provision { .. }
+        | Action::StopDomain { .. }
+        | Action::RemoveDomain { .. }
+        | Action::RemoveNetwork { .. }
+        | Action::RemoveClone { .. }
+        | Action::RemoveBase { .. }
+        | Action::RemoveFile { .. }
         | Action::Keep { .. } => false,
     });
     if !observed.storage_pools.contains(&name) {
@@ -1093,6 +1205,299 @@ fn base_source(profile: &Profile) -> String {
     )
 }
 
+/// The plan of `lab reset`: each target VM (all of the profile's when `vms` is empty)
+/// stopped, its disk dropped and cloned again from the base, started. Pure.
+pub fn reset(
+    profile: &Profile,
+    host: &HostFacts,
+    observed: &Observed,
+    vms: &[String],
+) -> Result<Plan, PlanError> {
+    let up = up(profile, host, observed, UpOptions { provision: false })?;
+    let targets = reset_targets(profile, observed, &up, vms)?;
+    let mut out = Lists::default();
+    boot_files_step(profile, observed, &mut out);
+    for vm in &targets {
+        if observed.domain(&vm.domain).is_some_and(|d| d.running) {
+            out.act(
+                Action::StopDomain {
+                    vm: vm.name.clone(),
+                    name: vm.domain.clone(),
+                },
+                "running: powered off, its disk is dropped",
+            );
+        }
+    }
+    for vm in &targets {
+        out.act(
+            Action::RecloneDisk {
+                vm: vm.name.clone(),
+                name: vm.disk_volume.clone(),
+            },
+            format!("dropped and cloned again from {}", up.storage.base),
+        );
+        out.act(
+            Action::StartDomain {
+                vm: vm.name.clone(),
+                name: vm.domain.clone(),
+            },
+            "on its fresh disk",
+        );
+    }
+    for vm in up
+        .vms
+        .iter()
+        .filter(|v| !targets.iter().any(|t| t.name == v.name))
+    {
+        out.keep(Object::Domain, &vm.domain, Some(&vm.name), "not reset");
+    }
+    Ok(Plan {
+        actions: out.actions,
+        unchanged: out.unchanged,
+        provision: Vec::new(),
+        ..up
+    })
+}
+
+/// The VMs `lab reset` was asked for: each must be the profile's and up.
+fn reset_targets(
+    profile: &Profile,
+    observed: &Observed,
+    up: &Plan,
+    vms: &[String],
+) -> Result<Vec<VmPlan>, PlanError> {
+    let mut targets = Vec::new();
+    if vms.is_empty() {
+        targets.extend(up.vms.iter().cloned());
+    }
+    for name in vms {
+        match up.vms.iter().find(|v| &v.name == name) {
+            Some(v) => targets.push(v.clone()),
+            None => {
+                return Err(PlanError(format!(
+                    "profile {} has no VM {name:?}: its VMs are {}",
+                    profile.name,
+                    up.vms
+                        .iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+    }
+    for v in &targets {
+        if observed.domain(&v.domain).is_none() {
+            return Err(PlanError(format!(
+                "{} is not up (no domain {}): run `lab up {}` first",
+                v.name,
+                v.domain,
+                profile.cli_name()
+            )));
+        }
+    }
+    Ok(targets)
+}
+
+/// What `lab down` removes: only what carries lab's mark for the profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DownPlan {
+    pub profile: String,
+    pub purge: bool,
+    /// In order: domains, network, clones, base, files.
+    pub actions: Vec<Planned>,
+    /// What stays (without --purge: the base, boot files and lab's SSH key).
+    pub unchanged: Vec<Planned>,
+}
+
+impl DownPlan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// The plan of `lab down` (with `purge`, the base, boot files and SSH key too). Pure; it
+/// cannot be refused: whatever the profile says now, lab's own objects can go.
+pub fn down(profile: &Profile, observed: &Observed, purge: bool) -> DownPlan {
+    let mut out = Lists::default();
+    down_libvirt_step(profile, observed, &mut out);
+    down_volumes_step(profile, observed, purge, &mut out);
+    down_files_step(observed, purge, &mut out);
+    DownPlan {
+        profile: profile.name.clone(),
+        purge,
+        actions: out.actions,
+        unchanged: out.unchanged,
+    }
+}
+
+/// lab's domains of the profile (also those it no longer names), then its network.
+fn down_libvirt_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
+    let p = profile.name.as_str();
+    let mut domains: Vec<_> = observed.domains.iter().collect();
+    domains.sort_by(|a, b| a.name.cmp(&b.name));
+    for d in domains {
+        if let Some(owner) = d.owner.as_ref().filter(|o| o.is(p)) {
+            out.act(
+                Action::RemoveDomain {
+                    vm: owner.vm.clone(),
+                    name: d.name.clone(),
+                },
+                if d.running {
+                    "lab's, running: powered off and undefined"
+                } else {
+                    "lab's: undefined"
+                },
+            );
+        }
+    }
+    let net = names::network(p);
+    if let Some(n) = observed.network(&net)
+        && n.owner.as_ref().is_some_and(|o| o.is(p))
+    {
+        out.act(
+            Action::RemoveNetwork { name: net },
+            "lab's network of the profile",
+        );
+    }
+}
+
+/// Clones first: a base is only removed (with --purge) once nothing is backed by it.
+fn down_volumes_step(profile: &Profile, observed: &Observed, purge: bool, out: &mut Lists) {
+    let p = profile.name.as_str();
+    let ours: Vec<_> = observed
+        .volumes
+        .iter()
+        .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
+        .collect();
+    for v in &ours {
+        if let (Some(VolumeRole::Clone), Some(vm)) =
+            (v.role, v.owner.as_ref().and_then(|o| o.vm.as_ref()))
+        {
+            out.act(
+                Action::RemoveClone {
+                    vm: vm.clone(),
+                    name: v.name.clone(),
+                    location: v.location.clone(),
+                },
+                format!("{vm}'s disk"),
+            );
+        }
+    }
+    // The base by its name (a qcow2 base's builds, `.gN`, go with it), else any of lab's.
+    let base_name = names::base_volume(p);
+    let bases = || ours.iter().filter(|v| v.role == Some(VolumeRole::Base));
+    let base = bases()
+        .find(|v| v.name == base_name || v.name == format!("{base_name}.qcow2"))
+        .or_else(|| bases().next());
+    if let Some(base) = base {
+        if purge {
+            out.act(
+                Action::RemoveBase {
+                    name: base.name.clone(),
+                    location: base.location.clone(),
+                },
+                "the profile's base (--purge)",
+            );
+        } else {
+            out.keep(
+                Object::Base,
+                &base.location,
+                None,
+                "kept for the next `lab up` (--purge removes it)",
+            );
+        }
+    }
+}
+
+/// Files lab wrote beside its images: console logs, host keys, the packstack password,
+/// unfinished images, marks of files that are gone; with --purge its key and boot files.
+fn down_files_step(observed: &Observed, purge: bool, out: &mut Lists) {
+    let f = &observed.files;
+    let mut remove = |kind: FileKind, path: &Path| {
+        out.act(
+            Action::RemoveFile {
+                kind,
+                path: path.display().to_string(),
+            },
+            kind.describe(),
+        )
+    };
+    for path in &f.console_logs {
+        remove(FileKind::ConsoleLog, path);
+    }
+    for path in &f.known_hosts {
+        remove(FileKind::KnownHosts, path);
+    }
+    if let Some(path) = &f.packstack_password {
+        remove(FileKind::PackstackPassword, path);
+    }
+    if purge {
+        for path in &f.ssh_key {
+            remove(FileKind::SshKey, path);
+        }
+    }
+    for path in &f.unfinished {
+        remove(FileKind::Unfinished, path);
+    }
+    if let Some(dir) = &f.unfinished_dir {
+        remove(FileKind::UnfinishedDir, dir);
+    }
+    let mut marks: Vec<_> = f.marks.iter().collect();
+    marks.sort_by(|a, b| a.target.cmp(&b.target));
+    for m in &marks {
+        match (m.role, m.target_exists) {
+            (VolumeRole::Boot, true) if purge => remove(FileKind::BootFile, &m.target),
+            (_, false) => remove(FileKind::OrphanMark, &m.mark),
+            (VolumeRole::Boot | VolumeRole::Base | VolumeRole::Clone, true) => {}
+        }
+    }
+    if !purge {
+        for path in &f.ssh_key {
+            out.keep(
+                Object::File,
+                &path.display().to_string(),
+                None,
+                "lab's SSH key for the profile (--purge removes it)",
+            );
+        }
+        for m in marks
+            .iter()
+            .filter(|m| m.role == VolumeRole::Boot && m.target_exists)
+        {
+            out.keep(
+                Object::File,
+                &m.target.display().to_string(),
+                None,
+                "a boot file lab made (--purge removes it)",
+            );
+        }
+    }
+}
+
+/// One line per action: verb, object, name, and why.
+fn action_lines(out: &mut String, actions: &[Planned]) {
+    for a in actions {
+        out.push_str(&format!(
+            "  {:<7} {:<8} {}  ({})\n",
+            a.op(),
+            a.object(),
+            a.name(),
+            a.why
+        ));
+    }
+}
+
+/// One line per object left alone: object, name, and why.
+fn kept_lines(out: &mut String, unchanged: &[Planned]) {
+    if !unchanged.is_empty() {
+        out.push_str("\nLeaves alone:\n");
+        for a in unchanged {
+            out.push_str(&format!("  {:<8} {}  ({})\n", a.object(), a.name(), a.why));
+        }
+    }
+}
+
 /// The plan for people: one line per action, the reasons, the warnings.
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
@@ -1108,40 +1513,35 @@ pub fn render(plan: &Plan) -> String {
         out.push_str("\nNothing to do: the lab is up as the profile describes.\n");
     } else {
         out.push_str("\nWill do:\n");
-        for a in &plan.actions {
-            out.push_str(&format!(
-                "  {:<7} {:<8} {}  ({})\n",
-                a.op(),
-                a.object(),
-                a.name(),
-                a.why
-            ));
-        }
+        action_lines(&mut out, &plan.actions);
     }
     if !plan.provision.is_empty() {
         out.push_str("\nThen in the VMs:\n");
-        for a in &plan.provision {
-            out.push_str(&format!(
-                "  {:<7} {:<8} {}  ({})\n",
-                a.op(),
-                a.object(),
-                a.name(),
-                a.why
-            ));
-        }
+        action_lines(&mut out, &plan.provision);
     }
-    if !plan.unchanged.is_empty() {
-        out.push_str("\nLeaves alone:\n");
-        for a in &plan.unchanged {
-            out.push_str(&format!("  {:<8} {}  ({})\n", a.object(), a.name(), a.why));
-        }
-    }
+    kept_lines(&mut out, &plan.unchanged);
     if !plan.warnings.is_empty() {
         out.push_str("\nWarnings:\n");
         for w in &plan.warnings {
             out.push_str(&format!("  {w}\n"));
         }
     }
+    out
+}
+
+/// The plan of `lab down` for people, as [`render`] prints `lab up`'s.
+pub fn render_down(plan: &DownPlan) -> String {
+    let mut out = String::new();
+    if plan.actions.is_empty() {
+        out.push_str(&format!(
+            "Nothing to do: lab owns nothing of profile {} to remove.\n",
+            plan.profile
+        ));
+    } else {
+        out.push_str("Will do:\n");
+        action_lines(&mut out, &plan.actions);
+    }
+    kept_lines(&mut out, &plan.unchanged);
     out
 }
 

@@ -106,7 +106,21 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
             Action::WriteBootFiles { .. } => observed.boot_files_current = true,
             Action::ReattachTap { tap, .. } => observed.detached_taps.retain(|t| &t.tap != tap),
             Action::DefinePool { name, .. } => observed.storage_pools.push(name.clone()),
-            Action::RefreshPool { .. } | Action::Provision { .. } | Action::Keep { .. } => {}
+            Action::StopDomain { name, .. } => {
+                for d in observed.domains.iter_mut().filter(|d| &d.name == name) {
+                    d.running = false;
+                }
+            }
+            Action::RemoveDomain { name, .. } => observed.domains.retain(|d| &d.name != name),
+            Action::RemoveNetwork { name } => observed.networks.retain(|n| &n.name != name),
+            Action::RemoveClone { name, .. } | Action::RemoveBase { name, .. } => {
+                observed.volumes.retain(|v| &v.name != name)
+            }
+            Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::RecloneDisk { .. }
+            | Action::RemoveFile { .. }
+            | Action::Keep { .. } => {}
         }
     }
     observed
@@ -510,4 +524,189 @@ fn a_kickstart_base_built_long_ago_is_a_warning_told_from_observed_data() {
     // Not a kickstart base: no age told.
     let smoke = plan_after_up("smoke", |up| up.base_built_at = Some(NOW - 45 * DAY));
     assert!(smoke.warnings.is_empty(), "{:?}", smoke.warnings);
+}
+
+#[test]
+fn reset_stops_every_target_then_reclones_and_starts_each() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    let plan = plan::reset(&p, &host, &up, &["node2".into(), "node3".into()]).unwrap();
+    let lines: Vec<String> = plan
+        .actions
+        .iter()
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "stop domain lab-smoke-node2",
+            "stop domain lab-smoke-node3",
+            "reclone disk lab-smoke-node2.qcow2",
+            "start domain lab-smoke-node2",
+            "reclone disk lab-smoke-node3.qcow2",
+            "start domain lab-smoke-node3",
+        ]
+    );
+    let kept: Vec<&str> = plan.unchanged.iter().map(|a| a.name()).collect();
+    assert_eq!(kept, ["lab-smoke-initrd.img", "lab-smoke-node1"]);
+    assert!(plan.provision.is_empty());
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("  reclone disk     lab-smoke-node2.qcow2  (dropped and cloned again from lab-smoke-base.qcow2)"),
+        "{text}"
+    );
+    // All VMs by default; a shut-off VM needs no stop; stale boot files are made first.
+    up.boot_files_current = false;
+    for d in &mut up.domains {
+        if d.name == "lab-smoke-node1" {
+            d.running = false;
+        }
+    }
+    let all = plan::reset(&p, &host, &up, &[]).unwrap();
+    let ops: Vec<(Op, &str)> = all.actions.iter().map(|a| (a.op(), a.name())).collect();
+    assert_eq!(ops[0], (Op::Write, "lab-smoke-initrd.img"));
+    assert_eq!(
+        ops.iter().filter(|(op, _)| *op == Op::Stop).count(),
+        2,
+        "{ops:?}"
+    );
+    assert_eq!(ops.iter().filter(|(op, _)| *op == Op::Reclone).count(), 3);
+}
+
+#[test]
+fn reset_refuses_a_vm_the_profile_lacks_or_that_is_not_up() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let err = plan::reset(&p, &host, &observed, &["node9".into()]).unwrap_err();
+    assert_eq!(
+        err.0,
+        "profile smoke has no VM \"node9\": its VMs are node1, node2, node3"
+    );
+    let err = plan::reset(&p, &host, &observed, &["node1".into()]).unwrap_err();
+    assert_eq!(
+        err.0,
+        "node1 is not up (no domain lab-smoke-node1): run `lab up smoke` first"
+    );
+}
+
+#[test]
+fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_purge() {
+    use lab::state::{LabFiles, MarkFile};
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    // Someone else's domain with a lab-like name, and another profile's.
+    up.domains.push(ObservedDomain {
+        name: "lab-smoke-node9".into(),
+        owner: None,
+        running: true,
+    });
+    up.domains.push(ObservedDomain {
+        name: "lab-other-node1".into(),
+        owner: Some(Owner {
+            profile: "other".into(),
+            vm: Some("node1".into()),
+        }),
+        running: true,
+    });
+    let dir = std::path::Path::new("/var/lib/lab/images");
+    up.files = LabFiles {
+        console_logs: vec![dir.join("lab-smoke-node1.console.log")],
+        known_hosts: vec![dir.join("lab-smoke-node1.known_hosts")],
+        packstack_password: None,
+        ssh_key: vec![
+            dir.join("lab-smoke-ssh-key.pub"),
+            dir.join("lab-smoke-ssh-key"),
+        ],
+        unfinished: vec![dir.join(".lab-partial/lab-smoke-node2.qcow2")],
+        unfinished_dir: Some(dir.join(".lab-partial")),
+        marks: vec![
+            MarkFile {
+                mark: dir.join("lab-smoke-initrd.img.lab"),
+                target: dir.join("lab-smoke-initrd.img"),
+                role: VolumeRole::Boot,
+                target_exists: true,
+            },
+            MarkFile {
+                mark: dir.join("lab-smoke-node4.qcow2.lab"),
+                target: dir.join("lab-smoke-node4.qcow2"),
+                role: VolumeRole::Clone,
+                target_exists: false,
+            },
+        ],
+    };
+    let down = plan::down(&p, &up, false);
+    let lines: Vec<String> = down
+        .actions
+        .iter()
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "remove domain lab-smoke-node1",
+            "remove domain lab-smoke-node2",
+            "remove domain lab-smoke-node3",
+            "remove network lab-smoke",
+            "remove disk /var/lib/lab/images",
+            "remove disk /var/lib/lab/images",
+            "remove disk /var/lib/lab/images",
+            "remove file /var/lib/lab/images/lab-smoke-node1.console.log",
+            "remove file /var/lib/lab/images/lab-smoke-node1.known_hosts",
+            "remove file /var/lib/lab/images/.lab-partial/lab-smoke-node2.qcow2",
+            "remove file /var/lib/lab/images/.lab-partial",
+            "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+        ]
+    );
+    let kept: Vec<String> = down
+        .unchanged
+        .iter()
+        .map(|a| format!("{} {}", a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "base /var/lib/lab/images",
+            "file /var/lib/lab/images/lab-smoke-ssh-key.pub",
+            "file /var/lib/lab/images/lab-smoke-ssh-key",
+            "file /var/lib/lab/images/lab-smoke-initrd.img",
+        ]
+    );
+    let text = plan::render_down(&down);
+    assert!(text.starts_with("Will do:\n  remove  domain   lab-smoke-node1  (lab's, running: powered off and undefined)\n"), "{text}");
+    assert!(text.contains("\nLeaves alone:\n  base     /var/lib/lab/images  (kept for the next `lab up` (--purge removes it))\n"), "{text}");
+
+    let purge = plan::down(&p, &up, true);
+    assert!(purge.unchanged.is_empty(), "{:#?}", purge.unchanged);
+    let purged: Vec<String> = purge
+        .actions
+        .iter()
+        .skip(7)
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        purged,
+        [
+            "remove base /var/lib/lab/images",
+            "remove file /var/lib/lab/images/lab-smoke-node1.console.log",
+            "remove file /var/lib/lab/images/lab-smoke-node1.known_hosts",
+            "remove file /var/lib/lab/images/lab-smoke-ssh-key.pub",
+            "remove file /var/lib/lab/images/lab-smoke-ssh-key",
+            "remove file /var/lib/lab/images/.lab-partial/lab-smoke-node2.qcow2",
+            "remove file /var/lib/lab/images/.lab-partial",
+            "remove file /var/lib/lab/images/lab-smoke-initrd.img",
+            "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+        ]
+    );
+    // Nothing of the profile's: nothing to do.
+    let (_, bare) = fresh_host();
+    let none = plan::down(&p, &bare, true);
+    assert!(none.is_empty());
+    assert_eq!(
+        plan::render_down(&none),
+        "Nothing to do: lab owns nothing of profile smoke to remove.\n"
+    );
 }
