@@ -1124,20 +1124,7 @@ fn vm_step(
         ),
         Some(_) => {
             out.keep(Object::Domain, &domain, Some(name), "running");
-            for t in observed.detached_taps.iter().filter(|t| t.domain == domain) {
-                out.act(
-                    Action::ReattachTap {
-                        vm: vm.clone(),
-                        tap: t.tap.clone(),
-                        bridge: t.bridge.clone(),
-                    },
-                    format!(
-                        "off bridge {} (the network was restarted under the running VM): \
-                         put back",
-                        t.bridge
-                    ),
-                );
-            }
+            reattach_step(observed, name, &domain, out);
         }
     }
     Ok(VmPlan {
@@ -1154,6 +1141,24 @@ fn vm_step(
         domain_type: domain_type.to_string(),
         cpu_mode: cpu_mode.to_string(),
     })
+}
+
+/// A running VM whose network was stopped and started again under it is off the new
+/// bridge, cut off: its interfaces are put back.
+fn reattach_step(observed: &Observed, vm: &str, domain: &str, out: &mut Lists) {
+    for t in observed.detached_taps.iter().filter(|t| t.domain == domain) {
+        out.act(
+            Action::ReattachTap {
+                vm: vm.to_string(),
+                tap: t.tap.clone(),
+                bridge: t.bridge.clone(),
+            },
+            format!(
+                "off bridge {} (the network was restarted under the running VM): put back",
+                t.bridge
+            ),
+        );
+    }
 }
 
 /// lab's VMs of this profile that the profile no longer names are left alone, and said.
