@@ -14,7 +14,7 @@ use crate::directboot;
 use crate::fanout;
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
-use crate::plan::{Action, Object, Op, Plan, VmPlan};
+use crate::plan::{Action, DownPlan, FileKind, Plan, Planned, VmPlan};
 use crate::profile::Profile;
 use crate::storage::{InUse, Storage, Volume};
 use crate::ui;
@@ -86,17 +86,21 @@ fn boot_for(
     })
 }
 
-fn step(what: &Action) {
+fn step(what: &Planned) {
     ui::debug(format_args!(
         "lab: {} {} {}",
-        what.op, what.object, what.name
+        what.op(),
+        what.object(),
+        what.name()
     ));
 }
 
-fn done(what: &Action) {
+fn done(what: &Planned) {
     ui::debug(format_args!(
         "lab: done {} {} {}",
-        what.op, what.object, what.name
+        what.op(),
+        what.object(),
+        what.name()
     ));
 }
 
@@ -145,57 +149,178 @@ pub fn preflight_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// When, in a run of `lab up`, an action is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase<'a> {
+    /// First: domains need the network to start.
+    Network,
+    /// Before the base and the domains that boot from them.
+    BootFiles,
+    Base,
+    /// `lab reset`: every target VM stopped before any disk is dropped.
+    Stop,
+    /// In the VM's own thread, all VMs at once.
+    Vm(&'a str),
+    /// Once every VM is ready.
+    Pool,
+    /// After `apply`, by the provisioning of `lab up`.
+    Provision,
+    /// `lab down`'s removals, by [`down`].
+    Down,
+    /// Not carried out: what is left alone.
+    Never,
+}
+
+fn phase(a: &Action) -> Phase<'_> {
+    match a {
+        Action::CreateNetwork { .. } | Action::StartNetwork { .. } => Phase::Network,
+        Action::WriteBootFiles { .. } => Phase::BootFiles,
+        Action::BuildBase { .. } => Phase::Base,
+        Action::CloneDisk { vm, .. }
+        | Action::DefineDomain { vm, .. }
+        | Action::StartDomain { vm, .. }
+        | Action::ReattachTap { vm, .. }
+        | Action::RecloneDisk { vm, .. } => Phase::Vm(vm),
+        Action::StopDomain { .. } => Phase::Stop,
+        Action::DefinePool { .. } | Action::RefreshPool { .. } => Phase::Pool,
+        Action::Provision { .. } => Phase::Provision,
+        Action::RemoveDomain { .. }
+        | Action::RemoveNetwork { .. }
+        | Action::RemoveClone { .. }
+        | Action::RemoveBase { .. }
+        | Action::RemoveFile { .. } => Phase::Down,
+        Action::Keep { .. } => Phase::Never,
+    }
+}
+
+/// Carry out one action of the lab as a whole (network, boot files, base, storage pool).
+fn run_lab_action(
+    a: &Planned,
+    plan: &Plan,
+    env: &Env<'_>,
+    boot: &mut Option<directboot::BootFiles>,
+) -> Result<()> {
+    step(a);
+    match &a.action {
+        Action::CreateNetwork { name } => {
+            let doc = xml::to_xml(&xml::network_for(plan));
+            env.lv.define_network(name, &doc)?;
+        }
+        Action::StartNetwork { name } => env.lv.start_network(name)?,
+        Action::WriteBootFiles { .. } => {
+            std::fs::create_dir_all(&env.dir)
+                .with_context(|| format!("creating {}", env.dir.display()))?;
+            *boot = Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?);
+        }
+        Action::BuildBase { .. } => {
+            build_base(env)?;
+        }
+        // The pool only shows lab's volumes to virsh and virt-manager: a failure costs the
+        // presenter nothing but that view, and is a warning.
+        Action::DefinePool { vg, .. } => {
+            let shown = crate::storage::lvm_thin::define_libvirt_pool(env.lv, vg)
+                .and_then(|_| crate::storage::lvm_thin::refresh_libvirt_pool(env.lv, vg));
+            if let Err(e) = shown {
+                ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
+            }
+        }
+        Action::RefreshPool { vg, .. } => {
+            if let Err(e) = crate::storage::lvm_thin::refresh_libvirt_pool(env.lv, vg) {
+                ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
+            }
+        }
+        Action::StopDomain { name, .. } => env.lv.stop_domain(name)?,
+        Action::RemoveDomain { .. }
+        | Action::RemoveNetwork { .. }
+        | Action::RemoveClone { .. }
+        | Action::RemoveBase { .. }
+        | Action::RemoveFile { .. } => bail!("{} {}: an action of lab down", a.op(), a.name()),
+        Action::CloneDisk { .. }
+        | Action::RecloneDisk { .. }
+        | Action::DefineDomain { .. }
+        | Action::StartDomain { .. }
+        | Action::ReattachTap { .. } => {
+            bail!("{} {}: a VM's action, run in its thread", a.op(), a.name())
+        }
+        Action::Provision { .. } => bail!("provisioning runs once the VMs are ready"),
+        Action::Keep { .. } => {}
+    }
+    done(a);
+    Ok(())
+}
+
 /// Carry out `plan`. Returns the state of every VM of the plan once ready.
 pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
+    preflight(env)?;
+    let mut timings = LabTimings::default();
+    let mut boot = None;
+    timings.network = lab_phase(plan, env, Phase::Network, &mut boot)?;
+    timings.boot_files = lab_phase(plan, env, Phase::BootFiles, &mut boot)?;
+    let boot = boot_files(env, boot);
+    timings.base = lab_phase(plan, env, Phase::Base, &mut None)?;
+    let t = Instant::now();
+    let vms: Vec<&VmPlan> = plan.vms.iter().collect();
+    let states = bring_up_all(plan, env, &vms, boot.as_ref(), Some(&VmProgress::new()))?;
+    timings.vms = ms(t);
+    lab_phase(plan, env, Phase::Pool, &mut None)?;
+    Ok((states, timings))
+}
+
+/// What must hold before anything is made: a directory QEMU can reach, and (direct boot)
+/// what the boot files are made of.
+fn preflight(env: &Env<'_>) -> Result<()> {
     preflight_dir(&env.dir)?;
     if direct_boot(env.profile) {
-        // What the boot files are made of, before anything is made.
         directboot::preflight()?;
     }
-    let mut timings = LabTimings::default();
-    // Network first: domains need it to start.
+    Ok(())
+}
+
+/// Carry out the lab-wide actions of phase `ph`, in order; the milliseconds it took.
+fn lab_phase(
+    plan: &Plan,
+    env: &Env<'_>,
+    ph: Phase<'_>,
+    boot: &mut Option<directboot::BootFiles>,
+) -> Result<u64> {
     let t = Instant::now();
-    for a in plan.actions.iter().filter(|a| a.object == Object::Network) {
-        step(a);
-        match a.op {
-            Op::Create => {
-                let doc = xml::to_xml(&xml::network_for(plan));
-                env.lv.define_network(&a.name, &doc)?;
-            }
-            Op::Start => env.lv.start_network(&a.name)?,
-            _ => {}
+    for a in plan.actions.iter().filter(|a| phase(&a.action) == ph) {
+        run_lab_action(a, plan, env, boot)?;
+    }
+    Ok(ms(t))
+}
+
+/// The boot files of a direct-boot profile: as written now, or as the plan found them.
+fn boot_files(
+    env: &Env<'_>,
+    written: Option<directboot::BootFiles>,
+) -> Option<directboot::BootFiles> {
+    match written {
+        Some(b) => Some(b),
+        None if direct_boot(env.profile) => {
+            Some(directboot::existing_boot_files(&env.dir, &env.profile.name))
         }
-        done(a);
+        None => None,
     }
-    timings.network = ms(t);
+}
 
-    // Boot files (direct boot) are made, or found unchanged, on every run.
-    let t = Instant::now();
-    let boot = if direct_boot(env.profile) {
-        std::fs::create_dir_all(&env.dir)
-            .with_context(|| format!("creating {}", env.dir.display()))?;
-        Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?)
-    } else {
-        None
-    };
-    timings.boot_files = ms(t);
-
-    let t = Instant::now();
-    for a in plan.actions.iter().filter(|a| a.object == Object::Base) {
-        step(a);
-        build_base(env)?;
-        done(a);
-    }
-    timings.base = ms(t);
-    let t = Instant::now();
-
+/// Every VM of `vms` at once: its actions of the plan, then waiting until it is ready.
+fn bring_up_all(
+    plan: &Plan,
+    env: &Env<'_>,
+    vms: &[&VmPlan],
+    boot: Option<&directboot::BootFiles>,
+    progress: Option<&VmProgress>,
+) -> Result<Vec<VmState>> {
     let in_use = env.lv.disks_in_use()?;
-    let progress = VmProgress::new();
-    let states = fanout::all(
-        plan.vms.iter().map(|vm| (vm, progress.bar(&vm.name))),
+    fanout::all(
+        vms.iter().map(|vm| {
+            let bar = progress.map_or_else(ProgressBar::hidden, |p| p.bar(&vm.name));
+            (*vm, bar)
+        }),
         |(vm, _)| vm.name.clone(),
         |(vm, bar)| {
-            let r = bring_up(plan, env, vm, boot.as_ref(), &in_use, &bar);
+            let r = bring_up(plan, env, vm, boot, &in_use, &bar);
             match &r {
                 Ok(st) => {
                     bar.finish_with_message(format!("ready at {}", st.ip.as_deref().unwrap_or("?")))
@@ -204,9 +329,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
             }
             r
         },
-    )?;
-    timings.vms = ms(t);
-    Ok((states, timings))
+    )
 }
 
 /// A spinner line per VM on stderr, updated from the VM's thread (hidden with -q).
@@ -281,15 +404,15 @@ fn bring_up(
     bar: &ProgressBar,
 ) -> Result<VmState> {
     let console = console_log(&env.dir, &vm.domain);
-    let mine = |a: &&Action| a.vm.as_deref() == Some(vm.name.as_str());
+    let mine = |a: &&Planned| phase(&a.action) == Phase::Vm(vm.name.as_str());
     let mut disk: Option<Volume> = None;
     let mut timings = VmTimings::default();
     for a in plan.actions.iter().filter(mine) {
         step(a);
-        bar.set_message(format!("{} {}", a.op, a.object));
+        bar.set_message(format!("{} {}", a.op(), a.object()));
         let t = Instant::now();
-        match (a.op, a.object) {
-            (Op::Clone, Object::Disk) => {
+        match &a.action {
+            Action::CloneDisk { .. } => {
                 disk = Some(
                     env.storage
                         .clone_base(&env.profile.name, &vm.name, in_use)?,
@@ -298,7 +421,7 @@ fn bring_up(
                 crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }
-            (Op::Define, Object::Domain) => {
+            Action::DefineDomain { name, .. } => {
                 let disk = match &disk {
                     Some(d) => d.clone(),
                     None => env
@@ -313,39 +436,59 @@ fn bring_up(
                     boot_for(env, boot, vm).as_ref(),
                     &console,
                 ));
-                env.lv.define_domain(&vm.domain, &doc)?;
+                env.lv.define_domain(name, &doc)?;
                 timings.define = ms(t);
             }
-            (Op::Start, Object::Domain) => {
+            Action::StartDomain { name, .. } => {
                 if disk.is_none() {
                     // An existing clone: a thin snapshot is activated here (-K), as after a
                     // reboot; a qcow2 overlay is just found.
                     env.storage.clone_volume(&env.profile.name, &vm.name)?;
                 }
-                env.lv.start_domain(&vm.domain)?;
+                env.lv.start_domain(name)?;
                 timings.start = ms(t);
             }
-            _ => {}
+            // A running VM whose network was stopped and started again under it is off
+            // the new bridge, cut off: its interface is put back, and that is said.
+            Action::ReattachTap { tap, bridge, .. } => {
+                env.lv.reattach(tap, bridge)?;
+                ui::warn(format_args!(
+                    "{}: its interface {tap} was off bridge {bridge} (the network was \
+                     restarted under the running VM): put back",
+                    vm.name
+                ));
+            }
+            Action::RecloneDisk { .. } => {
+                env.storage
+                    .remove_clone(&env.profile.name, &vm.name, in_use)?;
+                disk = Some(
+                    env.storage
+                        .clone_base(&env.profile.name, &vm.name, in_use)?,
+                );
+                crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
+                timings.disk = ms(t);
+            }
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::WriteBootFiles { .. }
+            | Action::BuildBase { .. }
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::StopDomain { .. }
+            | Action::RemoveDomain { .. }
+            | Action::RemoveNetwork { .. }
+            | Action::RemoveClone { .. }
+            | Action::RemoveBase { .. }
+            | Action::RemoveFile { .. }
+            | Action::Keep { .. } => {
+                bail!("{} {}: not an action of VM {}", a.op(), a.name(), vm.name)
+            }
         }
         done(a);
     }
-    reattach_interfaces(env, vm)?;
     bar.set_message("waiting until ready");
     ready_state(env, vm, boot.is_some(), timings)
-}
-
-/// A running VM whose network was stopped and started again under it is off the new
-/// bridge, cut off: its interfaces are put back, and that is said.
-fn reattach_interfaces(env: &Env<'_>, vm: &VmPlan) -> Result<()> {
-    for (tap, bridge) in env.lv.detached_interfaces(&vm.domain) {
-        env.lv.reattach(&tap, &bridge)?;
-        ui::warn(format_args!(
-            "{}: its interface {tap} was off bridge {bridge} (the network was restarted \
-             under the running VM): put back",
-            vm.name
-        ));
-    }
-    Ok(())
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.
@@ -435,172 +578,121 @@ pub fn console_tail(console: &Path) -> String {
     )
 }
 
-/// `lab reset`: each target VM stopped, its clone dropped and made again from the base,
-/// started, and waited for, all at once.
-pub fn reset(env: &Env<'_>, targets: &[&VmPlan]) -> Result<Vec<VmState>> {
-    preflight_dir(&env.dir)?;
-    // Boot files before any VM is stopped: a failure there leaves the VMs as they were.
-    let boot = if direct_boot(env.profile) {
-        Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?)
-    } else {
-        None
-    };
-    for vm in targets {
-        ui::debug(format_args!("lab: stop domain {}", vm.domain));
-        env.lv.stop_domain(&vm.domain)?;
-    }
-    let in_use = env.lv.disks_in_use()?;
-    fanout::all(
-        targets.iter().copied(),
-        |vm| vm.name.clone(),
-        |vm| {
-            let p = &env.profile.name;
-            let mut timings = VmTimings::default();
-            ui::debug(format_args!("lab: reset disk of {}", vm.name));
-            let t = Instant::now();
-            env.storage.remove_clone(p, &vm.name, &in_use)?;
-            env.storage.clone_base(p, &vm.name, &in_use)?;
-            crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
-            timings.disk = ms(t);
-            ui::debug(format_args!("lab: start domain {}", vm.domain));
-            let t = Instant::now();
-            env.lv.start_domain(&vm.domain)?;
-            timings.start = ms(t);
-            ready_state(env, vm, boot.is_some(), timings)
-        },
-    )
+/// `lab reset`: carry out a plan of [`crate::plan::reset`]. Boot files first (a failure
+/// there leaves the VMs as they were), then every target VM stopped, then each at once:
+/// its clone dropped and made again from the base, started, and waited for.
+pub fn reset(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
+    preflight(env)?;
+    let mut boot = None;
+    lab_phase(plan, env, Phase::BootFiles, &mut boot)?;
+    let boot = boot_files(env, boot);
+    lab_phase(plan, env, Phase::Stop, &mut None)?;
+    let targets: Vec<&VmPlan> = plan
+        .vms
+        .iter()
+        .filter(|vm| {
+            plan.actions
+                .iter()
+                .any(|a| phase(&a.action) == Phase::Vm(vm.name.as_str()))
+        })
+        .collect();
+    bring_up_all(plan, env, &targets, boot.as_ref(), None)
 }
 
-/// `lab down`: lab's domains, network and clones of the profile (with `purge`, its base and
-/// boot files too). Only what carries lab's mark for this profile is touched.
-pub fn down(
-    lv: &Libvirt,
-    profile: &Profile,
-    observed: &crate::observe::Observed,
-    purge: bool,
-) -> Result<Vec<String>> {
-    use crate::observe::VolumeRole;
+/// `lab down`: carry out a plan of [`crate::plan::down`]; what was removed, as
+/// `KIND NAME` lines (console logs, host keys and marks go unsaid).
+pub fn down(plan: &DownPlan, lv: &Libvirt, profile: &Profile) -> Result<Vec<String>> {
     let p = profile.name.as_str();
-    let dir = &profile.storage.dir;
-    let mut removed = Vec::new();
-    for d in &observed.domains {
-        if d.owner.as_ref().is_some_and(|o| o.is(p)) {
-            lv.remove_domain(&d.name)?;
-            let _ = std::fs::remove_file(console_log(dir, &d.name));
-            ui::debug(format_args!("lab: removed domain {}", d.name));
-            removed.push(format!("domain {}", d.name));
-        }
-    }
-    let net = crate::names::network(p);
-    if let Some(n) = observed.network(&net)
-        && n.owner.as_ref().is_some_and(|o| o.is(p))
-    {
-        lv.remove_network(&net)?;
-        removed.push(format!("network {net}"));
-    }
-    let storage = crate::storage::qcow2::Qcow2Storage::new(dir);
+    let qcow2 = crate::storage::qcow2::Qcow2Storage::new(&profile.storage.dir);
     let thin = match (&profile.storage.vg, &profile.storage.pool) {
         (Some(vg), Some(pool)) => Some(crate::storage::lvm_thin::LvmThinStorage::new(vg, pool)),
         _ => None,
     };
     // A thin volume's location is VG/LV; an image's is its path.
-    let storage_of = |v: &crate::observe::ObservedVolume| -> &dyn Storage {
+    let storage_of = |location: &str| -> &dyn Storage {
         match &thin {
-            Some(t) if !v.location.starts_with('/') => t,
-            _ => &storage,
+            Some(t) if !location.starts_with('/') => t,
+            _ => &qcow2,
         }
     };
-    let in_use = lv.disks_in_use()?;
-    let ours: Vec<&crate::observe::ObservedVolume> = observed
-        .volumes
-        .iter()
-        .filter(|v| v.owner.as_ref().is_some_and(|o| o.is(p)))
-        .collect();
-    // Clones first: a base is only removed once nothing is backed by it.
-    for v in &ours {
-        if let (Some(VolumeRole::Clone), Some(vm)) =
-            (v.role, v.owner.as_ref().and_then(|o| o.vm.as_ref()))
-        {
-            storage_of(v).remove_clone(p, vm, &in_use)?;
-            removed.push(format!("disk {}", v.location));
-        }
-    }
-    if purge && let Some(base) = ours.iter().find(|v| v.role == Some(VolumeRole::Base)) {
-        storage_of(base).remove_base(p)?;
-        removed.push(format!("base {}", base.location));
-    }
-    // Console logs lab asked libvirt to write and the VMs' host keys, also of VMs removed
-    // behind lab's back.
-    for (vm, _) in profile.instances() {
-        let domain = crate::names::domain(p, &vm);
-        let log = console_log(dir, &domain);
-        if log.exists() {
-            std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
-        }
-        crate::guest::ssh::forget_host(dir, &domain)?;
-    }
-    // The packstack password lab made up belongs to the OpenStack that was in the VMs.
-    let secret = crate::guest::packstack::password_path(dir, p);
-    if secret.exists() {
-        std::fs::remove_file(&secret).with_context(|| format!("removing {}", secret.display()))?;
-        removed.push(format!("packstack password {}", secret.display()));
-    }
-    if purge {
-        let key = crate::guest::ssh::lab_key_path(dir, p);
-        for file in [crate::guest::ssh::pub_path(&key), key] {
-            if file.exists() {
-                std::fs::remove_file(&file)
-                    .with_context(|| format!("removing {}", file.display()))?;
-                removed.push(format!("key {}", file.display()));
+    // What running domains hold, read once the plan's domains are gone (they come first).
+    let mut in_use: Option<Vec<InUse>> = None;
+    let mut removed = Vec::new();
+    for a in &plan.actions {
+        step(a);
+        let said = match &a.action {
+            Action::RemoveDomain { name, .. } => {
+                lv.remove_domain(name)?;
+                ui::debug(format_args!("lab: removed domain {name}"));
+                Some(format!("domain {name}"))
             }
-        }
+            Action::RemoveNetwork { name } => {
+                lv.remove_network(name)?;
+                Some(format!("network {name}"))
+            }
+            Action::RemoveClone { vm, location, .. } => {
+                let in_use = match &in_use {
+                    Some(u) => u,
+                    None => in_use.insert(lv.disks_in_use()?),
+                };
+                storage_of(location).remove_clone(p, vm, in_use)?;
+                Some(format!("disk {location}"))
+            }
+            Action::RemoveBase { location, .. } => {
+                storage_of(location).remove_base(p)?;
+                Some(format!("base {location}"))
+            }
+            Action::RemoveFile { kind, path } => remove_file(*kind, Path::new(path))?,
+            Action::CreateNetwork { .. }
+            | Action::StartNetwork { .. }
+            | Action::WriteBootFiles { .. }
+            | Action::BuildBase { .. }
+            | Action::CloneDisk { .. }
+            | Action::DefineDomain { .. }
+            | Action::StartDomain { .. }
+            | Action::ReattachTap { .. }
+            | Action::DefinePool { .. }
+            | Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::StopDomain { .. }
+            | Action::RecloneDisk { .. } => {
+                bail!("{} {}: not an action of lab down", a.op(), a.name())
+            }
+            Action::Keep { .. } => None,
+        };
+        removed.extend(said);
+        done(a);
     }
-    for partial in storage.clear_partial(p)? {
-        removed.push(format!("unfinished {}", partial.display()));
-    }
-    removed.extend(remove_leftover_marks(dir, p, purge)?);
     Ok(removed)
 }
 
-/// lab's marker files of `profile` whose image is gone (an interrupted clone), and with
-/// `purge` its boot files: removed. Files without lab's mark are never touched.
-fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<String>> {
-    use crate::observe::{Marker, VolumeRole};
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(removed);
+/// Remove one file of lab's (one already gone is fine); what to report of it.
+fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
+    let gone = |p: &Path| match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
     };
-    for entry in entries.flatten() {
-        let mark = entry.path();
-        let Some(name) = mark.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(target) = name.strip_suffix(".lab") else {
-            continue;
-        };
-        let Some(marker) = std::fs::read_to_string(&mark)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
-        else {
-            continue;
-        };
-        if !marker.owner.is(profile) {
-            continue;
-        }
-        let file = dir.join(target);
-        let is_boot = marker.role == VolumeRole::Boot;
-        if is_boot && purge && file.exists() {
-            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
-            let _ = std::fs::remove_file(directboot::digest_path(&file));
-            let _ = std::fs::remove_file(directboot::inputs_path(&file));
-            removed.push(format!("boot file {}", file.display()));
-        }
-        if !file.exists() {
-            std::fs::remove_file(&mark).with_context(|| format!("removing {}", mark.display()))?;
-        }
+    if kind == FileKind::UnfinishedDir {
+        // Only if empty: something that came since is left alone.
+        let _ = std::fs::remove_dir(path);
+        return Ok(None);
     }
-    removed.sort();
-    Ok(removed)
+    gone(path)?;
+    let shown = path.display();
+    Ok(match kind {
+        FileKind::ConsoleLog | FileKind::KnownHosts | FileKind::OrphanMark => None,
+        FileKind::UnfinishedDir => None,
+        FileKind::PackstackPassword => Some(format!("packstack password {shown}")),
+        FileKind::SshKey => Some(format!("key {shown}")),
+        FileKind::Unfinished => Some(format!("unfinished {shown}")),
+        FileKind::BootFile => {
+            let _ = std::fs::remove_file(directboot::digest_path(path));
+            let _ = std::fs::remove_file(directboot::inputs_path(path));
+            gone(&crate::observe::marker_path(path))?;
+            Some(format!("boot file {shown}"))
+        }
+    })
 }
 
 #[cfg(test)]

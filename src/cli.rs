@@ -164,6 +164,9 @@ pub struct ResetArgs {
     /// Seconds each VM may take from start to ready
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+    /// Print the plan and touch nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +176,9 @@ pub struct DownArgs {
     /// Remove the base image (and boot files) too
     #[arg(long)]
     pub purge: bool,
+    /// Print what would be removed and touch nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

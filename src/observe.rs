@@ -144,6 +144,58 @@ pub struct Observed {
     /// source or the disk size changed). None when it is current, or not from a kickstart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base_out_of_date: Option<String>,
+    /// When the profile's kickstart base was built (seconds since the epoch, from its
+    /// build record); None when unknown or not from a kickstart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_built_at: Option<u64>,
+    /// Whether the direct-boot kernel and initramfs are lab's and made from what the host
+    /// has now (read for direct-boot profiles only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub boot_files_current: bool,
+    /// Interfaces of running lab domains that are off their bridge (the network was
+    /// restarted under them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub detached_taps: Vec<DetachedTap>,
+    /// lab's libvirt storage pools (over a thin pool's VG) that are defined and active.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub storage_pools: Vec<String>,
+    /// The files lab wrote for the profile beside its images (read for `lab down`).
+    pub files: LabFiles,
+}
+
+/// Files of one profile that lab wrote beside its images, as found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LabFiles {
+    /// Console logs of the profile's VMs and of lab's domains of the profile.
+    pub console_logs: Vec<PathBuf>,
+    /// The known_hosts files of the profile's VMs.
+    pub known_hosts: Vec<PathBuf>,
+    pub packstack_password: Option<PathBuf>,
+    /// lab's SSH key pair for the profile: the files that exist.
+    pub ssh_key: Vec<PathBuf>,
+    /// Unfinished images interrupted runs left.
+    pub unfinished: Vec<PathBuf>,
+    /// The directory of unfinished images, when it holds nothing but these.
+    pub unfinished_dir: Option<PathBuf>,
+    /// lab's marker files of the profile, with what each marks.
+    pub marks: Vec<MarkFile>,
+}
+
+/// A marker file of lab's and the file it marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MarkFile {
+    pub mark: PathBuf,
+    pub target: PathBuf,
+    pub role: VolumeRole,
+    pub target_exists: bool,
+}
+
+/// A running domain's interface that is off the bridge libvirt put it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DetachedTap {
+    pub domain: String,
+    pub tap: String,
+    pub bridge: String,
 }
 
 impl Observed {

@@ -250,6 +250,107 @@ fn smoke_lab_lifecycle_on_a_real_libvirtd() {
         assert!(v["ip"].as_str().is_some(), "{v}");
     }
 
+    // lab reset --dry-run and lab down --dry-run print their plans and touch nothing.
+    let op_lines = |plan: &Value| -> Vec<String> {
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {} {}",
+                    a["op"].as_str().unwrap(),
+                    a["object"].as_str().unwrap(),
+                    a["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let image = |name: &str| lab.images().join(name).display().to_string();
+    let node2_disk = lab.images().join(format!("{}.qcow2", lab.domain("node2")));
+    let disk_before = std::fs::metadata(&node2_disk).unwrap().modified().unwrap();
+    let reset_plan = lab.json(&["reset", profile, "node2", "--dry-run"]);
+    assert_eq!(
+        op_lines(&reset_plan),
+        [
+            format!("stop domain {}", lab.domain("node2")),
+            format!("reclone disk {}.qcow2", lab.domain("node2")),
+            format!("start domain {}", lab.domain("node2")),
+        ]
+    );
+    let text = lab.run(&["reset", profile, "--dry-run"], 0);
+    assert!(
+        text.contains(&format!(
+            "  reclone disk     {}.qcow2  (dropped and cloned again from lab-{}-base.qcow2)",
+            lab.domain("node1"),
+            lab.name
+        )),
+        "{text}"
+    );
+    let down_plan = lab.json(&["down", profile, "--purge", "--dry-run"]);
+    let lines = op_lines(&down_plan);
+    let mut expected: Vec<String> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|v| format!("remove domain {}", lab.domain(v)))
+        .collect();
+    expected.push(format!("remove network lab-{}", lab.name));
+    for v in ["node1", "node2", "node3"] {
+        expected.push(format!(
+            "remove disk {}",
+            image(&format!("{}.qcow2", lab.domain(v)))
+        ));
+    }
+    expected.push(format!(
+        "remove base {}",
+        image(&format!("lab-{}-base.qcow2", lab.name))
+    ));
+    assert_eq!(&lines[..expected.len()], &expected[..], "{lines:#?}");
+    for v in ["node1", "node2", "node3"] {
+        let log = format!(
+            "remove file {}",
+            image(&format!("{}.console.log", lab.domain(v)))
+        );
+        assert!(lines.contains(&log), "{log} not in {lines:#?}");
+    }
+    assert!(
+        lines.contains(&format!(
+            "remove file {}",
+            image(&format!("lab-{}-initrd.img", lab.name))
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("node9") && !l.ends_with("-x")),
+        "someone else's objects in the plan: {lines:#?}"
+    );
+    let text = lab.run(&["down", profile, "--dry-run"], 0);
+    assert!(
+        text.starts_with(&format!(
+            "Will do:\n  remove  domain   {}  (lab's, running: powered off and undefined)\n",
+            lab.domain("node1")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("\nLeaves alone:\n  base     "), "{text}");
+    let ids_after: Vec<String> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|v| domid(&lab.domain(v)))
+        .collect();
+    assert_eq!(ids, ids_after, "a dry run restarted something");
+    assert_eq!(
+        std::fs::metadata(&node2_disk).unwrap().modified().unwrap(),
+        disk_before,
+        "a dry run touched a disk"
+    );
+    assert!(virsh(&["net-info", &format!("lab-{}", lab.name)]).0);
+    assert!(
+        lab.images()
+            .join(format!("lab-{}-initrd.img", lab.name))
+            .exists()
+    );
+
     // lab check of the profile while its lab is up: the lab's own network is where the
     // lab already is, no collision. (Exit 3 here: KVM does not work on this machine.)
     let check = lab.run(

@@ -48,6 +48,7 @@ fn plan_for(profile: &Profile, nested: bool) -> Plan {
         },
         taken: vec![],
         thin_pools: vec![],
+        now: 0,
     };
     plan::plan(profile, &host, &Observed::default()).unwrap()
 }

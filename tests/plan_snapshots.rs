@@ -2,8 +2,10 @@
 //! the lab already up (nothing to do), one VM missing, the preferred subnet taken, KVM
 //! unusable, and (for the packstack profiles) a thin pool present.
 
-use lab::observe::{Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole};
-use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan};
+use lab::observe::{
+    DetachedTap, Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole,
+};
+use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan, Planned};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
 use lab::subnet::Taken;
 
@@ -20,6 +22,10 @@ fn good_kvm() -> KvmVerdict {
     }
 }
 
+/// The clock of the tests' host: 2027-01-15.
+const NOW: u64 = 1_800_000_000;
+const DAY: u64 = 86_400;
+
 /// A laptop on home Wi-Fi with libvirt's default network and someone else's VM.
 fn fresh_host() -> (HostFacts, Observed) {
     let host = HostFacts {
@@ -30,6 +36,7 @@ fn fresh_host() -> (HostFacts, Observed) {
             iface: Some("wlan0".into()),
         }],
         thin_pools: vec![],
+        now: NOW,
     };
     let observed = Observed {
         domains: vec![ObservedDomain {
@@ -46,50 +53,80 @@ fn fresh_host() -> (HostFacts, Observed) {
         }],
         volumes: vec![],
         base_out_of_date: None,
+        ..Observed::default()
     };
     (host, observed)
 }
 
 /// What the host looks like after `lab up` carried out `plan`.
 fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
-    let owner = |vm: &Option<String>| Owner {
+    let owner = |vm: Option<&str>| Owner {
         profile: plan.profile.clone(),
-        vm: vm.clone(),
+        vm: vm.map(str::to_string),
+    };
+    let volume = |name: &str, vm: Option<&str>, role| ObservedVolume {
+        name: name.to_string(),
+        location: plan.storage.location.clone(),
+        owner: Some(owner(vm)),
+        role: Some(role),
+        sealed: true,
     };
     for a in &plan.actions {
-        match (a.object, a.op) {
-            (Object::Network, Op::Create) => observed.networks.push(ObservedNetwork {
-                name: a.name.clone(),
+        match &a.action {
+            Action::CreateNetwork { name } => observed.networks.push(ObservedNetwork {
+                name: name.clone(),
                 bridge: Some(plan.network.bridge.clone()),
                 subnets: vec![plan.network.subnet],
-                owner: Some(owner(&None)),
+                owner: Some(owner(None)),
                 active: true,
             }),
-            (Object::Base, Op::Build) | (Object::Disk, Op::Clone) => {
-                observed.volumes.push(ObservedVolume {
-                    name: a.name.clone(),
-                    location: plan.storage.location.clone(),
-                    owner: Some(owner(&a.vm)),
-                    role: Some(if a.object == Object::Base {
-                        VolumeRole::Base
-                    } else {
-                        VolumeRole::Clone
-                    }),
-                    sealed: true,
-                })
+            Action::StartNetwork { name } => {
+                for n in observed.networks.iter_mut().filter(|n| &n.name == name) {
+                    n.active = true;
+                }
             }
-            (Object::Domain, Op::Define) => observed.domains.push(ObservedDomain {
-                name: a.name.clone(),
-                owner: Some(owner(&a.vm)),
+            Action::BuildBase { name } => {
+                observed.volumes.push(volume(name, None, VolumeRole::Base))
+            }
+            Action::CloneDisk { vm, name } => {
+                observed
+                    .volumes
+                    .push(volume(name, Some(vm), VolumeRole::Clone))
+            }
+            Action::DefineDomain { vm, name } => observed.domains.push(ObservedDomain {
+                name: name.clone(),
+                owner: Some(owner(Some(vm))),
                 running: true,
             }),
-            _ => {}
+            Action::StartDomain { name, .. } => {
+                for d in observed.domains.iter_mut().filter(|d| &d.name == name) {
+                    d.running = true;
+                }
+            }
+            Action::WriteBootFiles { .. } => observed.boot_files_current = true,
+            Action::ReattachTap { tap, .. } => observed.detached_taps.retain(|t| &t.tap != tap),
+            Action::DefinePool { name, .. } => observed.storage_pools.push(name.clone()),
+            Action::StopDomain { name, .. } => {
+                for d in observed.domains.iter_mut().filter(|d| &d.name == name) {
+                    d.running = false;
+                }
+            }
+            Action::RemoveDomain { name, .. } => observed.domains.retain(|d| &d.name != name),
+            Action::RemoveNetwork { name } => observed.networks.retain(|n| &n.name != name),
+            Action::RemoveClone { name, .. } | Action::RemoveBase { name, .. } => {
+                observed.volumes.retain(|v| &v.name != name)
+            }
+            Action::RefreshPool { .. }
+            | Action::Provision { .. }
+            | Action::RecloneDisk { .. }
+            | Action::RemoveFile { .. }
+            | Action::Keep { .. } => {}
         }
     }
     observed
 }
 
-fn changes(plan: &Plan) -> Vec<&Action> {
+fn changes(plan: &Plan) -> Vec<&Planned> {
     plan.actions.iter().collect()
 }
 
@@ -138,11 +175,7 @@ fn one_vm_missing_brings_back_that_vm_alone() {
         up.domains.retain(|d| d.name != gone.domain);
         up.volumes.retain(|v| v.name != gone.disk_volume);
         let plan = plan::plan(&p, &host, &up).unwrap();
-        let touched: Vec<(Op, &str)> = plan
-            .actions
-            .iter()
-            .map(|a| (a.op, a.name.as_str()))
-            .collect();
+        let touched: Vec<(Op, &str)> = plan.actions.iter().map(|a| (a.op(), a.name())).collect();
         assert_eq!(
             touched,
             vec![
@@ -279,7 +312,7 @@ fn vms_dropped_from_the_profile_are_left_alone_and_said() {
     let kept = plan
         .unchanged
         .iter()
-        .find(|a| a.name == "lab-smoke-node4")
+        .find(|a| a.name() == "lab-smoke-node4")
         .unwrap();
     assert!(kept.why.contains("no longer in the profile"));
 }
@@ -303,7 +336,7 @@ fn a_base_left_unsealed_by_an_interrupted_build_is_built_again() {
             }
         }
     });
-    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)]);
 }
 
@@ -312,7 +345,7 @@ fn a_kickstart_base_whose_inputs_changed_is_built_again_and_clones_are_kept() {
     let plan = plan_after_up("packstack-aio", |up| {
         up.base_out_of_date = Some("the rendered kickstart changed".into());
     });
-    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op, a.object)).collect();
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
     assert_eq!(ops, [(Op::Build, Object::Base)], "{:#?}", plan.actions);
     let why = &plan.actions[0].why;
     assert!(
@@ -360,4 +393,320 @@ fn the_plan_is_the_same_every_time() {
         let b = plan::plan(&profile(name), &host, &observed).unwrap();
         assert_eq!(a, b);
     }
+}
+
+#[test]
+fn a_running_vm_cut_off_its_bridge_gets_its_tap_put_back() {
+    let plan = plan_after_up("smoke", |up| {
+        for n in &mut up.networks {
+            if n.name == "lab-smoke" {
+                n.active = false;
+            }
+        }
+        up.detached_taps.push(DetachedTap {
+            domain: "lab-smoke-node2".into(),
+            tap: "vnet7".into(),
+            bridge: "lab-smoke".into(),
+        });
+    });
+    let actions: Vec<&Action> = plan.actions.iter().map(|a| &a.action).collect();
+    assert_eq!(
+        actions,
+        [
+            &Action::StartNetwork {
+                name: "lab-smoke".into()
+            },
+            &Action::ReattachTap {
+                vm: "node2".into(),
+                tap: "vnet7".into(),
+                bridge: "lab-smoke".into()
+            }
+        ]
+    );
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("  attach  tap      vnet7  (off bridge lab-smoke"),
+        "{text}"
+    );
+}
+
+#[test]
+fn boot_files_are_written_only_when_not_current() {
+    let plan = plan_after_up("smoke", |up| up.boot_files_current = false);
+    let ops: Vec<(Op, Object)> = plan.actions.iter().map(|a| (a.op(), a.object())).collect();
+    assert_eq!(ops, [(Op::Write, Object::Boot)]);
+    // Nothing of the kind for a profile that boots from its disk.
+    let (host, observed) = fresh_host();
+    let plan = plan::plan(&profile("packstack-aio"), &host, &observed).unwrap();
+    assert!(plan.actions.iter().all(|a| a.object() != Object::Boot));
+}
+
+#[test]
+fn the_libvirt_pool_of_a_thin_pool_is_defined_then_refreshed_when_volumes_are_made() {
+    let p = profile("packstack-aio");
+    let (mut host, observed) = fresh_host();
+    host.thin_pools.push(("vg_lab".into(), "lab-pool".into()));
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let last = first.actions.last().unwrap();
+    assert_eq!(
+        last.action,
+        Action::DefinePool {
+            vg: "vg_lab".into(),
+            name: "lab-vg_lab".into()
+        }
+    );
+    let mut up = observed_after(&first, observed);
+    let again = plan::plan(&p, &host, &up).unwrap();
+    assert!(again.is_empty(), "{:#?}", again.actions);
+    assert!(again.unchanged.iter().any(|a| a.object() == Object::Pool));
+    up.volumes.retain(|v| v.role != Some(VolumeRole::Clone));
+    let reclone = plan::plan(&p, &host, &up).unwrap();
+    assert!(matches!(
+        reclone.actions.last().unwrap().action,
+        Action::RefreshPool { .. }
+    ));
+}
+
+#[test]
+fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
+    let (host, observed) = fresh_host();
+    let p = profile("packstack-multinode");
+    let plan = plan::plan(&p, &host, &observed).unwrap();
+    let steps: Vec<(&str, Vec<String>)> = plan
+        .provision
+        .iter()
+        .map(|a| match &a.action {
+            Action::Provision { vm, steps } => (vm.as_str(), steps.clone()),
+            other => panic!("not provisioning: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("controller", vec!["rdo-release".into(), "packstack".into()]),
+            ("compute1", vec!["rdo-release".into()]),
+            ("compute2", vec!["rdo-release".into()]),
+        ]
+    );
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("Then in the VMs:\n  run     steps    controller  (rdo-release, packstack;"),
+        "{text}"
+    );
+    let declined = plan::up(&p, &host, &observed, plan::UpOptions { provision: false }).unwrap();
+    assert!(declined.provision.is_empty());
+    assert_eq!(declined.actions, plan.actions);
+}
+
+#[test]
+fn a_kickstart_base_built_long_ago_is_a_warning_told_from_observed_data() {
+    let old = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 45 * DAY);
+    });
+    assert!(old.is_empty(), "{:#?}", old.actions);
+    assert_eq!(
+        old.warnings,
+        [
+            "the base of packstack-aio was built 45 days ago: `lab base build packstack-aio \
+          --force` patches it (VMs made before keep the old base until `lab reset`)"
+        ]
+    );
+    let recent = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 30 * DAY);
+    });
+    assert!(recent.warnings.is_empty(), "{:?}", recent.warnings);
+    // A base out of date is rebuilt: its action says so, no warning besides.
+    let rebuilt = plan_after_up("packstack-aio", |up| {
+        up.base_built_at = Some(NOW - 45 * DAY);
+        up.base_out_of_date = Some("the rendered kickstart changed".into());
+    });
+    assert!(rebuilt.warnings.is_empty(), "{:?}", rebuilt.warnings);
+    // Not a kickstart base: no age told.
+    let smoke = plan_after_up("smoke", |up| up.base_built_at = Some(NOW - 45 * DAY));
+    assert!(smoke.warnings.is_empty(), "{:?}", smoke.warnings);
+}
+
+#[test]
+fn reset_stops_every_target_then_reclones_and_starts_each() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    let plan = plan::reset(&p, &host, &up, &["node2".into(), "node3".into()]).unwrap();
+    let lines: Vec<String> = plan
+        .actions
+        .iter()
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "stop domain lab-smoke-node2",
+            "stop domain lab-smoke-node3",
+            "reclone disk lab-smoke-node2.qcow2",
+            "start domain lab-smoke-node2",
+            "reclone disk lab-smoke-node3.qcow2",
+            "start domain lab-smoke-node3",
+        ]
+    );
+    let kept: Vec<&str> = plan.unchanged.iter().map(|a| a.name()).collect();
+    assert_eq!(kept, ["lab-smoke-initrd.img", "lab-smoke-node1"]);
+    assert!(plan.provision.is_empty());
+    let text = plan::render(&plan);
+    assert!(
+        text.contains("  reclone disk     lab-smoke-node2.qcow2  (dropped and cloned again from lab-smoke-base.qcow2)"),
+        "{text}"
+    );
+    // All VMs by default; a shut-off VM needs no stop; stale boot files are made first.
+    up.boot_files_current = false;
+    for d in &mut up.domains {
+        if d.name == "lab-smoke-node1" {
+            d.running = false;
+        }
+    }
+    let all = plan::reset(&p, &host, &up, &[]).unwrap();
+    let ops: Vec<(Op, &str)> = all.actions.iter().map(|a| (a.op(), a.name())).collect();
+    assert_eq!(ops[0], (Op::Write, "lab-smoke-initrd.img"));
+    assert_eq!(
+        ops.iter().filter(|(op, _)| *op == Op::Stop).count(),
+        2,
+        "{ops:?}"
+    );
+    assert_eq!(ops.iter().filter(|(op, _)| *op == Op::Reclone).count(), 3);
+}
+
+#[test]
+fn reset_refuses_a_vm_the_profile_lacks_or_that_is_not_up() {
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let err = plan::reset(&p, &host, &observed, &["node9".into()]).unwrap_err();
+    assert_eq!(
+        err.0,
+        "profile smoke has no VM \"node9\": its VMs are node1, node2, node3"
+    );
+    let err = plan::reset(&p, &host, &observed, &["node1".into()]).unwrap_err();
+    assert_eq!(
+        err.0,
+        "node1 is not up (no domain lab-smoke-node1): run `lab up smoke` first"
+    );
+}
+
+#[test]
+fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_purge() {
+    use lab::observe::{LabFiles, MarkFile};
+    let p = profile("smoke");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let mut up = observed_after(&first, observed);
+    // Someone else's domain with a lab-like name, and another profile's.
+    up.domains.push(ObservedDomain {
+        name: "lab-smoke-node9".into(),
+        owner: None,
+        running: true,
+    });
+    up.domains.push(ObservedDomain {
+        name: "lab-other-node1".into(),
+        owner: Some(Owner {
+            profile: "other".into(),
+            vm: Some("node1".into()),
+        }),
+        running: true,
+    });
+    let dir = std::path::Path::new("/var/lib/lab/images");
+    up.files = LabFiles {
+        console_logs: vec![dir.join("lab-smoke-node1.console.log")],
+        known_hosts: vec![dir.join("lab-smoke-node1.known_hosts")],
+        packstack_password: None,
+        ssh_key: vec![
+            dir.join("lab-smoke-ssh-key.pub"),
+            dir.join("lab-smoke-ssh-key"),
+        ],
+        unfinished: vec![dir.join(".lab-partial/lab-smoke-node2.qcow2")],
+        unfinished_dir: Some(dir.join(".lab-partial")),
+        marks: vec![
+            MarkFile {
+                mark: dir.join("lab-smoke-initrd.img.lab"),
+                target: dir.join("lab-smoke-initrd.img"),
+                role: VolumeRole::Boot,
+                target_exists: true,
+            },
+            MarkFile {
+                mark: dir.join("lab-smoke-node4.qcow2.lab"),
+                target: dir.join("lab-smoke-node4.qcow2"),
+                role: VolumeRole::Clone,
+                target_exists: false,
+            },
+        ],
+    };
+    let down = plan::down(&p, &up, false);
+    let lines: Vec<String> = down
+        .actions
+        .iter()
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "remove domain lab-smoke-node1",
+            "remove domain lab-smoke-node2",
+            "remove domain lab-smoke-node3",
+            "remove network lab-smoke",
+            "remove disk /var/lib/lab/images",
+            "remove disk /var/lib/lab/images",
+            "remove disk /var/lib/lab/images",
+            "remove file /var/lib/lab/images/lab-smoke-node1.console.log",
+            "remove file /var/lib/lab/images/lab-smoke-node1.known_hosts",
+            "remove file /var/lib/lab/images/.lab-partial/lab-smoke-node2.qcow2",
+            "remove file /var/lib/lab/images/.lab-partial",
+            "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+        ]
+    );
+    let kept: Vec<String> = down
+        .unchanged
+        .iter()
+        .map(|a| format!("{} {}", a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "base /var/lib/lab/images",
+            "file /var/lib/lab/images/lab-smoke-ssh-key.pub",
+            "file /var/lib/lab/images/lab-smoke-ssh-key",
+            "file /var/lib/lab/images/lab-smoke-initrd.img",
+        ]
+    );
+    let text = plan::render_down(&down);
+    assert!(text.starts_with("Will do:\n  remove  domain   lab-smoke-node1  (lab's, running: powered off and undefined)\n"), "{text}");
+    assert!(text.contains("\nLeaves alone:\n  base     /var/lib/lab/images  (kept for the next `lab up` (--purge removes it))\n"), "{text}");
+
+    let purge = plan::down(&p, &up, true);
+    assert!(purge.unchanged.is_empty(), "{:#?}", purge.unchanged);
+    let purged: Vec<String> = purge
+        .actions
+        .iter()
+        .skip(7)
+        .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+        .collect();
+    assert_eq!(
+        purged,
+        [
+            "remove base /var/lib/lab/images",
+            "remove file /var/lib/lab/images/lab-smoke-node1.console.log",
+            "remove file /var/lib/lab/images/lab-smoke-node1.known_hosts",
+            "remove file /var/lib/lab/images/lab-smoke-ssh-key.pub",
+            "remove file /var/lib/lab/images/lab-smoke-ssh-key",
+            "remove file /var/lib/lab/images/.lab-partial/lab-smoke-node2.qcow2",
+            "remove file /var/lib/lab/images/.lab-partial",
+            "remove file /var/lib/lab/images/lab-smoke-initrd.img",
+            "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+        ]
+    );
+    // Nothing of the profile's: nothing to do.
+    let (_, bare) = fresh_host();
+    let none = plan::down(&p, &bare, true);
+    assert!(none.is_empty());
+    assert_eq!(
+        plan::render_down(&none),
+        "Nothing to do: lab owns nothing of profile smoke to remove.\n"
+    );
 }

@@ -61,6 +61,7 @@ fn dry_run_prints_the_plan_as_data() {
         ops,
         [
             "create network lab-smoke",
+            "write boot lab-smoke-initrd.img",
             "build base lab-smoke-base.qcow2",
             "clone disk lab-smoke-node1.qcow2",
             "define domain lab-smoke-node1",

@@ -13,6 +13,7 @@ use crate::kickstart::{self, BuildRecord};
 use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
 use crate::observe::{Marker, VolumeRole, marker_path};
+use crate::plan::{days_ago, stale_since};
 use crate::profile::{self, Profile, StorageBackend};
 use crate::size::ByteSize;
 use crate::storage::Storage;
@@ -175,23 +176,12 @@ struct BaseEntry {
     /// modification time.
     built_at: Option<u64>,
     /// "current", "out of date: ...", or "unknown" (no record or no profile to compare);
-    /// a current base older than [`STALE_DAYS`] says so ("update the base regularly").
+    /// a current base older than [`crate::plan::STALE_DAYS`] says so ("update the base regularly").
     status: String,
 }
 
-/// A base older than this many days is due for a rebuild that patches it.
-const STALE_DAYS: u64 = 30;
-
-/// How long ago `then` (seconds since the epoch) was, in days, as people say it.
-fn days_ago(then: u64, now: u64) -> String {
-    match now.saturating_sub(then) / 86_400 {
-        0 => "today".into(),
-        1 => "1 day ago".into(),
-        n => format!("{n} days ago"),
-    }
-}
-
-fn now_secs() -> u64 {
+/// The host's clock, in seconds since the epoch (0 if it is before 1970).
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -414,38 +404,12 @@ fn describe(dir: &Path, name: &str, path: &Path, profile: Option<&Profile>, now:
     }
 }
 
-/// How long ago a base built at `built_at` was built, when that is more than
-/// [`STALE_DAYS`] ago.
-fn stale_since(built_at: Option<u64>, now: u64) -> Option<String> {
-    built_at
-        .filter(|&b| now.saturating_sub(b) / 86_400 > STALE_DAYS)
-        .map(|b| days_ago(b, now))
-}
-
-/// "current", or for a base built more than [`STALE_DAYS`] ago, how to patch it.
+/// "current", or for a base built more than [`crate::plan::STALE_DAYS`] ago, how to patch it.
 fn stale_status(built_at: Option<u64>, now: u64, cli: &str) -> String {
     match stale_since(built_at, now) {
         Some(ago) => format!("current, but built {ago}: `lab base build {cli} --force` patches it"),
         None => "current".into(),
     }
-}
-
-/// For `lab up`: a warning when the profile's kickstart base was built more than
-/// [`STALE_DAYS`] ago ("update the base regularly").
-pub fn stale_base_warning(profile: &Profile) -> Option<String> {
-    profile.base.kickstart.as_ref()?;
-    let record: BuildRecord = Qcow2Storage::new(&profile.storage.dir)
-        .base_record(&profile.name)
-        .ok()
-        .flatten()
-        .and_then(|t| serde_json::from_str(&t).ok())?;
-    let ago = stale_since(Some(record.built_at).filter(|&b| b > 0), now_secs())?;
-    Some(format!(
-        "the base of {} was built {ago}: `lab base build {} --force` patches it (VMs made \
-         before keep the old base until `lab reset`)",
-        profile.name,
-        profile.cli_name()
-    ))
 }
 
 #[cfg(test)]

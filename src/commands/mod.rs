@@ -133,6 +133,42 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
             // The build says why, if it comes to one.
             Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
         }
+        // When it was built, for the planner to tell its age.
+        observed.base_built_at = storage
+            .base_record(&profile.name)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<crate::kickstart::BuildRecord>(&t).ok())
+            .map(|r| r.built_at)
+            .filter(|&b| b > 0);
+    }
+    let p = profile.name.as_str();
+    // Interfaces of running lab domains that a restarted network left off its bridge.
+    let running: Vec<String> = observed
+        .domains
+        .iter()
+        .filter(|d| d.running && d.owner.as_ref().is_some_and(|o| o.is(p)))
+        .map(|d| d.name.clone())
+        .collect();
+    for domain in running {
+        for (tap, bridge) in lv.detached_interfaces(&domain) {
+            observed.detached_taps.push(crate::observe::DetachedTap {
+                domain: domain.clone(),
+                tap,
+                bridge,
+            });
+        }
+    }
+    if apply::direct_boot(profile) {
+        observed.boot_files_current =
+            crate::directboot::boot_files_current(&profile.storage.dir, &profile.name);
+    }
+    if let Some(vg) = &profile.storage.vg {
+        match lvm_thin::lab_libvirt_pool(lv, vg) {
+            Ok(Some(pool)) if pool.active => observed.storage_pools.push(pool.name),
+            Ok(_) => {}
+            Err(e) => ui::debug(format_args!("libvirt storage pools: {e:#}")),
+        }
     }
     Ok(observed)
 }
@@ -187,11 +223,10 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     };
     let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&sysroot, &profile);
-    let mut plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
-    if observed.base_out_of_date.is_none() {
-        plan.warnings
-            .extend(crate::commands::base::stale_base_warning(&profile));
-    }
+    let options = plan::UpOptions {
+        provision: !args.no_provision,
+    };
+    let plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
     let planned = started.elapsed();
     if args.dry_run {
         if global.json {
@@ -226,9 +261,8 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ready_timeout: Duration::from_secs(args.timeout),
     };
     let (vms, lab_timings) = apply::apply(&plan, &env)?;
-    show_thin_volumes_in_libvirt(&lv, &plan);
     let t = Instant::now();
-    let provision = if args.no_provision {
+    let provision = if plan.provision.is_empty() {
         Default::default()
     } else {
         crate::commands::ssh::provision(
@@ -281,21 +315,6 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
-}
-
-/// A libvirt storage pool (`dir`, over `/dev/VG`) for the thin pool's VG, so `virsh vol-list`
-/// and virt-manager show lab's volumes (virt-manager cannot manage thin volumes by path). A failure here
-/// costs the presenter nothing but that view: a warning.
-fn show_thin_volumes_in_libvirt(lv: &Libvirt, plan: &plan::Plan) {
-    if plan.storage.backend != plan::Backend::LvmThin {
-        return;
-    }
-    let vg = plan.storage.location.split('/').next().unwrap_or_default();
-    let shown =
-        lvm_thin::define_libvirt_pool(lv, vg).and_then(|_| lvm_thin::refresh_libvirt_pool(lv, vg));
-    if let Err(e) = shown {
-        ui::warn(format_args!("libvirt storage pool for VG {vg}: {e:#}"));
-    }
 }
 
 /// `lab pool create PROFILE --size SIZE`: the thin pool the profile names, made on request
@@ -481,45 +500,26 @@ fn thin_volume_of(path: &str) -> Option<(&str, &str)> {
     (!vg.is_empty() && vg != "mapper" && !lv.is_empty() && !lv.contains('/')).then_some((vg, lv))
 }
 
-/// `lab reset PROFILE [VM...]`: each VM back to a fresh clone of the base, in parallel.
+/// `lab reset PROFILE [VM...] [--dry-run]`: each VM back to a fresh clone of the base, in
+/// parallel.
 pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = HostLock::acquire(&format!("lab reset {}", profile.name))?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab reset {}", profile.name))?)
+    };
     let observed = observe(&lv, &profile)?;
     let host = gather_host_facts(&Sysroot::live(), &profile);
-    let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
-    let targets: Vec<&plan::VmPlan> = if args.vms.is_empty() {
-        plan.vms.iter().collect()
-    } else {
-        let mut t = Vec::new();
-        for name in &args.vms {
-            match plan.vms.iter().find(|v| &v.name == name) {
-                Some(v) => t.push(v),
-                None => {
-                    return Err(usage(format!(
-                        "profile {} has no VM {name:?}: its VMs are {}",
-                        profile.name,
-                        plan.vms
-                            .iter()
-                            .map(|v| v.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+    let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render(&plan));
         }
-        t
-    };
-    for v in &targets {
-        if observed.domain(&v.domain).is_none() {
-            return Err(usage(format!(
-                "{} is not up (no domain {}): run `lab up {}` first",
-                v.name,
-                v.domain,
-                profile.cli_name()
-            )));
-        }
+        return Ok(exit::OK);
     }
     let storage = storage_for(&plan)?;
     let env = apply::Env {
@@ -529,7 +529,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         dir: profile.storage.dir.clone(),
         ready_timeout: Duration::from_secs(args.timeout),
     };
-    let vms = apply::reset(&env, &targets)?;
+    let vms = apply::reset(&plan, &env)?;
     if global.json {
         ui::print_json(&vms)?;
     } else {
@@ -538,14 +538,29 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// `lab down PROFILE [--purge]`: remove lab's domains, network and clones for the profile
-/// (and with --purge its base and boot files); nothing without lab's mark is touched.
+/// `lab down PROFILE [--purge] [--dry-run]`: remove lab's domains, network and clones for
+/// the profile (and with --purge its base and boot files); nothing without lab's mark is
+/// touched.
 pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = HostLock::acquire(&format!("lab down {}", profile.name))?;
-    let observed = observe(&lv, &profile)?;
-    let removed = apply::down(&lv, &profile, &observed, args.purge)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab down {}", profile.name))?)
+    };
+    let mut observed = observe(&lv, &profile)?;
+    observed.files = lab_files(&profile, &observed);
+    let plan = plan::down(&profile, &observed, args.purge);
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render_down(&plan));
+        }
+        return Ok(exit::OK);
+    }
+    let removed = apply::down(&plan, &lv, &profile)?;
     if global.json {
         ui::print_json(&removed)?;
     } else if removed.is_empty() {
@@ -556,6 +571,76 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The files lab wrote for `profile` beside its images: console logs and host keys of its
+/// VMs (and of lab's domains of the profile it no longer names), the packstack password,
+/// lab's SSH key, unfinished images, and lab's marker files with what they mark.
+fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabFiles {
+    use crate::observe::{MarkFile, Marker};
+    let p = profile.name.as_str();
+    let dir = &profile.storage.dir;
+    let mut domains: Vec<String> = profile
+        .instances()
+        .into_iter()
+        .map(|(vm, _)| crate::names::domain(p, &vm))
+        .collect();
+    for d in &observed.domains {
+        if d.owner.as_ref().is_some_and(|o| o.is(p)) && !domains.contains(&d.name) {
+            domains.push(d.name.clone());
+        }
+    }
+    let existing = |paths: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        paths.into_iter().filter(|f| f.exists()).collect()
+    };
+    let key = crate::guest::ssh::lab_key_path(dir, p);
+    let mut marks = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let mark = entry.path();
+        let Some(target) = mark
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lab"))
+            .map(|t| dir.join(t))
+        else {
+            continue;
+        };
+        let Some(marker) = std::fs::read_to_string(&mark)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
+        else {
+            continue;
+        };
+        if marker.owner.is(p) {
+            marks.push(MarkFile {
+                target_exists: target.exists(),
+                mark,
+                target,
+                role: marker.role,
+            });
+        }
+    }
+    marks.sort_by(|a, b| a.mark.cmp(&b.mark));
+    let qcow2 = Qcow2Storage::new(dir);
+    let unfinished = qcow2.partial(p);
+    crate::observe::LabFiles {
+        console_logs: existing(domains.iter().map(|d| apply::console_log(dir, d)).collect()),
+        known_hosts: existing(
+            domains
+                .iter()
+                .map(|d| crate::guest::ssh::known_hosts_path(dir, d))
+                .collect(),
+        ),
+        packstack_password: Some(crate::guest::packstack::password_path(dir, p))
+            .filter(|f| f.exists()),
+        ssh_key: existing(vec![crate::guest::ssh::pub_path(&key), key]),
+        unfinished_dir: Some(qcow2.partial_dir()).filter(|d| {
+            std::fs::read_dir(d)
+                .is_ok_and(|entries| entries.flatten().all(|e| unfinished.contains(&e.path())))
+        }),
+        unfinished,
+        marks,
+    }
 }
 
 /// What the planner needs to know of the host.
@@ -571,6 +656,7 @@ pub fn gather_host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         kvm: crate::check::kvm::verdict_cached(sysroot),
         taken: subnet::taken_by_host(&net),
         thin_pools,
+        now: crate::commands::base::now_secs(),
     }
 }
 

@@ -198,8 +198,12 @@ pub fn provision(
         None
     };
     let progress = crate::apply::VmProgress::new();
+    // The VMs the plan provisions.
     let provisioned = fanout::all(
-        plan.vms.iter().map(|vm| (vm, progress.bar(&vm.name))),
+        plan.vms
+            .iter()
+            .filter(|vm| plan.provision.iter().any(|a| a.vm() == Some(&vm.name)))
+            .map(|vm| (vm, progress.bar(&vm.name))),
         |(vm, _)| vm.name.clone(),
         |(vm, bar)| {
             let r = (|| {

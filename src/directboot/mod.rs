@@ -437,23 +437,11 @@ pub fn prepare_boot_files_from(
     // scripts by content) the files are known to be current.
     let inputs = inputs_fingerprint(kernel, modules_dir, busybox, extras);
     let inputs_file = inputs_path(&initrd_dest);
-    let ours = |p: &Path| {
-        p.is_file()
-            && read_marker(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
-            && digest_path(p).is_file()
-    };
-    if ours(&kernel_dest)
-        && ours(&initrd_dest)
-        && fs::read_to_string(&inputs_file).is_ok_and(|t| t == inputs)
-    {
+    if files_current(dir, profile, &inputs) {
         ui::debug(format_args!(
             "boot files of {profile} are current (inputs unchanged)"
         ));
-        return Ok(BootFiles {
-            kernel: kernel_dest,
-            initrd: initrd_dest,
-            cmdline: BASE_CMDLINE.to_string(),
-        });
+        return Ok(existing_boot_files(dir, profile));
     }
     let _ = fs::remove_file(&inputs_file);
 
@@ -492,6 +480,63 @@ pub fn prepare_boot_files_from(
         initrd: initrd_dest,
         cmdline: BASE_CMDLINE.to_string(),
     })
+}
+
+/// The boot files of `profile` in `dir` as they are, without looking at them: for a run
+/// whose plan found them current.
+pub fn existing_boot_files(dir: &Path, profile: &str) -> BootFiles {
+    BootFiles {
+        kernel: kernel_path(dir, profile),
+        initrd: initrd_path(dir, profile),
+        cmdline: BASE_CMDLINE.to_string(),
+    }
+}
+
+/// Whether both boot files are lab's, with their digests, and were made from `inputs`.
+fn files_current(dir: &Path, profile: &str, inputs: &str) -> bool {
+    let ours = |p: &Path| {
+        p.is_file()
+            && read_marker(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
+            && digest_path(p).is_file()
+    };
+    let initrd = initrd_path(dir, profile);
+    ours(&kernel_path(dir, profile))
+        && ours(&initrd)
+        && fs::read_to_string(inputs_path(&initrd)).is_ok_and(|t| t == inputs)
+}
+
+/// Whether [`prepare_boot_files`] would leave the boot files of `profile` in `dir` alone:
+/// lab's, and made from what the host has now. Reads only (lab's SSH key is not made
+/// here: without it the files are not current); anything missing says "not current".
+pub fn boot_files_current(dir: &Path, profile: &str) -> bool {
+    let current = || -> Result<bool> {
+        let (kernel, modules) = host_kernel()?;
+        let busybox = host_busybox()?;
+        let qemu_ga = host_qemu_ga()?;
+        let ssh_server = host_ssh_server()?;
+        let key = match &ssh_server {
+            Some(_) => {
+                let private = crate::guest::ssh::lab_key_path(dir, profile);
+                let public = crate::guest::ssh::pub_path(&private);
+                if !private.is_file() {
+                    return Ok(false);
+                }
+                match fs::read_to_string(&public) {
+                    Ok(line) => Some(line.trim().to_string()),
+                    Err(_) => return Ok(false),
+                }
+            }
+            None => None,
+        };
+        let extras = Extras {
+            qemu_ga: qemu_ga.as_deref(),
+            ssh_server: ssh_server.as_deref(),
+            authorized_key: key.as_deref(),
+        };
+        let inputs = inputs_fingerprint(&kernel, &modules, &busybox, &extras);
+        Ok(files_current(dir, profile, &inputs))
+    };
+    current().unwrap_or(false)
 }
 
 /// The sidecar recording what the boot files were built from.

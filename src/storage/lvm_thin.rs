@@ -903,7 +903,7 @@ fn why_not_started(e: anyhow::Error, vg: &str) -> anyhow::Error {
 }
 
 /// lab's libvirt pool over `vg`, when there is one.
-fn lab_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<Option<crate::libvirt::StoragePoolInfo>> {
+pub fn lab_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<Option<crate::libvirt::StoragePoolInfo>> {
     Ok(lv
         .storage_pools()?
         .into_iter()

@@ -88,6 +88,26 @@ impl Qcow2Storage {
         Ok(dir.join(format!("{name}.{}", std::process::id())))
     }
 
+    /// The directory of unfinished files.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.dir.join(PARTIAL_DIR)
+    }
+
+    /// Unfinished files of `profile` left by interrupted runs (what [`Self::clear_partial`]
+    /// removes), sorted.
+    pub fn partial(&self, profile: &str) -> Vec<PathBuf> {
+        let prefix = format!("{}-{profile}-", names::PREFIX);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(self.dir.join(PARTIAL_DIR))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Remove unfinished files of `profile` left by interrupted runs.
     pub fn clear_partial(&self, profile: &str) -> Result<Vec<PathBuf>> {
         let dir = self.dir.join(PARTIAL_DIR);
