@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::initramfs::{Initramfs, KernelModule};
 use crate::names;
@@ -589,7 +590,7 @@ fn refuse_foreign(path: &Path, profile: &str) -> Result<()> {
 /// Put `bytes` at `path` unless the recorded digest says they are there already; true when
 /// the file was (re)written.
 fn install_boot_file(path: &Path, bytes: &[u8], profile: &str) -> Result<bool> {
-    let digest = sha256(bytes)?;
+    let digest = format!("{:x}", Sha256::digest(bytes));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -647,20 +648,6 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of some bytes, as lowercase hex (by coreutils' `sha256sum`).
-fn sha256(bytes: &[u8]) -> Result<String> {
-    let out = Cmd::new("sha256sum")
-        .stdin(bytes)
-        .run()
-        .context("hashing with sha256sum")?;
-    match out.stdout.split_whitespace().next() {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(hex.to_string())
-        }
-        _ => bail!("sha256sum printed {:?}", out.stdout),
-    }
-}
-
 /// The text of `/lab-base` on a profile's base disk: the profile and a digest of what the
 /// base holds, so a clone can always be traced back to the base it came from.
 pub fn base_marker_text(profile: &str, size: ByteSize) -> Result<String> {
@@ -669,8 +656,8 @@ pub fn base_marker_text(profile: &str, size: ByteSize) -> Result<String> {
         size.bytes()
     );
     Ok(format!(
-        "profile={profile}\ncontent=sha256:{}\n",
-        sha256(content.as_bytes())?
+        "profile={profile}\ncontent=sha256:{:x}\n",
+        Sha256::digest(content.as_bytes())
     ))
 }
 
@@ -1234,8 +1221,8 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             assert_eq!(
                 record,
                 format!(
-                    "{}  {}\n",
-                    sha256(&fs::read(file).unwrap()).unwrap(),
+                    "{:x}  {}\n",
+                    Sha256::digest(fs::read(file).unwrap()),
                     file.file_name().unwrap().to_string_lossy()
                 )
             );
