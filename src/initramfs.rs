@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -635,13 +634,16 @@ fn read_module(file: &Path, rel: &str) -> Result<(Vec<u8>, String)> {
         return Ok((data, rel.to_string()));
     };
     let stored = rel.strip_suffix(suffix).unwrap_or(rel).to_string();
-    let scratch = ScratchDir::new()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("lab-initramfs-")
+        .tempdir()
+        .context("creating a scratch directory")?;
     let base = Path::new(rel)
         .file_name()
         .ok_or_else(|| anyhow!("{rel}: no file name"))?;
-    let packed = scratch.path.join(base);
+    let packed = scratch.path().join(base);
     let unpacked = scratch
-        .path
+        .path()
         .join(Path::new(&stored).file_name().unwrap_or(base));
     fs::copy(file, &packed).with_context(|| format!("reading {}", file.display()))?;
     // The runner captures output as text, so the tools write files, not stdout.
@@ -658,30 +660,6 @@ fn read_module(file: &Path, rel: &str) -> Result<(Vec<u8>, String)> {
         .with_context(|| format!("decompressing kernel module {}", file.display()))?;
     let data = fs::read(&unpacked).with_context(|| format!("reading {}", unpacked.display()))?;
     Ok((data, stored))
-}
-
-/// A private temporary directory, removed on drop.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn new() -> Result<Self> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "lab-initramfs-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(ScratchDir { path })
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
 }
 
 #[cfg(test)]
