@@ -243,17 +243,8 @@ fn program_from_env(var: &str, default: &str) -> Result<Option<PathBuf>> {
             }
             Ok(Some(path))
         }
-        _ => Ok(find_program(default)),
+        _ => Ok(crate::host::tools::find_program(default)),
     }
-}
-
-/// Where the host has program `name`: on PATH, else in the usual system directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_dirs)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// What goes into the smoke initramfs besides busybox and the drivers, when the host has
