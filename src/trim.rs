@@ -1472,13 +1472,6 @@ pub fn render(report: &TrimReport) -> String {
     out
 }
 
-/// Where lab keeps runtime state: `$LAB_RUNTIME_DIR`, else `/run/lab`.
-pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("LAB_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/lab"))
-}
-
 /// What `lab trim` says when the profile has no image to trim.
 pub fn nothing_to_trim(profile: &Profile, vms: &[String]) -> String {
     let p = &profile.name;
