@@ -612,16 +612,13 @@ fn remove_leftover_marks(dir: &Path, profile: &str, purge: bool) -> Result<Vec<S
         let Some(target) = name.strip_suffix(".lab") else {
             continue;
         };
-        let Some(marker) = std::fs::read_to_string(&mark)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
-        else {
+        let file = dir.join(target);
+        let Some(marker) = Marker::read(&file) else {
             continue;
         };
         if !marker.owner.is(profile) {
             continue;
         }
-        let file = dir.join(target);
         let is_boot = marker.role == VolumeRole::Boot;
         if is_boot && purge && file.exists() {
             std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;

@@ -14,7 +14,7 @@ use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
 use crate::profile::{self, Profile, StorageBackend};
 use crate::size::ByteSize;
-use crate::state::{Marker, VolumeRole, marker_path};
+use crate::state::{Marker, VolumeRole};
 use crate::storage::Storage;
 use crate::storage::qcow2::{self, Qcow2Storage};
 use crate::ui::{self, Stream, Style, Table};
@@ -339,8 +339,7 @@ fn bases_in(dir: &Path) -> Vec<(String, PathBuf)> {
                 .strip_prefix("lab-")?
                 .strip_suffix("-base.qcow2")?
                 .to_string();
-            let marker: Marker =
-                serde_json::from_str(&std::fs::read_to_string(marker_path(&path)).ok()?).ok()?;
+            let marker = Marker::read(&path)?;
             (marker.role == VolumeRole::Base && marker.owner.is(&profile))
                 .then_some((profile, path))
         })

@@ -429,7 +429,7 @@ pub fn prepare_boot_files_from(
     let inputs_file = inputs_path(&initrd_dest);
     let ours = |p: &Path| {
         p.is_file()
-            && read_marker(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
+            && Marker::read(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
             && digest_path(p).is_file()
     };
     if ours(&kernel_dest)
@@ -554,15 +554,11 @@ fn inputs_fingerprint(
     )
 }
 
-fn read_marker(path: &Path) -> Option<Marker> {
-    serde_json::from_str(&fs::read_to_string(marker_path(path)).ok()?).ok()
-}
-
 fn refuse_foreign(path: &Path, profile: &str) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    match read_marker(path) {
+    match Marker::read(path) {
         Some(m) if m.owner.is(profile) && m.role == VolumeRole::Boot => Ok(()),
         Some(m) => bail!(
             "{} exists and is lab's for profile {} (as {:?}), not a boot file of {profile}: \
@@ -589,7 +585,7 @@ fn install_boot_file(path: &Path, bytes: &[u8], profile: &str) -> Result<bool> {
     let record = format!("{digest}  {name}\n");
     let digest_file = digest_path(path);
     if path.is_file()
-        && read_marker(path).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
+        && Marker::read(path).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
         && fs::read_to_string(&digest_file).is_ok_and(|r| r == record)
     {
         ui::debug(format_args!("{} is up to date", path.display()));
@@ -1205,7 +1201,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         assert_eq!(boot.cmdline, BASE_CMDLINE);
         assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel one");
         for file in [&boot.kernel, &boot.initrd] {
-            let marker = read_marker(file).expect("a marker beside each boot file");
+            let marker = Marker::read(file).expect("a marker beside each boot file");
             assert_eq!(marker.role, VolumeRole::Boot);
             assert!(marker.owner.is("demo"));
             let record = fs::read_to_string(digest_path(file)).unwrap();
