@@ -490,20 +490,8 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     } else {
         let mut t = Vec::new();
         for name in &args.vms {
-            match plan.vms.iter().find(|v| &v.name == name) {
-                Some(v) => t.push(v),
-                None => {
-                    return Err(usage(format!(
-                        "profile {} has no VM {name:?}: its VMs are {}",
-                        profile.name,
-                        plan.vms
-                            .iter()
-                            .map(|v| v.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+            profile.require_vm(name)?;
+            t.extend(plan.vms.iter().find(|v| &v.name == name));
         }
         t
     };

@@ -38,13 +38,7 @@ pub fn target(lv: &Libvirt, profile: &Profile, vm: &str, key: &Key) -> Result<Ta
 /// running, it is cut off from its network, or it has no lease yet.
 pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, String)> {
     let p = &profile.name;
-    let instances: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
-    if !instances.iter().any(|n| n == vm) {
-        bail!(usage(format!(
-            "profile {p} has no VM {vm:?}: its VMs are {}",
-            instances.join(", ")
-        )));
-    }
+    profile.require_vm(vm)?;
     let domain = names::domain(p, vm);
     let cli = profile.cli_name();
     if !lv.domain_running(&domain) {

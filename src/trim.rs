@@ -228,12 +228,7 @@ pub fn targets(
     let p = profile.name.as_str();
     let all: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
     for name in vms {
-        if !all.contains(name) {
-            return Err(crate::error::usage(format!(
-                "profile {p} has no VM {name:?}: its VMs are {}",
-                all.join(", ")
-            )));
-        }
+        profile.require_vm(name)?;
     }
     let wanted: Vec<&String> = if vms.is_empty() {
         all.iter().collect()
