@@ -99,7 +99,10 @@ fn storage_target(
 }
 
 /// Everything `lab up` looks at before planning, looked at once.
-fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
+/// What exists of `profile`. Its LVs are read as the host's other facts are: from the live
+/// LVM, or under `--sysroot` from the LVM report recorded there, never from the live
+/// machine for a tree that stands for another.
+fn observe(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observed> {
     let mut observed = Observed::from_libvirt(lv)?;
     observed
         .add_image_dir(&profile.storage.dir)
@@ -112,7 +115,7 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
     if let Some(vg) = &profile.storage.vg {
         // A VG that does not exist holds nothing of lab's; LVM that cannot answer is an
         // error only when the profile insists on a thin pool.
-        match crate::host::lvm::LvmSource::for_sysroot(&Sysroot::live()).vg_lvs(vg) {
+        match crate::host::lvm::LvmSource::for_sysroot(sysroot).vg_lvs(vg) {
             Ok(rows) => observed.add_lvs(&rows),
             Err(e) if profile.storage.backend == StorageBackend::LvmThin => {
                 return Err(e.context(format!("reading the LVs of volume group {vg}")));
@@ -181,7 +184,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     } else {
         Some(HostLock::acquire(&format!("lab up {}", profile.name))?)
     };
-    let observed = observe(&lv, &profile)?;
+    let observed = observe(&lv, &profile, &sysroot)?;
     let host = gather_host_facts(&sysroot, &profile);
     let mut plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
     if observed.base_out_of_date.is_none() {
@@ -482,7 +485,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = HostLock::acquire(&format!("lab reset {}", profile.name))?;
-    let observed = observe(&lv, &profile)?;
+    let observed = observe(&lv, &profile, &Sysroot::live())?;
     let host = gather_host_facts(&Sysroot::live(), &profile);
     let plan = plan::plan(&profile, &host, &observed).map_err(|e| usage(e.0))?;
     let targets: Vec<&plan::VmPlan> = if args.vms.is_empty() {
@@ -528,7 +531,7 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = HostLock::acquire(&format!("lab down {}", profile.name))?;
-    let observed = observe(&lv, &profile)?;
+    let observed = observe(&lv, &profile, &Sysroot::live())?;
     let removed = apply::down(&lv, &profile, &observed, args.purge)?;
     if global.json {
         ui::print_json(&removed)?;
