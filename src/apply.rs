@@ -361,7 +361,10 @@ fn bring_up(
 /// A running VM whose network was stopped and started again under it is off the new
 /// bridge, cut off: its interfaces are put back, and that is said.
 fn reattach_interfaces(env: &Env<'_>, vm: &VmPlan) -> Result<()> {
-    for (tap, bridge) in env.lv.detached_interfaces(&vm.domain) {
+    for (tap, bridge) in env
+        .lv
+        .detached_interfaces(&vm.domain, &crate::host::Sysroot::live())
+    {
         env.lv.reattach(&tap, &bridge)?;
         ui::warn(format_args!(
             "{}: its interface {tap} was off bridge {bridge} (the network was restarted \

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, ReadyArgs, SshArgs};
 use crate::error::{exit, usage};
+use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
 use crate::profile::Profile;
 use crate::provision::{self, StepResult};
@@ -46,7 +47,11 @@ pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, Stri
             "{vm} of {p} is not running (domain {domain}): `lab up {cli}` first"
         )));
     }
-    if let Some((tap, bridge)) = lv.detached_interfaces(&domain).into_iter().next() {
+    if let Some((tap, bridge)) = lv
+        .detached_interfaces(&domain, &Sysroot::live())
+        .into_iter()
+        .next()
+    {
         bail!(
             "{vm} of {p} is cut off: its interface {tap} is off bridge {bridge} (the network \
              was restarted under the running VM); `lab up {cli}` puts it back"
