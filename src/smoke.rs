@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::host::Sysroot;
 use crate::initramfs::{Initramfs, KernelModule};
 use crate::names;
 use crate::runner::Cmd;
@@ -99,20 +100,17 @@ impl GuestReport {
     }
 }
 
-/// The host kernel lab boots smoke VMs with, and its modules directory: the running
-/// kernel when its image is in /boot and its modules are installed, else the newest
-/// `/boot/vmlinuz-*` whose modules are (a kernel a container or CI guest runs often has
-/// neither image nor modules on its disk).
-pub fn host_kernel() -> Result<(PathBuf, PathBuf)> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+/// The host kernel lab boots smoke VMs with, and its modules directory, on the machine
+/// `host` describes: the running kernel (`/proc/sys/kernel/osrelease`) when its image is in
+/// /boot and its modules are installed, else the newest `/boot/vmlinuz-*` whose modules are
+/// (a kernel a container or CI guest runs often has neither image nor modules on its disk).
+pub fn host_kernel(host: &Sysroot) -> Result<(PathBuf, PathBuf)> {
+    let release = host
+        .read("/proc/sys/kernel/osrelease")
         .context("reading the running kernel's release from /proc/sys/kernel/osrelease")?;
-    host_kernel_in(Path::new("/"), release.trim())
-}
-
-/// [`host_kernel`] over a root directory (a fake one in tests) and a kernel release.
-pub fn host_kernel_in(root: &Path, release: &str) -> Result<(PathBuf, PathBuf)> {
-    let boot = root.join("boot");
-    let modules_of = |version: &str| root.join("lib/modules").join(version);
+    let release = release.trim();
+    let boot = host.path("/boot");
+    let modules_of = |version: &str| host.path("/lib/modules").join(version);
     let usable = |version: &str| {
         boot.join(format!("vmlinuz-{version}")).is_file()
             && modules_of(version).join("modules.dep").is_file()
@@ -155,7 +153,7 @@ pub fn host_kernel_in(root: &Path, release: &str) -> Result<(PathBuf, PathBuf)> 
             "no other kernel in {} ({}) has its modules in {}",
             boot.display(),
             images.join(", "),
-            root.join("lib/modules").display()
+            host.path("/lib/modules").display()
         )
     };
     bail!(
@@ -367,7 +365,7 @@ pub fn digest_path(file: &Path) -> PathBuf {
 /// Check what the boot files are made of (the host's kernel and modules, busybox, and the
 /// SSH server and guest agent when they are named), without making anything.
 pub fn preflight() -> Result<()> {
-    host_kernel()?;
+    host_kernel(&Sysroot::live())?;
     host_busybox()?;
     host_ssh_server()?;
     host_qemu_ga()?;
@@ -383,7 +381,7 @@ pub fn preflight() -> Result<()> {
 /// digest matches is left alone, anything else is rewritten atomically (temporary file,
 /// then rename). A file at either path that is not lab's is never overwritten.
 pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
-    let (kernel, modules) = host_kernel()?;
+    let (kernel, modules) = host_kernel(&Sysroot::live())?;
     let busybox = host_busybox()?;
     let qemu_ga = host_qemu_ga()?;
     let ssh_server = host_ssh_server()?;
@@ -929,12 +927,23 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         }
     }
 
+    /// `root` as a sysroot whose running kernel is `release`.
+    fn running(root: &Path, release: &str) -> Sysroot {
+        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        fs::write(
+            root.join("proc/sys/kernel/osrelease"),
+            format!("{release}\n"),
+        )
+        .unwrap();
+        Sysroot::at(root).unwrap()
+    }
+
     #[test]
     fn the_running_kernel_is_preferred_when_it_is_complete() {
         let root = tempfile::tempdir().unwrap();
         fake_kernel(root.path(), "6.1.0-56-amd64", true);
         fake_kernel(root.path(), "6.1.0-9-amd64", true);
-        let (kernel, modules) = host_kernel_in(root.path(), "6.1.0-9-amd64").unwrap();
+        let (kernel, modules) = host_kernel(&running(root.path(), "6.1.0-9-amd64")).unwrap();
         assert_eq!(kernel, root.path().join("boot/vmlinuz-6.1.0-9-amd64"));
         assert_eq!(modules, root.path().join("lib/modules/6.1.0-9-amd64"));
     }
@@ -947,7 +956,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         fake_kernel(root.path(), "6.10.0-1-amd64", false);
         // The running kernel's modules without its image (a container host's kernel).
         fs::create_dir_all(root.path().join("lib/modules/6.18.44-fc")).unwrap();
-        let (kernel, modules) = host_kernel_in(root.path(), "6.18.44-fc").unwrap();
+        let (kernel, modules) = host_kernel(&running(root.path(), "6.18.44-fc")).unwrap();
         assert_eq!(kernel, root.path().join("boot/vmlinuz-6.1.0-56-amd64"));
         assert_eq!(modules, root.path().join("lib/modules/6.1.0-56-amd64"));
     }
@@ -955,7 +964,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
     #[test]
     fn no_usable_kernel_says_what_to_install() {
         let root = tempfile::tempdir().unwrap();
-        let err = host_kernel_in(root.path(), "6.18.44-fc").unwrap_err();
+        let err = host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("vmlinuz-6.18.44-fc"), "{text}");
         assert!(text.contains("install linux-image-amd64"), "{text}");
@@ -963,14 +972,14 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         fake_kernel(root.path(), "6.1.0-56-amd64", false);
         let text = format!(
             "{:#}",
-            host_kernel_in(root.path(), "6.18.44-fc").unwrap_err()
+            host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err()
         );
         assert!(text.contains("(6.1.0-56-amd64) has its modules"), "{text}");
 
         fake_kernel(root.path(), "6.18.44-fc", false);
         let text = format!(
             "{:#}",
-            host_kernel_in(root.path(), "6.18.44-fc").unwrap_err()
+            host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err()
         );
         assert!(
             text.contains("6.18.44-fc has no") && text.contains("modules.dep"),
