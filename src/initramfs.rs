@@ -4,6 +4,8 @@
 //! lab and the test guests boot the host's own kernel with a busybox userland lab assembles
 //! here. Archives are deterministic: entries are sorted by path, owned by root and carry a
 //! fixed mtime, so the same inputs always give the same bytes (and the same content hash).
+//!
+//! Why the cpio writer is hand-written: newc is one 110-byte ASCII header per entry (~60 lines), and reproducible bytes need full control of inode, mtime and owner.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
