@@ -45,8 +45,8 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet";
 
 /// Drivers the guest cannot do without: the virtio PCI transport, its NIC and disk,
 /// AF_PACKET for udhcpc, ext4 for the disk. Dependencies (virtio_ring, failover, jbd2,
-/// mbcache, crc16, the crc32c soft dependency...) come from `modules.dep`; what the kernel
-/// has built in needs nothing.
+/// mbcache, crc16, the crc32c soft dependency...) are kmod's answer (`modprobe
+/// --show-depends`); what the kernel has built in needs nothing.
 const REQUIRED_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -1071,7 +1071,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
     /// with af_packet built in; `extra` adds (dep line) entries.
     fn fake_modules(dir: &Path, extra: &[&str]) {
         let mut dep = String::from(
-            "kernel/drivers/virtio/virtio.ko:\n\
+            "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
              kernel/drivers/virtio/virtio_ring.ko:\n\
              kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n\
              kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
@@ -1090,28 +1090,18 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             dep.push_str(line);
             dep.push('\n');
         }
-        fs::write(dir.join("modules.dep"), &dep).unwrap();
-        fs::write(
-            dir.join("modules.softdep"),
+        fake_modules_from(dir, &dep);
+    }
+
+    /// [`fake_modules`]' soft dependencies, aliases and built-ins over the modules of `dep`.
+    fn fake_modules_from(dir: &Path, dep: &str) {
+        crate::initramfs::fake_module_tree(
+            dir,
+            dep,
             "softdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n",
-        )
-        .unwrap();
-        fs::write(
-            dir.join("modules.alias"),
             "alias crypto-crc32c crc32c_generic\n",
-        )
-        .unwrap();
-        fs::write(
-            dir.join("modules.builtin"),
             "kernel/net/packet/af_packet.ko\n",
-        )
-        .unwrap();
-        for line in dep.lines() {
-            let rel = line.split(':').next().unwrap();
-            let path = dir.join(rel);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, format!("module {rel}")).unwrap();
-        }
+        );
     }
 
     #[test]
@@ -1133,20 +1123,22 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             .collect();
         assert_eq!(
             order,
+            // kmod's order: each dependency before what needs it, jbd2's and ext4's
+            // "pre:" soft dependency just before jbd2.
             [
                 ("virtio_ring", false),
                 ("virtio", false),
-                ("virtio_pci_modern_dev", false),
                 ("virtio_pci_legacy_dev", false),
+                ("virtio_pci_modern_dev", false),
                 ("virtio_pci", false),
                 ("failover", false),
                 ("net_failover", false),
                 ("virtio_net", false),
                 ("virtio_blk", false),
+                ("crc16", false),
+                ("mbcache", false),
                 ("crc32c_generic", true),
                 ("jbd2", false),
-                ("mbcache", false),
-                ("crc16", false),
                 ("ext4", false),
                 // virtio_console is not in this kernel: left out, no error.
                 ("virtio_rng", true),
@@ -1167,14 +1159,15 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // A kernel without ext4 cannot run the smoke VMs: said up front.
         let broken = dir.path().join("6.1.0-broken");
         fs::create_dir(&broken).unwrap();
-        fake_modules(&broken, &[]);
-        let dep = fs::read_to_string(broken.join("modules.dep")).unwrap();
-        let dep: String = dep
+        let whole = tempfile::tempdir().unwrap();
+        fake_modules(whole.path(), &[]);
+        let dep: String = fs::read_to_string(whole.path().join("modules.dep"))
+            .unwrap()
             .lines()
             .filter(|l| !l.contains("ext4"))
             .map(|l| format!("{l}\n"))
             .collect();
-        fs::write(broken.join("modules.dep"), dep).unwrap();
+        fake_modules_from(&broken, &dep);
         let err = add_modules(&mut Initramfs::new(), &broken).unwrap_err();
         assert!(format!("{err:#}").contains("ext4"), "{err:#}");
     }
