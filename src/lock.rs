@@ -1,9 +1,8 @@
 //! One lab command that changes things at a time on a host: a second one waits, and says
 //! who it waits for.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -20,16 +19,6 @@ pub fn lock_path() -> PathBuf {
 /// Held until dropped; the kernel releases it if the process dies.
 pub struct HostLock {
     file: File,
-}
-
-fn flock(file: &File, flags: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on a descriptor this process owns.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), flags) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 impl HostLock {
@@ -50,23 +39,28 @@ impl HostLock {
             .truncate(false)
             .open(path)
             .with_context(|| format!("opening the lab lock {}", path.display()))?;
-        if let Err(e) = flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        // std's File::lock is flock(2) on Linux: released by the kernel when the process
+        // dies, and shared with `flock(1)` in scripts.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            ui::info(format_args!(
-                "waiting for another lab command to finish: {}",
-                if holder.is_empty() {
-                    "(unknown)"
-                } else {
-                    holder
-                }
-            ));
-            flock(&file, libc::LOCK_EX)
-                .with_context(|| format!("waiting for the lab lock {}", path.display()))?;
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                ui::info(format_args!(
+                    "waiting for another lab command to finish: {}",
+                    if holder.is_empty() {
+                        "(unknown)"
+                    } else {
+                        holder
+                    }
+                ));
+                file.lock()
+                    .with_context(|| format!("waiting for the lab lock {}", path.display()))?;
+            }
         }
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
@@ -78,7 +72,7 @@ impl HostLock {
 impl Drop for HostLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
-        let _ = flock(&self.file, libc::LOCK_UN);
+        let _ = self.file.unlock();
     }
 }
 

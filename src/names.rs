@@ -3,6 +3,7 @@
 //! characters at most, LV names and tags, file names).
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
@@ -16,6 +17,14 @@ pub const XML_PREFIX: &str = "lab";
 
 /// LVM tag every lab volume carries; a second tag names the profile.
 pub const LV_TAG: &str = "lab";
+
+/// Where lab keeps runtime state (the KVM verdict cache, offline-trim work directories):
+/// `$LAB_RUNTIME_DIR`, else `/run/lab`, which a reboot empties as that state wants.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("LAB_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/lab"))
+}
 
 /// Linux limits a network interface name to 15 bytes (IFNAMSIZ - 1).
 pub const BRIDGE_MAX: usize = 15;

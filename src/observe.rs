@@ -247,7 +247,7 @@ impl Observed {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "qcow2") {
-                let marker = read_marker(&marker_path(&path));
+                let marker = Marker::read(&path);
                 found.push(ObservedVolume {
                     name: path
                         .file_name()
@@ -311,14 +311,19 @@ pub struct Marker {
     pub role: VolumeRole,
 }
 
+impl Marker {
+    /// The marker beside `image`, when there is one lab can read: a missing or unreadable
+    /// marker means the file is not lab's.
+    pub fn read(image: &Path) -> Option<Marker> {
+        serde_json::from_str(&std::fs::read_to_string(marker_path(image)).ok()?).ok()
+    }
+}
+
+/// `<image>.lab`: where the marker of an image file lives.
 pub fn marker_path(image: &Path) -> PathBuf {
     let mut name = image.file_name().unwrap_or_default().to_os_string();
     name.push(".lab");
     image.with_file_name(name)
-}
-
-fn read_marker(path: &Path) -> Option<Marker> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 #[cfg(test)]

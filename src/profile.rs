@@ -611,6 +611,19 @@ impl Profile {
         out
     }
 
+    /// Ok when `vm` is one of [`Profile::instances`]; else the usage error that names them.
+    pub fn require_vm(&self, vm: &str) -> anyhow::Result<()> {
+        let all: Vec<String> = self.instances().into_iter().map(|(n, _)| n).collect();
+        if all.iter().any(|n| n == vm) {
+            return Ok(());
+        }
+        Err(usage(format!(
+            "profile {} has no VM {vm:?}: its VMs are {}",
+            self.name,
+            all.join(", ")
+        )))
+    }
+
     /// Total memory, vCPUs and provisioned disk of every VM plus the base.
     pub fn needs(&self) -> Needs {
         let mut needs = Needs {

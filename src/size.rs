@@ -1,5 +1,7 @@
 //! Sizes as people write them in profiles: "4GiB", "60G", "512 MiB", "1.5T", or a number of
 //! bytes. K, M, G and T are binary (as in lvcreate and qemu-img); KB, MB, GB and TB decimal.
+//!
+//! Why hand-written: these units are a profile contract that follows lvcreate and qemu-img; size crates read "K" as 1000 (bytesize).
 
 use std::fmt;
 use std::str::FromStr;

@@ -214,12 +214,7 @@ pub fn targets(
     let p = profile.name.as_str();
     let all: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
     for name in vms {
-        if !all.contains(name) {
-            return Err(crate::error::usage(format!(
-                "profile {p} has no VM {name:?}: its VMs are {}",
-                all.join(", ")
-            )));
-        }
+        profile.require_vm(name)?;
     }
     let wanted: Vec<&String> = if vms.is_empty() {
         all.iter().collect()
@@ -1084,13 +1079,6 @@ pub fn render(report: &TrimReport) -> String {
         ));
     }
     out
-}
-
-/// Where lab keeps runtime state: `$LAB_RUNTIME_DIR`, else `/run/lab`.
-pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("LAB_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/lab"))
 }
 
 /// What `lab trim` says when the profile has no image to trim.

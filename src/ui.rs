@@ -4,6 +4,8 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicI8, Ordering};
 
+use anstyle::AnsiColor;
+
 use crate::cli::ColorChoice;
 
 static VERBOSITY: AtomicI8 = AtomicI8::new(0);
@@ -88,16 +90,16 @@ pub fn paint(stream: Stream, style: Style, text: &str) -> String {
         Stream::Stdout => COLOR_STDOUT.load(Ordering::Relaxed),
         Stream::Stderr => COLOR_STDERR.load(Ordering::Relaxed),
     };
-    let code = match style {
+    let ansi = match style {
         Style::Plain => return text.to_string(),
-        Style::Bold => "1",
-        Style::Dim => "2",
-        Style::Green => "32",
-        Style::Yellow => "33",
-        Style::Red => "31",
+        Style::Bold => anstyle::Style::new().bold(),
+        Style::Dim => anstyle::Style::new().dimmed(),
+        Style::Green => AnsiColor::Green.on_default(),
+        Style::Yellow => AnsiColor::Yellow.on_default(),
+        Style::Red => AnsiColor::Red.on_default(),
     };
     if on {
-        format!("\x1b[{code}m{text}\x1b[0m")
+        format!("{ansi}{text}{ansi:#}")
     } else {
         text.to_string()
     }

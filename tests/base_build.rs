@@ -29,6 +29,7 @@ use lab::profile::{Profile, ProfileSource};
 use lab::runner::Cmd;
 use lab::storage::Storage;
 use lab::storage::qcow2::Qcow2Storage;
+use sha2::Digest;
 
 const URI: &str = "qemu:///system";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXlmb3JsYWJzYmFzZWJ1aWxkcw lab@test";
@@ -368,7 +369,7 @@ fn boot_check(case: &Case, disk: &Path) -> String {
 }
 
 fn sha256(text: &str) -> String {
-    kickstart::sha256_hex(text.as_bytes()).unwrap()
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
 #[test]

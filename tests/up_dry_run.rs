@@ -217,3 +217,55 @@ fn a_pool_is_created_only_for_a_profile_that_names_one_and_a_vg_that_exists() {
         "{stderr}"
     );
 }
+
+#[test]
+fn under_a_sysroot_lab_s_lvs_come_from_its_recorded_report_not_the_live_lvm() {
+    // The lvm-pool-50 host, whose recorded report also holds thin-demo's sealed base: the
+    // plan keeps that base (this machine's own LVM has no such LV).
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fixture("hosts/lvm-pool-50"))
+        .arg(&host)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let lvs = host.join(".lab-recorded/lvs.json");
+    let pool_row = std::fs::read_to_string(&lvs)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("\"lab-pool\""))
+        .unwrap()
+        .trim()
+        .to_string();
+    let base_row = r#"{"lv_name":"lab-thin-demo-base", "vg_name":"vg_lab", "lv_attr":"Vri---tz-k", "segtype":"thin", "lv_size":"21474836480", "lv_metadata_size":"", "data_percent":"", "metadata_percent":"", "discards":"passdown", "lv_uuid":"Q2bq5L-0Xh7-Ud1S-Wq2x-9fXh-Vb3k-m1Tb0A", "lv_tags":"lab,lab-profile-thin-demo,lab-role-base"}"#;
+    std::fs::write(
+        &lvs,
+        format!("{{\"report\": [{{\"lv\": [{pool_row}, {base_row}]}}]}}\n"),
+    )
+    .unwrap();
+    let out = lab(&[
+        "up",
+        &fixture("profiles/lvm-thin.toml"),
+        "--dry-run",
+        "--json",
+        "--sysroot",
+        host.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = plan["unchanged"].as_array().unwrap();
+    assert!(
+        kept.iter()
+            .any(|a| a["op"] == "keep" && a["name"] == "lab-thin-demo-base"),
+        "{kept:?}"
+    );
+    let actions = plan["actions"].as_array().unwrap();
+    assert!(!actions.iter().any(|a| a["op"] == "build"), "{actions:?}");
+}

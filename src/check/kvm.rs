@@ -117,10 +117,7 @@ struct CachedVerdict {
 }
 
 fn cache_path() -> std::path::PathBuf {
-    std::env::var_os("LAB_RUNTIME_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/run/lab"))
-        .join("kvm-verdict.json")
+    crate::names::runtime_dir().join("kvm-verdict.json")
 }
 
 /// What the verdict depends on: this boot, the KVM modules and their nested option, lab.

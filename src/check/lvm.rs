@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{Check, CheckContext, Report};
-use crate::host::Sysroot;
 use crate::host::lvm::{self, IssueDiscards, LvmSource, LvmVersion, PoolDiscards, ThinPool, VgRow};
+use crate::host::{Sysroot, tools};
 use crate::profile::StorageBackend;
 use crate::runner::Cmd;
 use crate::size::{ByteSize, GIB, MIB};
@@ -154,7 +154,7 @@ pub fn check(ctx: &CheckContext<'_>, report: &mut Report) {
 fn installed_check(ctx: &CheckContext<'_>, demand: &Demand, facts: &mut LvmFacts) -> Check {
     const ID: &str = "lvm.installed";
     let sysroot = ctx.sysroot;
-    facts.lvm = lvm::installed(sysroot, "lvm");
+    facts.lvm = tools::installed(sysroot, "lvm");
     let Some(path) = facts.lvm.clone() else {
         let summary = if demand.required() {
             "lvm2 is not installed, and the profile's backend lvm-thin needs it".to_string()
@@ -244,7 +244,7 @@ fn issue_discards_check(ctx: &CheckContext<'_>, facts: &mut LvmFacts) -> Check {
     if facts.lvm.is_none() {
         return Check::skip(ID, "lvm2 is not installed");
     }
-    if lvm::host_program("lvmconfig").is_none() {
+    if tools::find_program("lvmconfig").is_none() {
         return Check::skip(
             ID,
             "lvmconfig is not installed on this machine, so the LVM configuration cannot be read",
@@ -643,7 +643,7 @@ fn thin_check_check(ctx: &CheckContext<'_>, demand: &Demand, facts: &mut LvmFact
         Demand::Pool(spec) => spec,
     };
     let sysroot = ctx.sysroot;
-    facts.thin_check = lvm::installed(sysroot, "thin_check");
+    facts.thin_check = tools::installed(sysroot, "thin_check");
     match &facts.thin_check {
         Some(path) => {
             if sysroot.is_live() {
@@ -736,7 +736,7 @@ mod tests {
     }
 
     fn have_lvmconfig() -> bool {
-        let ok = lvm::host_program("lvmconfig").is_some();
+        let ok = tools::find_program("lvmconfig").is_some();
         if !ok {
             eprintln!("lvmconfig is not installed here: skipping");
         }

@@ -12,7 +12,7 @@ use crate::error::{exit, usage};
 use crate::kickstart::{self, BuildRecord};
 use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
-use crate::observe::{Marker, VolumeRole, marker_path};
+use crate::observe::{Marker, VolumeRole};
 use crate::plan::{days_ago, stale_since};
 use crate::profile::{self, Profile, StorageBackend};
 use crate::size::ByteSize;
@@ -329,8 +329,7 @@ fn bases_in(dir: &Path) -> Vec<(String, PathBuf)> {
                 .strip_prefix("lab-")?
                 .strip_suffix("-base.qcow2")?
                 .to_string();
-            let marker: Marker =
-                serde_json::from_str(&std::fs::read_to_string(marker_path(&path)).ok()?).ok()?;
+            let marker = Marker::read(&path)?;
             (marker.role == VolumeRole::Base && marker.owner.is(&profile))
                 .then_some((profile, path))
         })

@@ -103,7 +103,10 @@ fn storage_target(
 }
 
 /// Everything `lab up` looks at before planning, looked at once.
-fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
+/// What exists of `profile`. Its LVs are read as the host's other facts are: from the live
+/// LVM, or under `--sysroot` from the LVM report recorded there, never from the live
+/// machine for a tree that stands for another.
+fn observe(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observed> {
     let mut observed = Observed::from_libvirt(lv)?;
     observed
         .add_image_dir(&profile.storage.dir)
@@ -116,7 +119,7 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
     if let Some(vg) = &profile.storage.vg {
         // A VG that does not exist holds nothing of lab's; LVM that cannot answer is an
         // error only when the profile insists on a thin pool.
-        match crate::host::lvm::LvmSource::for_sysroot(&Sysroot::live()).vg_lvs(vg) {
+        match crate::host::lvm::LvmSource::for_sysroot(sysroot).vg_lvs(vg) {
             Ok(rows) => observed.add_lvs(&rows),
             Err(e) if profile.storage.backend == StorageBackend::LvmThin => {
                 return Err(e.context(format!("reading the LVs of volume group {vg}")));
@@ -151,7 +154,7 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
         .map(|d| d.name.clone())
         .collect();
     for domain in running {
-        for (tap, bridge) in lv.detached_interfaces(&domain) {
+        for (tap, bridge) in lv.detached_interfaces(&domain, sysroot) {
             observed.detached_taps.push(crate::observe::DetachedTap {
                 domain: domain.clone(),
                 tap,
@@ -161,7 +164,7 @@ fn observe(lv: &Libvirt, profile: &Profile) -> Result<Observed> {
     }
     if apply::direct_boot(profile) {
         observed.boot_files_current =
-            crate::directboot::boot_files_current(&profile.storage.dir, &profile.name);
+            crate::directboot::boot_files_current(&profile.storage.dir, &profile.name, sysroot);
     }
     if let Some(vg) = &profile.storage.vg {
         match lvm_thin::lab_libvirt_pool(lv, vg) {
@@ -221,7 +224,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     } else {
         Some(HostLock::acquire(&format!("lab up {}", profile.name))?)
     };
-    let observed = observe(&lv, &profile)?;
+    let observed = observe(&lv, &profile, &sysroot)?;
     let host = gather_host_facts(&sysroot, &profile);
     let options = plan::UpOptions {
         provision: !args.no_provision,
@@ -510,7 +513,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     } else {
         Some(HostLock::acquire(&format!("lab reset {}", profile.name))?)
     };
-    let observed = observe(&lv, &profile)?;
+    let observed = observe(&lv, &profile, &Sysroot::live())?;
     let host = gather_host_facts(&Sysroot::live(), &profile);
     let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
     if args.dry_run {
@@ -549,7 +552,7 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     } else {
         Some(HostLock::acquire(&format!("lab down {}", profile.name))?)
     };
-    let mut observed = observe(&lv, &profile)?;
+    let mut observed = observe(&lv, &profile, &Sysroot::live())?;
     observed.files = lab_files(&profile, &observed);
     let plan = plan::down(&profile, &observed, args.purge);
     if args.dry_run {

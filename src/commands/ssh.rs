@@ -14,6 +14,7 @@ use crate::fanout;
 use crate::guest::packstack;
 use crate::guest::provision::{self, StepResult};
 use crate::guest::ssh::{self, Key, Target, Unanswered};
+use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
 use crate::names;
 use crate::profile::Profile;
@@ -40,13 +41,7 @@ pub fn target(lv: &Libvirt, profile: &Profile, vm: &str, key: &Key) -> Result<Ta
 /// running, it is cut off from its network, or it has no lease yet.
 pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, String)> {
     let p = &profile.name;
-    let instances: Vec<String> = profile.instances().into_iter().map(|(n, _)| n).collect();
-    if !instances.iter().any(|n| n == vm) {
-        bail!(usage(format!(
-            "profile {p} has no VM {vm:?}: its VMs are {}",
-            instances.join(", ")
-        )));
-    }
+    profile.require_vm(vm)?;
     let domain = names::domain(p, vm);
     let cli = profile.cli_name();
     if !lv.domain_running(&domain) {
@@ -54,7 +49,11 @@ pub fn locate(lv: &Libvirt, profile: &Profile, vm: &str) -> Result<(String, Stri
             "{vm} of {p} is not running (domain {domain}): `lab up {cli}` first"
         )));
     }
-    if let Some((tap, bridge)) = lv.detached_interfaces(&domain).into_iter().next() {
+    if let Some((tap, bridge)) = lv
+        .detached_interfaces(&domain, &Sysroot::live())
+        .into_iter()
+        .next()
+    {
         bail!(
             "{vm} of {p} is cut off: its interface {tap} is off bridge {bridge} (the network \
              was restarted under the running VM); `lab up {cli}` puts it back"

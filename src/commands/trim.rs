@@ -11,6 +11,7 @@ use crate::host::Sysroot;
 use crate::host::lvm::{self, LvmSource, ThinPool};
 use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
+use crate::names;
 use crate::observe::Observed;
 use crate::profile::{Profile, StorageBackend};
 use crate::storage::Storage;
@@ -73,7 +74,7 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
         in_use: &in_use,
         stop: args.stop,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-        runtime_dir: trim::runtime_dir(),
+        runtime_dir: names::runtime_dir(),
     };
     let mut report = trim::trim(&env, &targets);
     if let Some(before) = pool_before {

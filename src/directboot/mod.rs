@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::directboot::initramfs::{Initramfs, KernelModule};
+use crate::host::Sysroot;
 use crate::names;
 use crate::observe::{Marker, Owner, VolumeRole, marker_path};
 use crate::runner::Cmd;
@@ -45,8 +47,8 @@ pub const BASE_CMDLINE: &str = "console=ttyS0 quiet";
 
 /// Drivers the guest cannot do without: the virtio PCI transport, its NIC and disk,
 /// AF_PACKET for udhcpc, ext4 for the disk. Dependencies (virtio_ring, failover, jbd2,
-/// mbcache, crc16, the crc32c soft dependency...) come from `modules.dep`; what the kernel
-/// has built in needs nothing.
+/// mbcache, crc16, the crc32c soft dependency...) are kmod's answer (`modprobe
+/// --show-depends`); what the kernel has built in needs nothing.
 const REQUIRED_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -100,20 +102,17 @@ impl GuestReport {
     }
 }
 
-/// The host kernel lab boots smoke VMs with, and its modules directory: the running
-/// kernel when its image is in /boot and its modules are installed, else the newest
-/// `/boot/vmlinuz-*` whose modules are (a kernel a container or CI guest runs often has
-/// neither image nor modules on its disk).
-pub fn host_kernel() -> Result<(PathBuf, PathBuf)> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+/// The host kernel lab boots smoke VMs with, and its modules directory, on the machine
+/// `host` describes: the running kernel (`/proc/sys/kernel/osrelease`) when its image is in
+/// /boot and its modules are installed, else the newest `/boot/vmlinuz-*` whose modules are
+/// (a kernel a container or CI guest runs often has neither image nor modules on its disk).
+pub fn host_kernel(host: &Sysroot) -> Result<(PathBuf, PathBuf)> {
+    let release = host
+        .read("/proc/sys/kernel/osrelease")
         .context("reading the running kernel's release from /proc/sys/kernel/osrelease")?;
-    host_kernel_in(Path::new("/"), release.trim())
-}
-
-/// [`host_kernel`] over a root directory (a fake one in tests) and a kernel release.
-pub fn host_kernel_in(root: &Path, release: &str) -> Result<(PathBuf, PathBuf)> {
-    let boot = root.join("boot");
-    let modules_of = |version: &str| root.join("lib/modules").join(version);
+    let release = release.trim();
+    let boot = host.path("/boot");
+    let modules_of = |version: &str| host.path("/lib/modules").join(version);
     let usable = |version: &str| {
         boot.join(format!("vmlinuz-{version}")).is_file()
             && modules_of(version).join("modules.dep").is_file()
@@ -156,7 +155,7 @@ pub fn host_kernel_in(root: &Path, release: &str) -> Result<(PathBuf, PathBuf)> 
             "no other kernel in {} ({}) has its modules in {}",
             boot.display(),
             images.join(", "),
-            root.join("lib/modules").display()
+            host.path("/lib/modules").display()
         )
     };
     bail!(
@@ -244,17 +243,8 @@ fn program_from_env(var: &str, default: &str) -> Result<Option<PathBuf>> {
             }
             Ok(Some(path))
         }
-        _ => Ok(find_program(default)),
+        _ => Ok(crate::host::tools::find_program(default)),
     }
-}
-
-/// Where the host has program `name`: on PATH, else in the usual system directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_dirs)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// What goes into the smoke initramfs besides busybox and the drivers, when the host has
@@ -377,7 +367,7 @@ pub fn digest_path(file: &Path) -> PathBuf {
 /// Check what the boot files are made of (the host's kernel and modules, busybox, and the
 /// SSH server and guest agent when they are named), without making anything.
 pub fn preflight() -> Result<()> {
-    host_kernel()?;
+    host_kernel(&Sysroot::live())?;
     host_busybox()?;
     host_ssh_server()?;
     host_qemu_ga()?;
@@ -393,7 +383,7 @@ pub fn preflight() -> Result<()> {
 /// digest matches is left alone, anything else is rewritten atomically (temporary file,
 /// then rename). A file at either path that is not lab's is never overwritten.
 pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
-    let (kernel, modules) = host_kernel()?;
+    let (kernel, modules) = host_kernel(&Sysroot::live())?;
     let busybox = host_busybox()?;
     let qemu_ga = host_qemu_ga()?;
     let ssh_server = host_ssh_server()?;
@@ -496,7 +486,7 @@ pub fn existing_boot_files(dir: &Path, profile: &str) -> BootFiles {
 fn files_current(dir: &Path, profile: &str, inputs: &str) -> bool {
     let ours = |p: &Path| {
         p.is_file()
-            && read_marker(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
+            && Marker::read(p).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
             && digest_path(p).is_file()
     };
     let initrd = initrd_path(dir, profile);
@@ -508,9 +498,9 @@ fn files_current(dir: &Path, profile: &str, inputs: &str) -> bool {
 /// Whether [`prepare_boot_files`] would leave the boot files of `profile` in `dir` alone:
 /// lab's, and made from what the host has now. Reads only (lab's SSH key is not made
 /// here: without it the files are not current); anything missing says "not current".
-pub fn boot_files_current(dir: &Path, profile: &str) -> bool {
+pub fn boot_files_current(dir: &Path, profile: &str, host: &Sysroot) -> bool {
     let current = || -> Result<bool> {
-        let (kernel, modules) = host_kernel()?;
+        let (kernel, modules) = host_kernel(host)?;
         let busybox = host_busybox()?;
         let qemu_ga = host_qemu_ga()?;
         let ssh_server = host_ssh_server()?;
@@ -609,15 +599,11 @@ fn inputs_fingerprint(
     )
 }
 
-fn read_marker(path: &Path) -> Option<Marker> {
-    serde_json::from_str(&fs::read_to_string(marker_path(path)).ok()?).ok()
-}
-
 fn refuse_foreign(path: &Path, profile: &str) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    match read_marker(path) {
+    match Marker::read(path) {
         Some(m) if m.owner.is(profile) && m.role == VolumeRole::Boot => Ok(()),
         Some(m) => bail!(
             "{} exists and is lab's for profile {} (as {:?}), not a boot file of {profile}: \
@@ -636,7 +622,7 @@ fn refuse_foreign(path: &Path, profile: &str) -> Result<()> {
 /// Put `bytes` at `path` unless the recorded digest says they are there already; true when
 /// the file was (re)written.
 fn install_boot_file(path: &Path, bytes: &[u8], profile: &str) -> Result<bool> {
-    let digest = sha256(bytes)?;
+    let digest = format!("{:x}", Sha256::digest(bytes));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -644,7 +630,7 @@ fn install_boot_file(path: &Path, bytes: &[u8], profile: &str) -> Result<bool> {
     let record = format!("{digest}  {name}\n");
     let digest_file = digest_path(path);
     if path.is_file()
-        && read_marker(path).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
+        && Marker::read(path).is_some_and(|m| m.owner.is(profile) && m.role == VolumeRole::Boot)
         && fs::read_to_string(&digest_file).is_ok_and(|r| r == record)
     {
         ui::debug(format_args!("{} is up to date", path.display()));
@@ -694,20 +680,6 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of some bytes, as lowercase hex (by coreutils' `sha256sum`).
-fn sha256(bytes: &[u8]) -> Result<String> {
-    let out = Cmd::new("sha256sum")
-        .stdin(bytes)
-        .run()
-        .context("hashing with sha256sum")?;
-    match out.stdout.split_whitespace().next() {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(hex.to_string())
-        }
-        _ => bail!("sha256sum printed {:?}", out.stdout),
-    }
-}
-
 /// The text of `/lab-base` on a profile's base disk: the profile and a digest of what the
 /// base holds, so a clone can always be traced back to the base it came from.
 pub fn base_marker_text(profile: &str, size: ByteSize) -> Result<String> {
@@ -716,8 +688,8 @@ pub fn base_marker_text(profile: &str, size: ByteSize) -> Result<String> {
         size.bytes()
     );
     Ok(format!(
-        "profile={profile}\ncontent=sha256:{}\n",
-        sha256(content.as_bytes())?
+        "profile={profile}\ncontent=sha256:{:x}\n",
+        Sha256::digest(content.as_bytes())
     ))
 }
 
@@ -1002,12 +974,23 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         }
     }
 
+    /// `root` as a sysroot whose running kernel is `release`.
+    fn running(root: &Path, release: &str) -> Sysroot {
+        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        fs::write(
+            root.join("proc/sys/kernel/osrelease"),
+            format!("{release}\n"),
+        )
+        .unwrap();
+        Sysroot::at(root).unwrap()
+    }
+
     #[test]
     fn the_running_kernel_is_preferred_when_it_is_complete() {
         let root = tempfile::tempdir().unwrap();
         fake_kernel(root.path(), "6.1.0-56-amd64", true);
         fake_kernel(root.path(), "6.1.0-9-amd64", true);
-        let (kernel, modules) = host_kernel_in(root.path(), "6.1.0-9-amd64").unwrap();
+        let (kernel, modules) = host_kernel(&running(root.path(), "6.1.0-9-amd64")).unwrap();
         assert_eq!(kernel, root.path().join("boot/vmlinuz-6.1.0-9-amd64"));
         assert_eq!(modules, root.path().join("lib/modules/6.1.0-9-amd64"));
     }
@@ -1020,7 +1003,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         fake_kernel(root.path(), "6.10.0-1-amd64", false);
         // The running kernel's modules without its image (a container host's kernel).
         fs::create_dir_all(root.path().join("lib/modules/6.18.44-fc")).unwrap();
-        let (kernel, modules) = host_kernel_in(root.path(), "6.18.44-fc").unwrap();
+        let (kernel, modules) = host_kernel(&running(root.path(), "6.18.44-fc")).unwrap();
         assert_eq!(kernel, root.path().join("boot/vmlinuz-6.1.0-56-amd64"));
         assert_eq!(modules, root.path().join("lib/modules/6.1.0-56-amd64"));
     }
@@ -1028,7 +1011,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
     #[test]
     fn no_usable_kernel_says_what_to_install() {
         let root = tempfile::tempdir().unwrap();
-        let err = host_kernel_in(root.path(), "6.18.44-fc").unwrap_err();
+        let err = host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("vmlinuz-6.18.44-fc"), "{text}");
         assert!(text.contains("install linux-image-amd64"), "{text}");
@@ -1036,14 +1019,14 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         fake_kernel(root.path(), "6.1.0-56-amd64", false);
         let text = format!(
             "{:#}",
-            host_kernel_in(root.path(), "6.18.44-fc").unwrap_err()
+            host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err()
         );
         assert!(text.contains("(6.1.0-56-amd64) has its modules"), "{text}");
 
         fake_kernel(root.path(), "6.18.44-fc", false);
         let text = format!(
             "{:#}",
-            host_kernel_in(root.path(), "6.18.44-fc").unwrap_err()
+            host_kernel(&running(root.path(), "6.18.44-fc")).unwrap_err()
         );
         assert!(
             text.contains("6.18.44-fc has no") && text.contains("modules.dep"),
@@ -1135,7 +1118,7 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
     /// with af_packet built in; `extra` adds (dep line) entries.
     fn fake_modules(dir: &Path, extra: &[&str]) {
         let mut dep = String::from(
-            "kernel/drivers/virtio/virtio.ko:\n\
+            "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
              kernel/drivers/virtio/virtio_ring.ko:\n\
              kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n\
              kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
@@ -1154,28 +1137,18 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             dep.push_str(line);
             dep.push('\n');
         }
-        fs::write(dir.join("modules.dep"), &dep).unwrap();
-        fs::write(
-            dir.join("modules.softdep"),
+        fake_modules_from(dir, &dep);
+    }
+
+    /// [`fake_modules`]' soft dependencies, aliases and built-ins over the modules of `dep`.
+    fn fake_modules_from(dir: &Path, dep: &str) {
+        crate::directboot::initramfs::fake_module_tree(
+            dir,
+            dep,
             "softdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n",
-        )
-        .unwrap();
-        fs::write(
-            dir.join("modules.alias"),
             "alias crypto-crc32c crc32c_generic\n",
-        )
-        .unwrap();
-        fs::write(
-            dir.join("modules.builtin"),
             "kernel/net/packet/af_packet.ko\n",
-        )
-        .unwrap();
-        for line in dep.lines() {
-            let rel = line.split(':').next().unwrap();
-            let path = dir.join(rel);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, format!("module {rel}")).unwrap();
-        }
+        );
     }
 
     #[test]
@@ -1197,20 +1170,22 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
             .collect();
         assert_eq!(
             order,
+            // kmod's order: each dependency before what needs it, jbd2's and ext4's
+            // "pre:" soft dependency just before jbd2.
             [
                 ("virtio_ring", false),
                 ("virtio", false),
-                ("virtio_pci_modern_dev", false),
                 ("virtio_pci_legacy_dev", false),
+                ("virtio_pci_modern_dev", false),
                 ("virtio_pci", false),
                 ("failover", false),
                 ("net_failover", false),
                 ("virtio_net", false),
                 ("virtio_blk", false),
+                ("crc16", false),
+                ("mbcache", false),
                 ("crc32c_generic", true),
                 ("jbd2", false),
-                ("mbcache", false),
-                ("crc16", false),
                 ("ext4", false),
                 // virtio_console is not in this kernel: left out, no error.
                 ("virtio_rng", true),
@@ -1231,14 +1206,15 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         // A kernel without ext4 cannot run the smoke VMs: said up front.
         let broken = dir.path().join("6.1.0-broken");
         fs::create_dir(&broken).unwrap();
-        fake_modules(&broken, &[]);
-        let dep = fs::read_to_string(broken.join("modules.dep")).unwrap();
-        let dep: String = dep
+        let whole = tempfile::tempdir().unwrap();
+        fake_modules(whole.path(), &[]);
+        let dep: String = fs::read_to_string(whole.path().join("modules.dep"))
+            .unwrap()
             .lines()
             .filter(|l| !l.contains("ext4"))
             .map(|l| format!("{l}\n"))
             .collect();
-        fs::write(broken.join("modules.dep"), dep).unwrap();
+        fake_modules_from(&broken, &dep);
         let err = add_modules(&mut Initramfs::new(), &broken).unwrap_err();
         assert!(format!("{err:#}").contains("ext4"), "{err:#}");
     }
@@ -1274,15 +1250,15 @@ LAB-READY vm=node1 ip=10.213.166.10 disk=ok\n";
         assert_eq!(boot.cmdline, BASE_CMDLINE);
         assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel one");
         for file in [&boot.kernel, &boot.initrd] {
-            let marker = read_marker(file).expect("a marker beside each boot file");
+            let marker = Marker::read(file).expect("a marker beside each boot file");
             assert_eq!(marker.role, VolumeRole::Boot);
             assert!(marker.owner.is("demo"));
             let record = fs::read_to_string(digest_path(file)).unwrap();
             assert_eq!(
                 record,
                 format!(
-                    "{}  {}\n",
-                    sha256(&fs::read(file).unwrap()).unwrap(),
+                    "{:x}  {}\n",
+                    Sha256::digest(fs::read(file).unwrap()),
                     file.file_name().unwrap().to_string_lossy()
                 )
             );

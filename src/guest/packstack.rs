@@ -581,24 +581,10 @@ fn closest<'a>(key: &str, known: &BTreeSet<&'a str>) -> Option<&'a str> {
     let upper = key.to_ascii_uppercase();
     known
         .iter()
-        .map(|k| (edit_distance(&upper, k), *k))
+        .map(|k| (strsim::levenshtein(&upper, k), *k))
         .filter(|(d, _)| *d <= 3)
         .min()
         .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// "FILE:LINE" of a `[vars] packstack` option: the line that sets it, whether the table is

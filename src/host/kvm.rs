@@ -12,7 +12,6 @@ use std::fs;
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -671,7 +670,7 @@ pub fn probe_standard_guest(kvm_timeout: Duration, tcg_timeout: Duration) -> Gue
         firmware: None,
         error: Some(e),
     };
-    let scratch = match ScratchDir::new() {
+    let scratch = match scratch_dir() {
         Ok(s) => s,
         Err(e) => {
             let e = format!("creating a scratch directory: {e}");
@@ -820,39 +819,8 @@ fn finish_standard_guest(
 }
 
 /// A private directory under the system temp dir, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> io::Result<Self> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        loop {
-            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dir = base.join(format!(
-                "lab-kvm-probe-{}-{nanos:x}-{seq}",
-                std::process::id()
-            ));
-            // create_dir fails on anything already there, a planted symlink included.
-            match fs::create_dir(&dir) {
-                Ok(()) => return Ok(ScratchDir(dir)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && seq < 1000 => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+fn scratch_dir() -> io::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("lab-kvm-probe-").tempdir()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1107,7 +1075,7 @@ mod tests {
     #[test]
     fn live_the_standard_guest_boots_under_tcg() {
         // qemu-system-x86 is installed by scripts/setup-host.sh, as in CI.
-        let dir = ScratchDir::new().unwrap();
+        let dir = scratch_dir().unwrap();
         let run = start_standard_guest(dir.path(), "tcg").unwrap();
         let deadline = run.started() + Duration::from_secs(20);
         let boot = finish_standard_guest(dir.path(), "tcg", run, deadline, Duration::from_secs(20));

@@ -14,6 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Sysroot;
+use super::tools::find_program;
 use crate::runner::{Cmd, Exit};
 
 /// The `lvs` columns lab reads.
@@ -27,10 +28,6 @@ pub const THIN_LVS_FIELDS: &str = "lv_name,vg_name,lv_attr,segtype,lv_size,lv_me
 /// LVM scans every block device; on a laptop with a sleeping USB disk that can take a
 /// while, but never this long.
 const LVM_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where LVM's tools live when they are not in `PATH` (sbin is often missing from a
-/// user's `PATH`).
-const SBIN_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
 
 /// One logical volume, deduplicated across its segments.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -304,35 +301,6 @@ impl ThinPool {
     }
 }
 
-/// A tool's path, for running it on this machine: `PATH` first, then the sbin directories.
-pub fn host_program(name: &str) -> Option<PathBuf> {
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(SBIN_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Whether `name` is installed on the machine `sysroot` describes: live, by `PATH` and the
-/// sbin directories; in a sysroot, by a file of that name in its sbin/bin directories.
-pub fn installed(sysroot: &Sysroot, name: &str) -> Option<PathBuf> {
-    if sysroot.is_live() {
-        return host_program(name);
-    }
-    SBIN_DIRS
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| sysroot.path(p).is_file())
-}
-
 /// LVM tools with the environment lab always gives them.
 pub fn lvm_cmd(program: &Path) -> Cmd {
     // LVM warns on every inherited descriptor, which is noise in a captured stderr.
@@ -343,7 +311,7 @@ pub fn lvm_cmd(program: &Path) -> Cmd {
 
 /// `lvm version` on this machine.
 pub fn live_version() -> anyhow::Result<Option<LvmVersion>> {
-    let Some(lvm) = host_program("lvm") else {
+    let Some(lvm) = find_program("lvm") else {
         return Ok(None);
     };
     let out = lvm_cmd(&lvm).arg("version").run()?;
@@ -397,7 +365,7 @@ pub fn issue_discards_in(dir: &Path) -> anyhow::Result<IssueDiscards> {
 }
 
 fn read_issue_discards(dir: &Path, set_system_dir: bool) -> anyhow::Result<IssueDiscards> {
-    let lvmconfig = host_program("lvmconfig")
+    let lvmconfig = find_program("lvmconfig")
         .ok_or_else(|| anyhow!("lvmconfig is not installed on this machine"))?;
     let has_config = dir.join("lvm.conf").is_file() || dir.join("lvmlocal.conf").is_file();
     let mut cmd = lvm_cmd(&lvmconfig);
@@ -613,7 +581,7 @@ impl LvmSource {
     /// Live LVM on the live machine; the recorded reports under a sysroot.
     pub fn for_sysroot(sysroot: &Sysroot) -> LvmSource {
         if sysroot.is_live() {
-            match host_program("lvm") {
+            match find_program("lvm") {
                 Some(lvm) => LvmSource::Live { lvm },
                 None => LvmSource::Unavailable("lvm2 is not installed".into()),
             }
@@ -970,7 +938,7 @@ mod tests {
 
     #[test]
     fn the_fixed_text_reads_back_through_real_lvmconfig() {
-        if host_program("lvmconfig").is_none() {
+        if find_program("lvmconfig").is_none() {
             eprintln!("lvmconfig not installed: skipping");
             return;
         }
@@ -989,7 +957,7 @@ mod tests {
 
     #[test]
     fn without_any_config_lvm_defaults_apply() {
-        if host_program("lvmconfig").is_none() {
+        if find_program("lvmconfig").is_none() {
             eprintln!("lvmconfig not installed: skipping");
             return;
         }

@@ -530,6 +530,20 @@ pub fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
     addrs
 }
 
+/// Where interface `dev` is enslaved, from `/sys/class/net/DEV/master`: None when there is
+/// no such interface, `Some(None)` when it is on no bridge, else the bridge's name.
+pub fn master_of(root: &Sysroot, dev: &str) -> Option<Option<String>> {
+    let base = root.path("/sys/class/net").join(dev);
+    if !base.exists() {
+        return None;
+    }
+    Some(
+        std::fs::read_link(base.join("master"))
+            .ok()
+            .and_then(|target| Some(target.file_name()?.to_string_lossy().into_owned())),
+    )
+}
+
 fn read_ifaces(root: &Sysroot) -> Vec<Iface> {
     let Ok(entries) = std::fs::read_dir(root.path("/sys/class/net")) else {
         return Vec::new();
@@ -599,6 +613,19 @@ fn classify_iface(devtype: &str, arphrd: u32, has_tun_flags: bool, is_bridge: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interface_s_bridge_comes_from_its_master_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("sys/class/net");
+        std::fs::create_dir_all(net.join("vnet0")).unwrap();
+        std::fs::create_dir_all(net.join("vnet1")).unwrap();
+        std::os::unix::fs::symlink("../lab-smoke", net.join("vnet0/master")).unwrap();
+        let root = Sysroot::at(dir.path()).unwrap();
+        assert_eq!(master_of(&root, "vnet0"), Some(Some("lab-smoke".into())));
+        assert_eq!(master_of(&root, "vnet1"), Some(None));
+        assert_eq!(master_of(&root, "vnet9"), None);
+    }
 
     // Captured from a development machine.
     const ROUTE: &str =

@@ -1,8 +1,45 @@
 //! The external programs a lab needs, and their versions.
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 
+use super::Sysroot;
 use crate::runner::Cmd;
+
+/// Where system tools live when they are not in `PATH` (sbin is often missing from a
+/// user's `PATH`).
+const SYSTEM_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
+
+/// A program's path, for running it on this machine: `PATH` first, then the system
+/// directories; only an executable file counts.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    path_dirs
+        .into_iter()
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether `name` is installed on the machine `sysroot` describes: live, by
+/// [`find_program`]; in a sysroot, by a file of that name in its system directories.
+pub fn installed(sysroot: &Sysroot, name: &str) -> Option<PathBuf> {
+    if sysroot.is_live() {
+        return find_program(name);
+    }
+    SYSTEM_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| sysroot.path(p).is_file())
+}
 
 /// A program lab runs, with the packages that provide it.
 #[derive(Debug, Clone, Copy)]

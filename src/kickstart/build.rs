@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::source::InstallSource;
 use super::{ValidationError, seal};
@@ -72,13 +73,15 @@ impl BuildRecord {
         rendered: &super::Rendered,
         source: &InstallSource,
     ) -> Result<BuildRecord> {
-        let kickstart_sha256 = super::sha256_hex(rendered.text.as_bytes())?;
+        let kickstart_sha256 = format!("{:x}", Sha256::digest(rendered.text.as_bytes()));
         let install_identity = source.identity()?;
         let disk = profile.base.disk.bytes();
-        let inputs = super::sha256_hex(
-            format!("kickstart {kickstart_sha256}\nsource {install_identity}\ndisk {disk}\n")
-                .as_bytes(),
-        )?;
+        let inputs = format!(
+            "{:x}",
+            Sha256::digest(format!(
+                "kickstart {kickstart_sha256}\nsource {install_identity}\ndisk {disk}\n"
+            ))
+        );
         Ok(BuildRecord {
             profile: profile.name.clone(),
             template: profile.base.kickstart.clone().unwrap_or_default(),

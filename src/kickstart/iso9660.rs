@@ -6,6 +6,8 @@
 //! a trailing dot dropped, compared without regard to case (`VMLINUZ.;1` is `vmlinuz`).
 //! Installer ISOs hold their kernel and initrd in single extents; a multi-extent file is
 //! refused.
+//!
+//! Why hand-written: lab needs one lookup by name in ~250 lines, and the Rust ISO 9660 crates are young or idle (iso9660 0.1.1, iso9660_simple "WIP").
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};

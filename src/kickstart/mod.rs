@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 
@@ -447,20 +447,6 @@ pub fn validate(profile: &Profile, text: &str) -> Result<()> {
         report,
     }
     .into())
-}
-
-/// SHA-256 of bytes, as hex.
-pub fn sha256_hex(bytes: &[u8]) -> Result<String> {
-    let out = Cmd::new("sha256sum")
-        .stdin(bytes)
-        .run()
-        .context("hashing with sha256sum")?;
-    match out.stdout.split_whitespace().next() {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            Ok(hex.to_string())
-        }
-        _ => bail!("sha256sum printed {:?}", out.stdout),
-    }
 }
 
 #[cfg(test)]

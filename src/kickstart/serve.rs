@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use percent_encoding::percent_decode_str;
 
 /// The host as QEMU's user-mode network shows it to a guest.
 pub const SLIRP_HOST: &str = "10.0.2.2";
@@ -91,9 +92,9 @@ impl Drop for TreeServer {
 /// The file a request path names inside `root`, if it is one.
 fn resolve(root: &Path, target: &str) -> Option<PathBuf> {
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    let decoded = percent_decode(path);
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
     let mut out = root.to_path_buf();
-    for c in Path::new(&decoded).components() {
+    for c in Path::new(decoded.as_ref()).components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::RootDir | Component::CurDir => {}
@@ -103,26 +104,6 @@ fn resolve(root: &Path, target: &str) -> Option<PathBuf> {
     // Symlinks inside the tree may point anywhere; what they point to must stay inside.
     let real = out.canonicalize().ok()?;
     (real.starts_with(root) && real.is_file()).then_some(real)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn handle(mut conn: TcpStream, root: &Path) -> std::io::Result<()> {

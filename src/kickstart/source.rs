@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use percent_encoding::percent_decode_str;
+use sha2::{Digest, Sha256};
 
 use crate::error::usage;
 use crate::runner::Cmd;
@@ -55,7 +57,9 @@ impl InstallSource {
         };
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
-                let path = percent_decode(rest.strip_prefix("localhost").unwrap_or(rest));
+                let path = percent_decode_str(rest.strip_prefix("localhost").unwrap_or(rest))
+                    .decode_utf8_lossy()
+                    .into_owned();
                 if !path.starts_with('/') {
                     return Err(usage(format!(
                         "install tree {text}: a file:// URL needs an absolute path (file:///srv/tree/)"
@@ -113,8 +117,8 @@ impl InstallSource {
             InstallSource::LocalTree { url, dir } => {
                 let treeinfo = read_local_treeinfo(url, dir)?;
                 Ok(format!(
-                    "tree {url} treeinfo-sha256={}",
-                    super::sha256_hex(treeinfo.as_bytes())?
+                    "tree {url} treeinfo-sha256={:x}",
+                    Sha256::digest(treeinfo.as_bytes())
                 ))
             }
             InstallSource::RemoteTree(url) => Ok(format!("tree {url}")),
@@ -269,27 +273,6 @@ fn download(url: &str, to: &Path) -> Result<()> {
         return Err(e.into());
     }
     Ok(())
-}
-
-/// `%20` and friends in a file:// URL's path.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

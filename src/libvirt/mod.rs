@@ -4,12 +4,13 @@ pub mod installer;
 pub mod xml;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use virt::connect::Connect;
+
+use crate::host::{Sysroot, net};
 
 /// How to start the daemon, for every "cannot connect" message.
 pub const START_HINT: &str = "start libvirt: `systemctl enable --now libvirtd` (or, on \
@@ -286,7 +287,7 @@ impl Libvirt {
     /// on, as (tap, bridge): a network stopped and started again under a running domain
     /// comes back as a new bridge without the domain's tap, and the VM is cut off while
     /// libvirt still shows it attached.
-    pub fn detached_interfaces(&self, name: &str) -> Vec<(String, String)> {
+    pub fn detached_interfaces(&self, name: &str, host: &Sysroot) -> Vec<(String, String)> {
         let Some(xml) = self
             .conn
             .lookup_domain_by_name(name)
@@ -299,9 +300,7 @@ impl Libvirt {
         interface_links(&xml)
             .into_iter()
             .filter(|(tap, bridge)| {
-                let dev = Path::new("/sys/class/net").join(tap);
-                let master = std::fs::read_link(dev.join("master")).ok();
-                dev.exists() && master.as_deref().and_then(Path::file_name) != Some(bridge.as_ref())
+                net::master_of(host, tap).is_some_and(|master| master.as_ref() != Some(bridge))
             })
             .collect()
     }

@@ -176,7 +176,7 @@ impl LvmThinStorage {
         LvmThinStorage {
             vg: vg.into(),
             pool: pool.into(),
-            lvm: lvm::host_program("lvm").unwrap_or_else(|| PathBuf::from("lvm")),
+            lvm: crate::host::tools::find_program("lvm").unwrap_or_else(|| PathBuf::from("lvm")),
             config: LvmConfig::default(),
             limit: FillLimit::default(),
         }

@@ -281,10 +281,6 @@ impl Qcow2Storage {
         Ok(removed)
     }
 
-    fn marker(path: &Path) -> Option<Marker> {
-        serde_json::from_str(&std::fs::read_to_string(marker_path(path)).ok()?).ok()
-    }
-
     fn write_marker(path: &Path, profile: &str, vm: Option<&str>, role: VolumeRole) -> Result<()> {
         let marker = Marker {
             owner: Owner {
@@ -300,7 +296,7 @@ impl Qcow2Storage {
 
     /// True when `path` carries lab's mark for `profile` in `role`.
     fn is_ours(path: &Path, profile: &str, role: VolumeRole) -> bool {
-        Self::marker(path).is_some_and(|m| m.owner.is(profile) && m.role == role)
+        Marker::read(path).is_some_and(|m| m.owner.is(profile) && m.role == role)
     }
 
     fn ensure_dir(&self) -> Result<()> {
@@ -343,7 +339,7 @@ impl Qcow2Storage {
     /// caller reports) or someone else's (never touched).
     fn refuse_existing(path: &Path) -> Result<()> {
         if path.exists() {
-            match Self::marker(path) {
+            match Marker::read(path) {
                 Some(m) => bail!(
                     "{} already exists (lab's, of profile {})",
                     path.display(),

@@ -42,7 +42,7 @@ impl Lab {
     /// host (as it looks), `tests/support/SOURCE` is built with `cc` (and `libs`) and named
     /// to lab in the environment variable `var`.
     pub fn give_unless_host_has(&mut self, name: &str, source: &str, libs: &[&str], var: &str) {
-        if lab::directboot::find_program(name).is_some() {
+        if lab::host::tools::find_program(name).is_some() {
             return;
         }
         let program = self.dir.path().join(source.trim_end_matches(".c"));
