@@ -608,10 +608,7 @@ fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabFiles
         else {
             continue;
         };
-        let Some(marker) = std::fs::read_to_string(&mark)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
-        else {
+        let Some(marker) = Marker::read(&target) else {
             continue;
         };
         if marker.owner.is(p) {
