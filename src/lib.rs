@@ -64,7 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Base(args) => commands::base::base(&cli.global, &args),
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
-        Command::Ready(args) => commands::ssh::ready(&cli.global, &args),
+        Command::Ready(args) => commands::ready::ready(&cli.global, &args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());

@@ -680,7 +680,7 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
 }
 
 /// Each VM's provisioning steps, in profile order: a step with neither `role` nor `vm`
-/// runs everywhere (as [`crate::guest::provision::steps_for`] selects them).
+/// runs everywhere (as [`crate::guest::steps::steps_for`] selects them).
 fn provision_step(profile: &Profile, vms: &[VmPlan]) -> Vec<Planned> {
     vms.iter()
         .filter_map(|vm| {

@@ -1,6 +1,7 @@
 //! The commands: each reads its arguments, does its work through the library, and prints.
 
 pub mod base;
+pub mod ready;
 pub mod ssh;
 pub mod trim;
 
@@ -196,7 +197,7 @@ struct UpReport<'a> {
     network: &'a plan::NetworkPlan,
     vms: Vec<apply::VmState>,
     /// Each VM's provisioning steps: done now, or skipped (done before).
-    provision: std::collections::BTreeMap<String, Vec<crate::guest::provision::StepResult>>,
+    provision: std::collections::BTreeMap<String, Vec<crate::guest::steps::StepResult>>,
     warnings: &'a [String],
     timings_ms: Timings,
 }
@@ -268,7 +269,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let provision = if plan.provision.is_empty() {
         Default::default()
     } else {
-        crate::commands::ssh::provision(
+        crate::guest::provision::run(
             &lv,
             &profile,
             &plan,

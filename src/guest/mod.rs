@@ -1,6 +1,10 @@
-//! What lab does inside the VMs, over SSH: the connection and its keys, the provisioning
-//! steps, and the packstack answer file.
+//! What lab does inside the VMs, over SSH: reaching them, the provisioning steps and their
+//! records, the packstack answer file, whether KVM works inside, and `lab ready`'s checks.
 
+pub mod connect;
+pub mod kvm;
 pub mod packstack;
 pub mod provision;
+pub mod ready;
 pub mod ssh;
+pub mod steps;
