@@ -242,7 +242,8 @@ impl Libvirt {
         Some(
             dom.xml_desc(0)
                 .ok()
-                .and_then(|x| crate::state::owner_from_xml(&x)),
+                .and_then(|x| super::read::DomainDef::from_xml(&x).ok())
+                .and_then(|d| d.owner),
         )
     }
 }
@@ -292,7 +293,10 @@ mod tests {
         ] {
             assert!(xml.contains(needle), "{needle} missing from\n{xml}");
         }
-        let owner = crate::state::owner_from_xml(&xml).unwrap();
+        let owner = crate::libvirt::read::DomainDef::from_xml(&xml)
+            .unwrap()
+            .owner
+            .unwrap();
         assert_eq!(owner.profile, "demo");
         let without = to_xml(&installer_xml(&InstallerSpec {
             cdrom: None,

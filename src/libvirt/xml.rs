@@ -634,7 +634,10 @@ mod tests {
             xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"),
             "{xml}"
         );
-        let owner = crate::state::owner_from_xml(&xml).unwrap();
+        let owner = crate::libvirt::read::NetworkDef::from_xml(&xml)
+            .unwrap()
+            .owner
+            .unwrap();
         assert_eq!(owner.profile, "sm<o>ke");
         assert!(!xml.contains("<forward"));
     }
