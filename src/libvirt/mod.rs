@@ -280,7 +280,8 @@ impl Libvirt {
         Ok(())
     }
 
-    /// The disk sources of one domain (its own disk first, then backing files).
+    /// The images one domain's disks write to, in the order of its definition (backing
+    /// files left out).
     pub fn domain_disks(&self, name: &str) -> Vec<String> {
         self.conn
             .lookup_domain_by_name(name)
