@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
 use serde::{Deserialize, Serialize};
 
+use crate::libvirt::read::{DomainDef, NetworkDef};
 use crate::libvirt::{Libvirt, NetworkInfo};
 use crate::names;
 
@@ -26,57 +24,6 @@ pub struct Owner {
 impl Owner {
     pub fn is(&self, profile: &str) -> bool {
         self.profile == profile
-    }
-
-    /// The `<metadata>` child element lab puts into domains and networks.
-    pub fn to_xml(&self) -> String {
-        let mut attrs = format!("profile=\"{}\"", xml_escape(&self.profile));
-        if let Some(vm) = &self.vm {
-            attrs.push_str(&format!(" vm=\"{}\"", xml_escape(vm)));
-        }
-        format!(
-            "<{p}:owner xmlns:{p}=\"{ns}\" {attrs}/>",
-            p = names::XML_PREFIX,
-            ns = names::XML_NAMESPACE
-        )
-    }
-}
-
-fn xml_escape(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
-}
-
-/// lab's owner element anywhere in a libvirt XML document, found by namespace (whatever
-/// prefix the document uses), never by name.
-pub fn owner_from_xml(xml: &str) -> Option<Owner> {
-    let mut reader = NsReader::from_str(xml);
-    loop {
-        match reader.read_resolved_event() {
-            Ok((ResolveResult::Bound(ns), Event::Empty(e) | Event::Start(e)))
-                if ns.into_inner() == names::XML_NAMESPACE
-                    && e.local_name().into_inner() == "owner" =>
-            {
-                let mut profile = None;
-                let mut vm = None;
-                for attr in e.attributes().flatten() {
-                    let value = attr
-                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .ok()?
-                        .into_owned();
-                    match attr.key.local_name().into_inner() {
-                        "profile" => profile = Some(value),
-                        "vm" => vm = Some(value),
-                        _ => {}
-                    }
-                }
-                return Some(Owner {
-                    profile: profile?,
-                    vm,
-                });
-            }
-            Ok((_, Event::Eof)) | Err(_) => return None,
-            _ => {}
-        }
     }
 }
 
@@ -126,8 +73,10 @@ pub fn observe_domain(dom: &virt::domain::Domain) -> Result<Option<ObservedDomai
         Err(e) if e.code() == virt::error::ErrorNumber::NoDomain.into() => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading the XML of domain {name}")),
     };
+    let def =
+        DomainDef::from_xml(&xml).with_context(|| format!("reading the XML of domain {name}"))?;
     Ok(Some(ObservedDomain {
-        owner: owner_from_xml(&xml),
+        owner: def.owner,
         running: dom.is_active().unwrap_or(false),
         name,
     }))
@@ -224,9 +173,11 @@ impl Observed {
             let Some(xml) = crate::libvirt::network_xml(&net)? else {
                 continue;
             };
-            let info = NetworkInfo::from_xml(&xml)?;
+            let def = NetworkDef::from_xml(&xml)?;
+            let owner = def.owner.clone();
+            let info = NetworkInfo::from(def);
             observed.networks.push(ObservedNetwork {
-                owner: owner_from_xml(&xml),
+                owner,
                 active: net.is_active().unwrap_or(false),
                 name: info.name,
                 bridge: info.bridge,
@@ -329,48 +280,6 @@ pub fn marker_path(image: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owner_round_trips_through_xml_whatever_the_prefix() {
-        let owner = Owner {
-            profile: "smoke".into(),
-            vm: Some("node1".into()),
-        };
-        let doc = format!(
-            "<domain><name>x</name><metadata>{}</metadata></domain>",
-            owner.to_xml()
-        );
-        assert_eq!(owner_from_xml(&doc), Some(owner.clone()));
-        // libvirt may rewrite the prefix; the namespace is what counts.
-        let other = doc
-            .replace("<lab:owner", "<x:owner")
-            .replace("xmlns:lab=", "xmlns:x=");
-        assert_eq!(owner_from_xml(&other), Some(owner));
-    }
-
-    #[test]
-    fn a_lookalike_in_another_namespace_is_not_lab_s() {
-        let doc = "<domain><metadata><o:owner xmlns:o='urn:someone-else' profile='smoke'/>\
-                   </metadata></domain>";
-        assert_eq!(owner_from_xml(doc), None);
-        assert_eq!(
-            owner_from_xml("<network><name>lab-smoke</name></network>"),
-            None
-        );
-        assert_eq!(owner_from_xml("not xml <"), None);
-    }
-
-    #[test]
-    fn hostile_names_are_escaped_in_xml() {
-        let owner = Owner {
-            profile: "a\"<b>&".into(),
-            vm: None,
-        };
-        assert_eq!(
-            owner_from_xml(&format!("<d>{}</d>", owner.to_xml())),
-            Some(owner)
-        );
-    }
 
     #[test]
     fn thin_volumes_are_lab_s_by_their_tags() {

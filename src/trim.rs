@@ -26,6 +26,7 @@ use crate::host::Sysroot;
 use crate::host::blockdev;
 use crate::host::lvm::{IssueDiscards, PoolDiscards, ThinPool};
 use crate::libvirt::Libvirt;
+use crate::libvirt::read::DomainDef;
 use crate::observe::{Observed, VolumeRole};
 use crate::profile::Profile;
 use crate::size::ByteSize;
@@ -429,16 +430,22 @@ fn trim_one(env: &TrimEnv<'_>, t: &Target) -> ImageTrim {
         r.allocated_after = r.allocated_before;
         return r;
     }
-    let xml = t.domain.as_deref().and_then(|d| domain_xml(env.lv, d));
-    if let Some(xml) = &xml {
+    // libvirt's XML always parses; were it not to, the links would say that no disk and
+    // no agent channel were found in it.
+    let def = t
+        .domain
+        .as_deref()
+        .and_then(|d| domain_xml(env.lv, d))
+        .map(|xml| DomainDef::from_xml(&xml).unwrap_or_default());
+    if let Some(def) = &def {
         r.chain.push(domain_disk_link(
-            xml,
+            def,
             &t.image,
             t.domain.as_deref().unwrap_or(""),
         ));
         if t.running {
             r.chain
-                .push(agent_link(xml, t.domain.as_deref().unwrap_or("")));
+                .push(agent_link(def, t.domain.as_deref().unwrap_or("")));
         }
     }
     r.allocated_before = allocated(env, t);
@@ -644,112 +651,9 @@ fn trim_offline(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
     Ok(())
 }
 
-/// The `discard` attribute of each disk of a domain: (source, discard) pairs.
-pub fn disk_discards(xml: &str) -> Vec<(String, Option<String>)> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut out = Vec::new();
-    let mut in_disk = false;
-    let mut source: Option<String> = None;
-    let mut discard: Option<String> = None;
-    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| -> Option<String> {
-        e.attributes().flatten().find_map(|a| {
-            (a.key.local_name().into_inner() == name)
-                .then(|| {
-                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .ok()
-                        .map(|v| v.into_owned())
-                })
-                .flatten()
-        })
-    };
-    let mut depth = 0usize;
-    let mut disk_depth = 0usize;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                depth += 1;
-                let name = e.local_name().into_inner().to_string();
-                if name == "disk" && !in_disk && attr(&e, "device").as_deref() != Some("cdrom") {
-                    in_disk = true;
-                    disk_depth = depth;
-                    source = None;
-                    discard = None;
-                } else if in_disk && depth == disk_depth + 1 {
-                    take_disk_child(&name, &e, &attr, &mut source, &mut discard);
-                }
-            }
-            Ok(Event::Empty(e)) => {
-                let name = e.local_name().into_inner().to_string();
-                if in_disk && depth == disk_depth {
-                    take_disk_child(&name, &e, &attr, &mut source, &mut discard);
-                }
-            }
-            Ok(Event::End(_)) => {
-                if in_disk && depth == disk_depth {
-                    in_disk = false;
-                    if let Some(s) = source.take() {
-                        out.push((s, discard.take()));
-                    }
-                }
-                depth = depth.saturating_sub(1);
-            }
-            Ok(Event::Eof) | Err(_) => break,
-            _ => {}
-        }
-    }
-    out
-}
-
-fn take_disk_child(
-    name: &str,
-    e: &quick_xml::events::BytesStart<'_>,
-    attr: &dyn Fn(&quick_xml::events::BytesStart<'_>, &str) -> Option<String>,
-    source: &mut Option<String>,
-    discard: &mut Option<String>,
-) {
-    match name {
-        "source" => *source = attr(e, "file").or_else(|| attr(e, "dev")),
-        "driver" => *discard = attr(e, "discard"),
-        _ => {}
-    }
-}
-
-/// The state libvirt reports for the guest agent's channel: Some("connected"),
-/// Some("disconnected"), Some("") for a channel without a state (a stopped domain); None
-/// when the domain has no such channel.
-pub fn agent_channel_state(xml: &str) -> Option<String> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().into_inner() == "target" => {
-                let mut name = None;
-                let mut state = None;
-                for a in e.attributes().flatten() {
-                    let v = a
-                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default();
-                    match a.key.local_name().into_inner() {
-                        "name" => name = Some(v),
-                        "state" => state = Some(v),
-                        _ => {}
-                    }
-                }
-                if name.as_deref() == Some(AGENT_CHANNEL) {
-                    return Some(state.unwrap_or_default());
-                }
-            }
-            Ok(Event::Eof) | Err(_) => return None,
-            _ => {}
-        }
-    }
-}
-
 /// Does the domain's disk on `image` pass the guest's discards down?
-pub fn domain_disk_link(xml: &str, image: &Path, domain: &str) -> Link {
-    let disks = disk_discards(xml);
+pub fn domain_disk_link(def: &DomainDef, image: &Path, domain: &str) -> Link {
+    let disks = def.disk_discards();
     let disk = disks
         .iter()
         .find(|(s, _)| same_file(Path::new(s), image))
@@ -786,8 +690,8 @@ pub fn domain_disk_link(xml: &str, image: &Path, domain: &str) -> Link {
 }
 
 /// Is there a guest agent to ask, and is it connected?
-pub fn agent_link(xml: &str, domain: &str) -> Link {
-    match agent_channel_state(xml).as_deref() {
+pub fn agent_link(def: &DomainDef, domain: &str) -> Link {
+    match def.channel_state(AGENT_CHANNEL) {
         Some("connected") => Link::new(
             "guest-agent",
             LinkStatus::Ok,
@@ -1122,8 +1026,9 @@ mod tests {
 
     #[test]
     fn each_disk_says_whether_it_passes_discards_down() {
+        let def = DomainDef::from_xml(DOMAIN).unwrap();
         assert_eq!(
-            disk_discards(DOMAIN),
+            def.disk_discards(),
             [
                 (
                     "/img/lab-t-node1.qcow2".to_string(),
@@ -1132,9 +1037,9 @@ mod tests {
                 ("/dev/vg/data".to_string(), None),
             ]
         );
-        let ok = domain_disk_link(DOMAIN, Path::new("/img/lab-t-node1.qcow2"), "lab-t-node1");
+        let ok = domain_disk_link(&def, Path::new("/img/lab-t-node1.qcow2"), "lab-t-node1");
         assert_eq!(ok.status, LinkStatus::Ok, "{ok:?}");
-        let broken = domain_disk_link(DOMAIN, Path::new("/dev/vg/data"), "lab-t-node1");
+        let broken = domain_disk_link(&def, Path::new("/dev/vg/data"), "lab-t-node1");
         assert_eq!(broken.status, LinkStatus::Broken);
         assert!(
             broken.finding.contains("no discard attribute"),
@@ -1142,6 +1047,7 @@ mod tests {
         );
         assert!(broken.fix.unwrap().contains("discard='unmap'"));
         let ignore = DOMAIN.replace("discard='unmap'", "discard='ignore'");
+        let ignore = DomainDef::from_xml(&ignore).unwrap();
         let link = domain_disk_link(&ignore, Path::new("/img/lab-t-node1.qcow2"), "d");
         assert_eq!(link.status, LinkStatus::Broken);
         assert!(link.finding.contains("discard='ignore'"), "{link:?}");
@@ -1149,17 +1055,20 @@ mod tests {
 
     #[test]
     fn the_agent_channel_state_is_read() {
-        assert_eq!(agent_channel_state(DOMAIN).as_deref(), Some("disconnected"));
+        let def = DomainDef::from_xml(DOMAIN).unwrap();
+        assert_eq!(def.channel_state(AGENT_CHANNEL), Some("disconnected"));
         let on = DOMAIN.replace("state='disconnected'", "state='connected'");
+        let on = DomainDef::from_xml(&on).unwrap();
         assert_eq!(agent_link(&on, "d").status, LinkStatus::Ok);
-        let off = agent_link(DOMAIN, "d");
+        let off = agent_link(&def, "d");
         assert_eq!(off.status, LinkStatus::Broken);
         assert!(off.finding.contains("disconnected"), "{off:?}");
         let none = "<domain><devices><channel type='pty'><target type='virtio' \
                     name='org.example.other'/></channel></devices></domain>";
-        assert_eq!(agent_channel_state(none), None);
+        let none = DomainDef::from_xml(none).unwrap();
+        assert_eq!(none.channel_state(AGENT_CHANNEL), None);
         assert!(
-            agent_link(none, "d")
+            agent_link(&none, "d")
                 .finding
                 .contains("no guest agent channel")
         );

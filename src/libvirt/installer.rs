@@ -8,14 +8,14 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
 use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
 use virt::enumutil::Enum;
 
 use super::Libvirt;
 use super::xml::{
-    Clock, Cpu, DiskSource, DiskTarget, Empty, Features, LogSource, Memory, Metadata, Model, Os,
-    OsType, Rng, RngBackend, Serial, SerialTarget,
+    Clock, Cpu, Devices, Disk, DiskDriver, DiskSource, DiskTarget, DomainXml, Empty, Features,
+    Interface, LogSource, Memory, Metadata, Model, Os, OsType, Rng, RngBackend, Serial,
+    SerialTarget,
 };
 use crate::size::ByteSize;
 use crate::storage::Volume;
@@ -37,76 +37,20 @@ pub struct InstallerSpec<'a> {
     pub kvm: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename = "domain")]
-pub struct InstallerXml {
-    #[serde(rename = "@type")]
-    pub kind: &'static str,
-    pub name: String,
-    pub metadata: Metadata,
-    pub memory: Memory,
-    pub vcpu: u32,
-    pub os: Os,
-    pub features: Features,
-    pub cpu: Cpu,
-    pub clock: Clock,
-    pub on_poweroff: &'static str,
-    pub on_reboot: &'static str,
-    pub on_crash: &'static str,
-    pub devices: InstallerDevices,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstallerDevices {
-    #[serde(rename = "disk")]
-    pub disks: Vec<InstallerDisk>,
-    pub interface: UserInterface,
-    pub serial: Serial,
-    pub rng: Rng,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstallerDisk {
-    #[serde(rename = "@type")]
-    pub kind: &'static str,
-    #[serde(rename = "@device")]
-    pub device: &'static str,
-    pub driver: InstallerDiskDriver,
-    pub source: DiskSource,
-    pub target: DiskTarget,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub readonly: Option<Empty>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstallerDiskDriver {
-    #[serde(rename = "@name")]
-    pub name: &'static str,
-    #[serde(rename = "@type")]
-    pub format: String,
-    #[serde(rename = "@discard", skip_serializing_if = "Option::is_none")]
-    pub discard: Option<&'static str>,
-}
-
-/// QEMU's user-mode network: no bridge, no lab network needed, NAT through the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserInterface {
-    #[serde(rename = "@type")]
-    pub kind: &'static str,
-    pub model: Model,
-}
-
-pub fn installer_xml(spec: &InstallerSpec<'_>) -> InstallerXml {
+/// The installer's domain: a domain like a lab VM's, booting the installer's kernel, with
+/// its own devices (the CD-ROM, the user-mode network, no guest agent channel).
+pub fn installer_xml(spec: &InstallerSpec<'_>) -> DomainXml {
     let block = spec.disk.format == "raw";
-    let mut disks = vec![InstallerDisk {
+    let mut disks = vec![Disk {
         kind: if block { "block" } else { "file" },
         device: "disk",
-        driver: InstallerDiskDriver {
+        driver: DiskDriver {
             name: "qemu",
             format: spec.disk.format.clone(),
             // The installer's own TRIMs (anaconda discards before it partitions) reach the
             // image.
             discard: Some("unmap"),
+            detect_zeroes: None,
         },
         source: DiskSource {
             file: (!block).then(|| spec.disk.path.display().to_string()),
@@ -119,13 +63,14 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> InstallerXml {
         readonly: None,
     }];
     if let Some(iso) = spec.cdrom {
-        disks.push(InstallerDisk {
+        disks.push(Disk {
             kind: "file",
             device: "cdrom",
-            driver: InstallerDiskDriver {
+            driver: DiskDriver {
                 name: "qemu",
                 format: "raw".into(),
                 discard: None,
+                detect_zeroes: None,
             },
             source: DiskSource {
                 file: Some(iso.display().to_string()),
@@ -138,8 +83,8 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> InstallerXml {
             readonly: Some(Empty {}),
         });
     }
-    InstallerXml {
-        kind: if spec.kvm { "kvm" } else { "qemu" },
+    DomainXml {
+        kind: if spec.kvm { "kvm" } else { "qemu" }.into(),
         name: spec.name.to_string(),
         metadata: Metadata::owner(spec.profile, None),
         memory: Memory {
@@ -173,12 +118,16 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> InstallerXml {
         on_poweroff: "destroy",
         on_reboot: "destroy",
         on_crash: "destroy",
-        devices: InstallerDevices {
+        devices: Devices {
             disks,
-            interface: UserInterface {
+            // QEMU's user-mode network: no bridge, no lab network needed, NAT through the
+            // host.
+            interfaces: vec![Interface {
                 kind: "user",
+                mac: None,
+                source: None,
                 model: Model { kind: "virtio" },
-            },
+            }],
             serial: Serial {
                 kind: "file",
                 source: LogSource {
@@ -187,6 +136,7 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> InstallerXml {
                 },
                 target: SerialTarget { port: 0 },
             },
+            channel: None,
             rng: Rng {
                 model: "virtio",
                 backend: RngBackend {
@@ -242,7 +192,8 @@ impl Libvirt {
         Some(
             dom.xml_desc(0)
                 .ok()
-                .and_then(|x| crate::observe::owner_from_xml(&x)),
+                .and_then(|x| super::read::DomainDef::from_xml(&x).ok())
+                .and_then(|d| d.owner),
         )
     }
 }
@@ -292,12 +243,154 @@ mod tests {
         ] {
             assert!(xml.contains(needle), "{needle} missing from\n{xml}");
         }
-        let owner = crate::observe::owner_from_xml(&xml).unwrap();
+        let owner = crate::libvirt::read::DomainDef::from_xml(&xml)
+            .unwrap()
+            .owner
+            .unwrap();
         assert_eq!(owner.profile, "demo");
         let without = to_xml(&installer_xml(&InstallerSpec {
             cdrom: None,
             ..spec
         }));
         assert!(!without.contains("cdrom"), "{without}");
+    }
+
+    /// What `installer_xml` wrote when the installer had its own copy of the domain types
+    /// (commit 28fe3f9): the domain it defines is unchanged, byte for byte.
+    const WITH_CDROM: &str = r#"<domain type="qemu">
+  <name>lab-demo-installer</name>
+  <metadata>
+    <lab:owner xmlns:lab="urn:lab:owner:1" profile="demo"/>
+  </metadata>
+  <memory unit="KiB">3145728</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch="x86_64" machine="q35">hvm</type>
+    <kernel>/w/vmlinuz</kernel>
+    <initrd>/w/initrd.img</initrd>
+    <cmdline>console=ttyS0 inst.ks=file:/ks.cfg</cmdline>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <cpu mode="maximum" check="none"/>
+  <clock offset="utc"/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2" discard="unmap"/>
+      <source file="/img/lab-demo-base.g1.qcow2"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <disk type="file" device="cdrom">
+      <driver name="qemu" type="raw"/>
+      <source file="/isos/cs9.iso"/>
+      <target dev="sda" bus="sata"/>
+      <readonly/>
+    </disk>
+    <interface type="user">
+      <model type="virtio"/>
+    </interface>
+    <serial type="file">
+      <source path="/w/console.log" append="off"/>
+      <target port="0"/>
+    </serial>
+    <rng model="virtio">
+      <backend model="random">/dev/urandom</backend>
+    </rng>
+  </devices>
+</domain>"#;
+    const ON_A_BLOCK_DEVICE_UNDER_KVM: &str = r#"<domain type="kvm">
+  <name>lab-demo-installer</name>
+  <metadata>
+    <lab:owner xmlns:lab="urn:lab:owner:1" profile="demo"/>
+  </metadata>
+  <memory unit="KiB">3145728</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch="x86_64" machine="pc">hvm</type>
+    <kernel>/w/vmlinuz</kernel>
+    <initrd>/w/initrd.img</initrd>
+    <cmdline>console=ttyS0 inst.ks=file:/ks.cfg</cmdline>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <cpu mode="host-model" check="none"/>
+  <clock offset="utc"/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type="block" device="disk">
+      <driver name="qemu" type="raw" discard="unmap"/>
+      <source dev="/dev/vg/lab-demo-base"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <interface type="user">
+      <model type="virtio"/>
+    </interface>
+    <serial type="file">
+      <source path="/w/console.log" append="off"/>
+      <target port="0"/>
+    </serial>
+    <rng model="virtio">
+      <backend model="random">/dev/urandom</backend>
+    </rng>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn the_installer_domain_is_written_as_before() {
+        let disk = Volume {
+            name: "lab-demo-base".into(),
+            path: "/img/lab-demo-base.g1.qcow2".into(),
+            format: "qcow2".into(),
+        };
+        let spec = InstallerSpec {
+            name: "lab-demo-installer",
+            profile: "demo",
+            kernel: Path::new("/w/vmlinuz"),
+            initrd: Path::new("/w/initrd.img"),
+            cmdline: "console=ttyS0 inst.ks=file:/ks.cfg",
+            disk: &disk,
+            cdrom: Some(Path::new("/isos/cs9.iso")),
+            console: Path::new("/w/console.log"),
+            memory: ByteSize::gib(3),
+            vcpus: 2,
+            kvm: false,
+        };
+        assert_eq!(to_xml(&installer_xml(&spec)), WITH_CDROM);
+        let block = Volume {
+            name: "lab-demo-base".into(),
+            path: "/dev/vg/lab-demo-base".into(),
+            format: "raw".into(),
+        };
+        let on_block = InstallerSpec {
+            disk: &block,
+            cdrom: None,
+            kvm: true,
+            ..spec
+        };
+        assert_eq!(
+            to_xml(&installer_xml(&on_block)),
+            ON_A_BLOCK_DEVICE_UNDER_KVM
+        );
+        // And read back as lab reads any domain: the CD-ROM passes no discards and needs
+        // none; the base's disk passes them down.
+        let def = crate::libvirt::read::DomainDef::from_xml(WITH_CDROM).unwrap();
+        assert_eq!(
+            def.disk_discards(),
+            [(
+                "/img/lab-demo-base.g1.qcow2".to_string(),
+                Some("unmap".to_string())
+            )]
+        );
+        assert_eq!(def.disk_sources().len(), 2);
+        assert_eq!(def.channel_state("org.qemu.guest_agent.0"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The narrow seam to libvirt, over the `virt` crate.
 
 pub mod installer;
+pub mod read;
 pub mod xml;
 
 use std::net::Ipv4Addr;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use virt::connect::Connect;
 
 use crate::host::{Sysroot, net};
+use read::{DomainDef, NetworkDef};
 
 /// How to start the daemon, for every "cannot connect" message.
 pub const START_HINT: &str = "start libvirt: `systemctl enable --now libvirtd` (or, on \
@@ -110,59 +112,20 @@ pub struct NetworkInfo {
     pub active: bool,
 }
 
-#[derive(Deserialize)]
-struct NetworkXml {
-    name: String,
-    #[serde(default)]
-    bridge: Option<BridgeXml>,
-    #[serde(default, rename = "ip")]
-    ips: Vec<IpXml>,
-}
-
-#[derive(Deserialize)]
-struct BridgeXml {
-    #[serde(rename = "@name")]
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct IpXml {
-    #[serde(rename = "@family")]
-    family: Option<String>,
-    #[serde(rename = "@address")]
-    address: Option<String>,
-    #[serde(rename = "@netmask")]
-    netmask: Option<String>,
-    #[serde(rename = "@prefix")]
-    prefix: Option<u8>,
-}
-
 impl NetworkInfo {
     pub fn from_xml(xml: &str) -> Result<NetworkInfo> {
-        let parsed: NetworkXml =
-            quick_xml::de::from_str(xml).context("parsing a libvirt network's XML")?;
-        let subnets = parsed
-            .ips
-            .iter()
-            .filter(|ip| ip.family.as_deref().unwrap_or("ipv4") == "ipv4")
-            .filter_map(|ip| {
-                let addr: Ipv4Addr = ip.address.as_deref()?.parse().ok()?;
-                let prefix = match (ip.prefix, ip.netmask.as_deref()) {
-                    (Some(p), _) => p,
-                    (None, Some(mask)) => {
-                        u32::from(mask.parse::<Ipv4Addr>().ok()?).count_ones() as u8
-                    }
-                    (None, None) => 24,
-                };
-                Ipv4Net::new(addr, prefix).ok().map(|n| n.trunc())
-            })
-            .collect();
-        Ok(NetworkInfo {
-            name: parsed.name,
-            bridge: parsed.bridge.and_then(|b| b.name),
-            subnets,
+        NetworkDef::from_xml(xml).map(NetworkInfo::from)
+    }
+}
+
+impl From<NetworkDef> for NetworkInfo {
+    fn from(def: NetworkDef) -> NetworkInfo {
+        NetworkInfo {
+            bridge: def.bridge_name().map(str::to_string),
+            subnets: def.subnets(),
+            name: def.name,
             active: false,
-        })
+        }
     }
 }
 
@@ -288,16 +251,17 @@ impl Libvirt {
     /// comes back as a new bridge without the domain's tap, and the VM is cut off while
     /// libvirt still shows it attached.
     pub fn detached_interfaces(&self, name: &str, host: &Sysroot) -> Vec<(String, String)> {
-        let Some(xml) = self
+        let Some(def) = self
             .conn
             .lookup_domain_by_name(name)
             .ok()
             .filter(|d| d.is_active().unwrap_or(false))
             .and_then(|d| d.xml_desc(0).ok())
+            .and_then(|xml| DomainDef::from_xml(&xml).ok())
         else {
             return Vec::new();
         };
-        interface_links(&xml)
+        def.interface_links()
             .into_iter()
             .filter(|(tap, bridge)| {
                 net::master_of(host, tap).is_some_and(|master| master.as_ref() != Some(bridge))
@@ -314,13 +278,15 @@ impl Libvirt {
         Ok(())
     }
 
-    /// The disk sources of one domain (its own disk first, then backing files).
+    /// The images one domain's disks write to, in the order of its definition (backing
+    /// files left out).
     pub fn domain_disks(&self, name: &str) -> Vec<String> {
         self.conn
             .lookup_domain_by_name(name)
             .ok()
             .and_then(|d| d.xml_desc(0).ok())
-            .map(|xml| disk_sources(&xml))
+            .and_then(|xml| DomainDef::from_xml(&xml).ok())
+            .map(|def| def.disk_sources())
             .unwrap_or_default()
     }
 
@@ -334,8 +300,13 @@ impl Libvirt {
             .context("listing running domains")?
         {
             let name = dom.name().unwrap_or_default();
-            let xml = dom.xml_desc(0).unwrap_or_default();
-            for path in disk_sources(&xml) {
+            // Gone since it was listed: it holds nothing open.
+            let Ok(xml) = dom.xml_desc(0) else {
+                continue;
+            };
+            let def = DomainDef::from_xml(&xml)
+                .with_context(|| format!("reading the disks of running domain {name}"))?;
+            for path in def.disk_sources() {
                 out.push(crate::storage::InUse {
                     domain: name.clone(),
                     path: path.into(),
@@ -510,46 +481,6 @@ impl Libvirt {
     }
 }
 
-/// The image each disk of a domain writes to (file or block device). Backing files are
-/// left out: a running domain only reads them, so a base behind running clones may still be
-/// cloned.
-pub fn disk_sources(xml: &str) -> Vec<String> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut out = Vec::new();
-    // Element names from the document root down to the current element.
-    let mut path: Vec<String> = Vec::new();
-    let mut take = |e: &quick_xml::events::BytesStart<'_>, path: &[String]| {
-        let parent = path.last().map(String::as_str);
-        if e.local_name().into_inner() != "source" || parent != Some("disk") {
-            return;
-        }
-        for attr in e.attributes().flatten() {
-            let key = attr.key.local_name().into_inner();
-            if (key == "file" || key == "dev")
-                && let Ok(v) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            {
-                out.push(v.into_owned());
-            }
-        }
-    };
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                take(&e, &path);
-                path.push(e.local_name().into_inner().to_string());
-            }
-            Ok(Event::Empty(e)) => take(&e, &path),
-            Ok(Event::End(_)) => {
-                path.pop();
-            }
-            Ok(Event::Eof) | Err(_) => break,
-            _ => {}
-        }
-    }
-    out
-}
-
 /// The XML of a listed network; None when it is gone since it was listed (a transient
 /// network that was stopped, such as another lab's bridge probe).
 pub fn network_xml(net: &virt::network::Network) -> Result<Option<String>> {
@@ -560,75 +491,9 @@ pub fn network_xml(net: &virt::network::Network) -> Result<Option<String>> {
     }
 }
 
-/// (tap, bridge) of each interface in a live domain XML that names both.
-pub fn interface_links(xml: &str) -> Vec<(String, String)> {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_str(xml);
-    let mut out = Vec::new();
-    let mut depth_in_interface: Option<usize> = None;
-    let mut depth = 0usize;
-    let (mut tap, mut bridge) = (None, None);
-    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
-        e.attributes().flatten().find_map(|a| {
-            (a.key.local_name().into_inner() == name)
-                .then(|| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok())
-                .flatten()
-                .map(|v| v.into_owned())
-        })
-    };
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                depth += 1;
-                if e.local_name().into_inner() == "interface" {
-                    depth_in_interface = Some(depth);
-                    (tap, bridge) = (None, None);
-                }
-            }
-            Ok(Event::Empty(e)) if depth_in_interface == Some(depth) => {
-                match e.local_name().into_inner() {
-                    "target" => tap = attr(&e, "dev"),
-                    "source" => bridge = attr(&e, "bridge"),
-                    _ => {}
-                }
-            }
-            Ok(Event::End(e)) => {
-                if e.local_name().into_inner() == "interface" && depth_in_interface == Some(depth) {
-                    if let (Some(t), Some(b)) = (tap.take(), bridge.take()) {
-                        out.push((t, b));
-                    }
-                    depth_in_interface = None;
-                }
-                depth = depth.saturating_sub(1);
-            }
-            Ok(Event::Eof) | Err(_) => break,
-            _ => {}
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interface_links_are_the_taps_and_their_bridges() {
-        let xml = "<domain><devices>
-  <disk type='file' device='disk'><source file='/img/vm.qcow2'/><target dev='vda'/></disk>
-  <interface type='network'>
-    <mac address='52:54:00:52:ef:39'/>
-    <source network='lab-mt' portid='0f' bridge='lab-mt'/>
-    <target dev='vnet46'/>
-    <model type='virtio'/>
-  </interface>
-  <interface type='network'><source network='lab-x'/></interface>
-</devices></domain>";
-        assert_eq!(
-            interface_links(xml),
-            [("vnet46".to_string(), "lab-mt".to_string())]
-        );
-    }
 
     #[test]
     fn network_xml_gives_name_bridge_and_subnets() {
@@ -654,17 +519,6 @@ mod tests {
                 "10.9.8.0/23".parse().unwrap()
             ]
         );
-    }
-
-    #[test]
-    fn disk_sources_are_the_images_domains_write() {
-        let xml = "<domain><devices>
-  <disk type='file' device='disk'><source file='/img/vm.qcow2'/>
-    <backingStore type='file'><source file='/img/base.qcow2'/></backingStore></disk>
-  <disk type='block' device='disk'><source dev='/dev/vg/lv'/></disk>
-  <interface type='network'><source network='lab-x'/></interface>
-</devices></domain>";
-        assert_eq!(disk_sources(xml), ["/img/vm.qcow2", "/dev/vg/lv"]);
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct DhcpHost {
     pub ip: String,
 }
 
+/// A domain lab defines: a lab VM ([`domain_for`]) or a base build's installer
+/// (`installer::installer_xml`), which differ in their devices and boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename = "domain")]
 pub struct DomainXml {
@@ -208,7 +210,9 @@ pub struct Devices {
     #[serde(rename = "interface")]
     pub interfaces: Vec<Interface>,
     pub serial: Serial,
-    pub channel: Channel,
+    /// The guest agent's; an installer has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
     pub rng: Rng,
 }
 
@@ -222,6 +226,8 @@ pub struct Disk {
     pub driver: DiskDriver,
     pub source: DiskSource,
     pub target: DiskTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<Empty>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -231,10 +237,10 @@ pub struct DiskDriver {
     #[serde(rename = "@type")]
     pub format: String,
     /// "unmap": TRIM inside the guest reaches the image or the thin pool.
-    #[serde(rename = "@discard")]
-    pub discard: &'static str,
-    #[serde(rename = "@detect_zeroes")]
-    pub detect_zeroes: &'static str,
+    #[serde(rename = "@discard", skip_serializing_if = "Option::is_none")]
+    pub discard: Option<&'static str>,
+    #[serde(rename = "@detect_zeroes", skip_serializing_if = "Option::is_none")]
+    pub detect_zeroes: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -255,10 +261,13 @@ pub struct DiskTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Interface {
+    /// "network", or "user" (QEMU's user-mode network, which has no MAC or source to give).
     #[serde(rename = "@type")]
     pub kind: &'static str,
-    pub mac: Mac,
-    pub source: NetSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<NetSource>,
     pub model: Model,
 }
 
@@ -466,8 +475,8 @@ pub fn domain_for(
                 driver: DiskDriver {
                     name: "qemu",
                     format: disk.format.clone(),
-                    discard: "unmap",
-                    detect_zeroes: "unmap",
+                    discard: Some("unmap"),
+                    detect_zeroes: Some("unmap"),
                 },
                 source: DiskSource {
                     file: (!block).then(|| disk.path.display().to_string()),
@@ -477,15 +486,16 @@ pub fn domain_for(
                     dev: "vda".into(),
                     bus: "virtio",
                 },
+                readonly: None,
             }],
             interfaces: vec![Interface {
                 kind: "network",
-                mac: Mac {
+                mac: Some(Mac {
                     address: vm.mac.clone(),
-                },
-                source: NetSource {
+                }),
+                source: Some(NetSource {
                     network: plan.network.name.clone(),
-                },
+                }),
                 model: Model { kind: "virtio" },
             }],
             serial: Serial {
@@ -496,13 +506,13 @@ pub fn domain_for(
                 },
                 target: SerialTarget { port: 0 },
             },
-            channel: Channel {
+            channel: Some(Channel {
                 kind: "unix",
                 target: ChannelTarget {
                     kind: "virtio",
                     name: "org.qemu.guest_agent.0",
                 },
-            },
+            }),
             rng: Rng {
                 model: "virtio",
                 backend: RngBackend {
@@ -634,7 +644,10 @@ mod tests {
             xml.contains("<lab:owner xmlns:lab=\"urn:lab:owner:1\" profile=\"sm&lt;o&gt;ke\"/>"),
             "{xml}"
         );
-        let owner = crate::observe::owner_from_xml(&xml).unwrap();
+        let owner = crate::libvirt::read::NetworkDef::from_xml(&xml)
+            .unwrap()
+            .owner
+            .unwrap();
         assert_eq!(owner.profile, "sm<o>ke");
         assert!(!xml.contains("<forward"));
     }
