@@ -14,8 +14,11 @@ use crate::directboot;
 use crate::fanout;
 use crate::libvirt::Libvirt;
 use crate::libvirt::xml::{self, DirectBoot};
+use crate::plan;
 use crate::plan::{Action, DownPlan, FileKind, Plan, Planned, VmPlan};
 use crate::profile::Profile;
+use crate::storage::lvm_thin::LvmThinStorage;
+use crate::storage::qcow2::Qcow2Storage;
 use crate::storage::{InUse, Storage, Volume};
 use crate::ui;
 
@@ -693,6 +696,20 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
             Some(format!("boot file {shown}"))
         }
     })
+}
+
+/// The storage a plan chose.
+pub fn storage_for(plan: &plan::Plan) -> Result<Box<dyn Storage>> {
+    match plan.storage.backend {
+        plan::Backend::Qcow2 => Ok(Box::new(Qcow2Storage::new(&plan.storage.location))),
+        plan::Backend::LvmThin => {
+            let (vg, pool) =
+                plan.storage.location.split_once('/').with_context(|| {
+                    format!("thin pool {} is not VG/POOL", plan.storage.location)
+                })?;
+            Ok(Box::new(LvmThinStorage::new(vg, pool)))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,13 +54,13 @@ pub fn main_entry() -> ExitCode {
 /// Run one parsed command; Ok carries the exit status the command chose.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Check(args) => commands::check(&cli.global, &args),
-        Command::Up(args) => commands::up(&cli.global, &args),
-        Command::Profiles => commands::profiles(&cli.global),
-        Command::Status(args) => commands::status(&cli.global, &args),
-        Command::Reset(args) => commands::reset(&cli.global, &args),
-        Command::Down(args) => commands::down(&cli.global, &args),
-        Command::Pool(args) => commands::pool(&cli.global, &args),
+        Command::Check(args) => commands::check::check(&cli.global, &args),
+        Command::Up(args) => commands::up::up(&cli.global, &args),
+        Command::Profiles => commands::profiles::profiles(&cli.global),
+        Command::Status(args) => commands::status::status(&cli.global, &args),
+        Command::Reset(args) => commands::reset::reset(&cli.global, &args),
+        Command::Down(args) => commands::down::down(&cli.global, &args),
+        Command::Pool(args) => commands::pool::pool(&cli.global, &args),
         Command::Base(args) => commands::base::base(&cli.global, &args),
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),

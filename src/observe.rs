@@ -13,6 +13,17 @@ use crate::libvirt::read::{DomainDef, NetworkDef};
 use crate::libvirt::{Libvirt, NetworkInfo};
 use crate::names;
 
+use crate::apply;
+use crate::host::Sysroot;
+use crate::host::net::NetFacts;
+use crate::plan::HostFacts;
+use crate::profile::{Profile, StorageBackend};
+use crate::storage::Storage;
+use crate::storage::lvm_thin;
+use crate::storage::qcow2::Qcow2Storage;
+use crate::subnet;
+use crate::ui;
+
 /// lab's mark on a resource: which profile (and VM) it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
@@ -275,6 +286,172 @@ pub fn marker_path(image: &Path) -> PathBuf {
     let mut name = image.file_name().unwrap_or_default().to_os_string();
     name.push(".lab");
     image.with_file_name(name)
+}
+
+/// Everything `lab up` looks at before planning, looked at once.
+/// What exists of `profile`. Its LVs are read as the host's other facts are: from the live
+/// LVM, or under `--sysroot` from the LVM report recorded there, never from the live
+/// machine for a tree that stands for another.
+pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observed> {
+    let mut observed = Observed::from_libvirt(lv)?;
+    observed
+        .add_image_dir(&profile.storage.dir)
+        .with_context(|| {
+            format!(
+                "looking for lab's images in {}",
+                profile.storage.dir.display()
+            )
+        })?;
+    if let Some(vg) = &profile.storage.vg {
+        // A VG that does not exist holds nothing of lab's; LVM that cannot answer is an
+        // error only when the profile insists on a thin pool.
+        match crate::host::lvm::LvmSource::for_sysroot(sysroot).vg_lvs(vg) {
+            Ok(rows) => observed.add_lvs(&rows),
+            Err(e) if profile.storage.backend == StorageBackend::LvmThin => {
+                return Err(e.context(format!("reading the LVs of volume group {vg}")));
+            }
+            Err(e) => ui::debug(format_args!("LVs of {vg} not read: {e:#}")),
+        }
+    }
+    // A kickstart base is rebuilt when what it was built from changed (never needing the
+    // network to tell). Kickstart bases are qcow2 images beside the profile's images.
+    if profile.base.kickstart.is_some() {
+        let storage = Qcow2Storage::new(&profile.storage.dir);
+        match crate::kickstart::build::rebuild_reason(profile, &storage) {
+            Ok(why) => observed.base_out_of_date = why,
+            // The build says why, if it comes to one.
+            Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
+        }
+        // When it was built, for the planner to tell its age.
+        observed.base_built_at = storage
+            .base_record(&profile.name)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<crate::kickstart::BuildRecord>(&t).ok())
+            .map(|r| r.built_at)
+            .filter(|&b| b > 0);
+    }
+    let p = profile.name.as_str();
+    // Interfaces of running lab domains that a restarted network left off its bridge.
+    let running: Vec<String> = observed
+        .domains
+        .iter()
+        .filter(|d| d.running && d.owner.as_ref().is_some_and(|o| o.is(p)))
+        .map(|d| d.name.clone())
+        .collect();
+    for domain in running {
+        for (tap, bridge) in lv.detached_interfaces(&domain, sysroot) {
+            observed.detached_taps.push(crate::observe::DetachedTap {
+                domain: domain.clone(),
+                tap,
+                bridge,
+            });
+        }
+    }
+    if apply::direct_boot(profile) {
+        observed.boot_files_current =
+            crate::directboot::boot_files_current(&profile.storage.dir, &profile.name, sysroot);
+    }
+    if let Some(vg) = &profile.storage.vg {
+        match lvm_thin::lab_libvirt_pool(lv, vg) {
+            Ok(Some(pool)) if pool.active => observed.storage_pools.push(pool.name),
+            Ok(_) => {}
+            Err(e) => ui::debug(format_args!("libvirt storage pools: {e:#}")),
+        }
+    }
+    Ok(observed)
+}
+
+/// The files lab wrote for `profile` beside its images: console logs and host keys of its
+/// VMs (and of lab's domains of the profile it no longer names), the packstack password,
+/// lab's SSH key, unfinished images, and lab's marker files with what they mark.
+pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabFiles {
+    use crate::observe::{MarkFile, Marker};
+    let p = profile.name.as_str();
+    let dir = &profile.storage.dir;
+    let mut domains: Vec<String> = profile
+        .instances()
+        .into_iter()
+        .map(|(vm, _)| crate::names::domain(p, &vm))
+        .collect();
+    for d in &observed.domains {
+        if d.owner.as_ref().is_some_and(|o| o.is(p)) && !domains.contains(&d.name) {
+            domains.push(d.name.clone());
+        }
+    }
+    let existing = |paths: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        paths.into_iter().filter(|f| f.exists()).collect()
+    };
+    let key = crate::guest::ssh::lab_key_path(dir, p);
+    let mut marks = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let mark = entry.path();
+        let Some(target) = mark
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lab"))
+            .map(|t| dir.join(t))
+        else {
+            continue;
+        };
+        let Some(marker) = Marker::read(&target) else {
+            continue;
+        };
+        if marker.owner.is(p) {
+            marks.push(MarkFile {
+                target_exists: target.exists(),
+                mark,
+                target,
+                role: marker.role,
+            });
+        }
+    }
+    marks.sort_by(|a, b| a.mark.cmp(&b.mark));
+    let qcow2 = Qcow2Storage::new(dir);
+    let unfinished = qcow2.partial(p);
+    crate::observe::LabFiles {
+        console_logs: existing(domains.iter().map(|d| apply::console_log(dir, d)).collect()),
+        known_hosts: existing(
+            domains
+                .iter()
+                .map(|d| crate::guest::ssh::known_hosts_path(dir, d))
+                .collect(),
+        ),
+        packstack_password: Some(crate::guest::packstack::password_path(dir, p))
+            .filter(|f| f.exists()),
+        ssh_key: existing(vec![crate::guest::ssh::pub_path(&key), key]),
+        unfinished_dir: Some(qcow2.partial_dir()).filter(|d| {
+            std::fs::read_dir(d)
+                .is_ok_and(|entries| entries.flatten().all(|e| unfinished.contains(&e.path())))
+        }),
+        unfinished,
+        marks,
+    }
+}
+
+/// What the planner needs to know of the host.
+pub fn host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
+    let net = NetFacts::read(sysroot);
+    let mut thin_pools = Vec::new();
+    if let (Some(vg), Some(pool)) = (&profile.storage.vg, &profile.storage.pool)
+        && thin_pool_exists(sysroot, vg, pool)
+    {
+        thin_pools.push((vg.clone(), pool.clone()));
+    }
+    HostFacts {
+        kvm: crate::check::kvm::verdict_cached(sysroot),
+        taken: subnet::taken_by_host(&net),
+        thin_pools,
+        now: crate::commands::base::now_secs(),
+    }
+}
+
+/// Whether `vg/pool` is a thin pool on the host the sysroot describes.
+fn thin_pool_exists(sysroot: &Sysroot, vg: &str, pool: &str) -> bool {
+    let source = crate::host::lvm::LvmSource::for_sysroot(sysroot);
+    source
+        .lvs(vg, pool)
+        .is_ok_and(|rows| crate::host::lvm::ThinPool::find(&rows, vg, pool).is_some())
 }
 
 #[cfg(test)]

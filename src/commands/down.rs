@@ -1,0 +1,48 @@
+//! `lab down PROFILE [--purge] [--dry-run]`: remove what lab made for the profile, and only that.
+
+use anyhow::Result;
+
+use crate::apply;
+use crate::cli::{DownArgs, GlobalArgs};
+use crate::error::exit;
+use crate::host::Sysroot;
+use crate::libvirt::Libvirt;
+use crate::lock::HostLock;
+use crate::plan;
+use crate::profile::Profile;
+use crate::ui;
+
+/// `lab down PROFILE [--purge] [--dry-run]`: remove lab's domains, network and clones for
+/// the profile (and with --purge its base and boot files); nothing without lab's mark is
+/// touched.
+pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
+    let profile = Profile::load(&args.profile)?;
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab down {}", profile.name))?)
+    };
+    let mut observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
+    observed.files = crate::observe::lab_files(&profile, &observed);
+    let plan = plan::down(&profile, &observed, args.purge);
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render_down(&plan));
+        }
+        return Ok(exit::OK);
+    }
+    let removed = apply::down(&plan, &lv, &profile)?;
+    if global.json {
+        ui::print_json(&removed)?;
+    } else if removed.is_empty() {
+        println!("{}: lab owns nothing of this profile", profile.name);
+    } else {
+        for r in &removed {
+            println!("removed {r}");
+        }
+    }
+    Ok(exit::OK)
+}

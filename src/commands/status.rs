@@ -1,0 +1,173 @@
+//! `lab status [PROFILE]`: what lab owns, per profile. It only reads: it never waits for
+//! a lock.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, StatusArgs};
+use crate::error::exit;
+use crate::libvirt::Libvirt;
+use crate::observe::Observed;
+use crate::storage::Storage;
+use crate::storage::lvm_thin::LvmThinStorage;
+use crate::ui::{self, Stream, Style, Table};
+
+#[derive(Serialize)]
+struct StatusVm {
+    name: String,
+    domain: String,
+    state: String,
+    ip: Option<String>,
+    disk: Option<String>,
+    disk_allocated: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StatusLab {
+    profile: String,
+    network: Option<String>,
+    network_active: bool,
+    vms: Vec<StatusVm>,
+}
+
+/// `lab status [PROFILE]`: what lab owns, grouped by profile.
+pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
+    let lv = Libvirt::open(&global.connect)?;
+    let observed = Observed::from_libvirt(&lv)?;
+    let mut labs: std::collections::BTreeMap<String, StatusLab> = Default::default();
+    let wanted = |p: &str| args.profile.as_deref().is_none_or(|w| w == p);
+    for n in &observed.networks {
+        if let Some(o) = n.owner.as_ref().filter(|o| wanted(&o.profile)) {
+            let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
+                profile: o.profile.clone(),
+                network: None,
+                network_active: false,
+                vms: vec![],
+            });
+            lab.network = Some(n.name.clone());
+            lab.network_active = n.active;
+        }
+    }
+    for d in &observed.domains {
+        let Some(o) = d.owner.as_ref().filter(|o| wanted(&o.profile)) else {
+            continue;
+        };
+        let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
+            profile: o.profile.clone(),
+            network: None,
+            network_active: false,
+            vms: vec![],
+        });
+        let vm = o.vm.clone().unwrap_or_else(|| d.name.clone());
+        let disk = lv.domain_disks(&d.name).into_iter().next();
+        let mac = crate::names::mac(&o.profile, &vm);
+        lab.vms.push(StatusVm {
+            ip: if d.running {
+                lv.lease(&d.name, &mac).map(|ip| ip.to_string())
+            } else {
+                None
+            },
+            disk_allocated: disk.as_deref().and_then(disk_allocated),
+            disk,
+            state: if d.running { "running" } else { "shut off" }.into(),
+            domain: d.name.clone(),
+            name: vm,
+        });
+    }
+    let mut labs: Vec<StatusLab> = labs.into_values().collect();
+    for lab in &mut labs {
+        lab.vms.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    if global.json {
+        ui::print_json(&labs)?;
+        return Ok(exit::OK);
+    }
+    if labs.is_empty() {
+        ui::info(format_args!(
+            "lab owns nothing{} on {}",
+            args.profile
+                .as_deref()
+                .map(|p| format!(" for profile {p}"))
+                .unwrap_or_default(),
+            global.connect
+        ));
+        return Ok(exit::OK);
+    }
+    for lab in &labs {
+        println!(
+            "{}: network {} ({})",
+            lab.profile,
+            lab.network.as_deref().unwrap_or("-"),
+            if lab.network_active {
+                "active"
+            } else {
+                "inactive"
+            }
+        );
+        let mut t = Table::new(["vm", "state", "ip", "disk use", "disk"]);
+        for v in &lab.vms {
+            t.row(vec![
+                (v.name.clone(), Style::Plain),
+                (
+                    v.state.clone(),
+                    if v.state == "running" {
+                        Style::Green
+                    } else {
+                        Style::Yellow
+                    },
+                ),
+                (v.ip.clone().unwrap_or_else(|| "-".into()), Style::Plain),
+                (
+                    v.disk_allocated
+                        .map(|b| crate::size::ByteSize(b).to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    Style::Plain,
+                ),
+                (v.disk.clone().unwrap_or_else(|| "-".into()), Style::Plain),
+            ]);
+        }
+        print!("{}", t.render(Stream::Stdout));
+    }
+    Ok(exit::OK)
+}
+
+/// What the host holds for a VM's disk: an image file's blocks, or a thin volume's data in
+/// use (read from LVM: a block device's own size says nothing of that).
+fn disk_allocated(path: &str) -> Option<u64> {
+    match thin_volume_of(path) {
+        Some((vg, lv)) => LvmThinStorage::new(vg, "")
+            .usage(&crate::storage::Volume {
+                name: lv.to_string(),
+                path: path.into(),
+                format: "raw".into(),
+            })
+            .ok()
+            .map(|u| u.allocated),
+        None => crate::storage::qcow2::allocated_bytes(std::path::Path::new(path)).ok(),
+    }
+}
+
+/// `/dev/VG/LV` (or `/dev/mapper/...` is not ours): the VG and LV of a disk path.
+fn thin_volume_of(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/dev/")?;
+    let (vg, lv) = rest.split_once('/')?;
+    (!vg.is_empty() && vg != "mapper" && !lv.is_empty() && !lv.contains('/')).then_some((vg, lv))
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_path_under_dev_vg_is_a_volume() {
+        assert_eq!(
+            thin_volume_of("/dev/vg_lab/lab-demo-web1"),
+            Some(("vg_lab", "lab-demo-web1"))
+        );
+        assert_eq!(thin_volume_of("/dev/mapper/vg_lab-lab--demo--web1"), None);
+        assert_eq!(
+            thin_volume_of("/var/lib/lab/images/lab-demo-web1.qcow2"),
+            None
+        );
+        assert_eq!(thin_volume_of("/dev/vda"), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! `lab up PROFILE [--dry-run]`: observe, plan, apply, provision, report.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use std::time::{Duration, Instant};
+
+use crate::apply;
+use crate::cli::{GlobalArgs, UpArgs};
+use crate::error::{exit, usage};
+use crate::host::Sysroot;
+use crate::libvirt::Libvirt;
+use crate::lock::HostLock;
+use crate::plan;
+use crate::profile::Profile;
+use crate::ui;
+
+use super::vm_table;
+
+#[derive(Serialize)]
+struct UpReport<'a> {
+    profile: &'a str,
+    network: &'a plan::NetworkPlan,
+    vms: Vec<apply::VmState>,
+    /// Each VM's provisioning steps: done now, or skipped (done before).
+    provision: std::collections::BTreeMap<String, Vec<crate::guest::steps::StepResult>>,
+    warnings: &'a [String],
+    timings_ms: Timings,
+}
+
+#[derive(Serialize, Default)]
+struct Timings {
+    observe_and_plan: u64,
+    #[serde(flatten)]
+    lab: apply::LabTimings,
+    provision: u64,
+    total: u64,
+}
+
+/// `lab up PROFILE [--dry-run]`: observe, plan, apply.
+pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
+    let started = Instant::now();
+    let profile = Profile::load(&args.profile)?;
+    let sysroot = match &args.sysroot {
+        Some(dir) => Sysroot::at(dir)?,
+        None => Sysroot::live(),
+    };
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(HostLock::acquire(&format!("lab up {}", profile.name))?)
+    };
+    let observed = crate::observe::lab(&lv, &profile, &sysroot)?;
+    let host = crate::observe::host_facts(&sysroot, &profile);
+    let options = plan::UpOptions {
+        provision: !args.no_provision,
+    };
+    let plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
+    let planned = started.elapsed();
+    if args.dry_run {
+        if global.json {
+            ui::print_json(&plan)?;
+        } else {
+            print!("{}", plan::render(&plan));
+        }
+        return Ok(exit::OK);
+    }
+    for w in &plan.warnings {
+        ui::warn(format_args!("{w}"));
+    }
+    if plan.is_empty() {
+        ui::info(format_args!(
+            "{}: nothing to do, the lab is up",
+            profile.name
+        ));
+    } else {
+        ui::info(format_args!(
+            "{}: {} step{} to do",
+            profile.name,
+            plan.actions.len(),
+            if plan.actions.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let storage = apply::storage_for(&plan)?;
+    let env = apply::Env {
+        lv: &lv,
+        storage: storage.as_ref(),
+        profile: &profile,
+        dir: profile.storage.dir.clone(),
+        ready_timeout: Duration::from_secs(args.timeout),
+    };
+    let (vms, lab_timings) = apply::apply(&plan, &env)?;
+    let t = Instant::now();
+    let provision = if plan.provision.is_empty() {
+        Default::default()
+    } else {
+        crate::guest::provision::run(
+            &lv,
+            &profile,
+            &plan,
+            host.kvm.usable && host.kvm.nested,
+            Duration::from_secs(args.timeout),
+        )?
+    };
+    let report = UpReport {
+        profile: &profile.name,
+        network: &plan.network,
+        vms,
+        provision,
+        warnings: &plan.warnings,
+        timings_ms: Timings {
+            observe_and_plan: planned.as_millis() as u64,
+            lab: lab_timings,
+            provision: t.elapsed().as_millis() as u64,
+            total: started.elapsed().as_millis() as u64,
+        },
+    };
+    if global.json {
+        ui::print_json(&report)?;
+    } else {
+        print!("{}", vm_table(&report.vms));
+        println!(
+            "network {} on {} ({}), {}",
+            plan.network.name,
+            plan.network.bridge,
+            plan.network.subnet,
+            match plan.network.mode {
+                crate::profile::NetMode::Isolated => "isolated",
+                crate::profile::NetMode::Nat => "NAT",
+            }
+        );
+        let ssh = crate::guest::ssh::key_for(
+            &profile,
+            &profile.storage.dir,
+            crate::dirs::user_home().as_deref(),
+        );
+        match (ssh, report.vms.first()) {
+            (Ok(_), Some(vm)) => println!(
+                "log in: lab ssh {} {}   (or any VM; ready? lab ready {})",
+                args.profile, vm.name, args.profile
+            ),
+            (Err(e), _) => ui::debug(format_args!("no lab ssh for {}: {e:#}", profile.name)),
+            _ => {}
+        }
+    }
+    Ok(exit::OK)
+}
