@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use crate::directboot;
 use crate::fanout;
-use crate::libvirt::Libvirt;
+use crate::libvirt::console::{console_log, console_tail};
 use crate::libvirt::xml::{self, DirectBoot};
+use crate::libvirt::{Libvirt, define, preflight_dir};
 use crate::plan;
 use crate::plan::{Action, DownPlan, FileKind, Plan, Planned, VmPlan};
 use crate::profile::Profile;
@@ -66,16 +67,6 @@ fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
-/// Where a VM's serial console is logged.
-pub fn console_log(dir: &Path, domain: &str) -> PathBuf {
-    dir.join(format!("{domain}.console.log"))
-}
-
-/// Whether the profile boots its VMs straight from a kernel and initrd lab makes.
-pub fn direct_boot(profile: &Profile) -> bool {
-    profile.direct_boot()
-}
-
 /// The kernel, initrd and command line a direct-boot VM gets.
 fn boot_for(
     env: &Env<'_>,
@@ -105,51 +96,6 @@ fn done(what: &Planned) {
         what.object(),
         what.name()
     ));
-}
-
-/// The user libvirt runs QEMU as, when it is a separate one (Debian: libvirt-qemu,
-/// Fedora: qemu): it must be able to reach every image, console log and kernel lab writes.
-fn qemu_user() -> Option<(String, u32)> {
-    for name in ["libvirt-qemu", "qemu"] {
-        let c = std::ffi::CString::new(name).ok()?;
-        // SAFETY: getpwnam with a valid C string; the result is read at once.
-        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-        if !pw.is_null() {
-            // SAFETY: pw is non-null and points to a valid passwd entry.
-            return Some((name.to_string(), unsafe { (*pw).pw_uid }));
-        }
-    }
-    None
-}
-
-/// Refuse, before anything is made, a directory QEMU could not reach: a home directory of
-/// mode 0700 is the usual case. lab does not change the permissions of directories it did
-/// not make; it says which one and how.
-pub fn preflight_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Some((user, uid)) = qemu_user() else {
-        return Ok(());
-    };
-    let existing = crate::host::resources::nearest_existing(dir);
-    let mut at = existing.canonicalize().unwrap_or(existing);
-    loop {
-        if let Ok(meta) = std::fs::metadata(&at) {
-            let others_search = meta.mode() & 0o001 != 0;
-            if !others_search && meta.uid() != uid {
-                bail!(
-                    "QEMU runs as {user} and could not reach {}: {} is mode {:o}; \
-                     run `chmod o+x {}` or set [storage] dir to a directory such as /var/lib/lab/images",
-                    dir.display(),
-                    at.display(),
-                    meta.mode() & 0o7777,
-                    at.display()
-                );
-            }
-        }
-        if !at.pop() {
-            return Ok(());
-        }
-    }
 }
 
 /// When, in a run of `lab up`, an action is carried out.
@@ -206,7 +152,7 @@ fn run_lab_action(
     step(a);
     match &a.action {
         Action::CreateNetwork { name } => {
-            let doc = xml::to_xml(&xml::network_for(plan));
+            let doc = xml::to_xml(&define::network_for(plan));
             env.lv.define_network(name, &doc)?;
         }
         Action::StartNetwork { name } => env.lv.start_network(name)?,
@@ -216,7 +162,7 @@ fn run_lab_action(
             *boot = Some(directboot::prepare_boot_files(&env.dir, &env.profile.name)?);
         }
         Action::BuildBase { .. } => {
-            build_base(env)?;
+            build_base(env, plan.vms.iter().any(|v| v.domain_type == "kvm"))?;
         }
         // The pool only shows lab's volumes to virsh and virt-manager: a failure costs the
         // presenter nothing but that view, and is a warning.
@@ -273,7 +219,7 @@ pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
 /// what the boot files are made of.
 fn preflight(env: &Env<'_>) -> Result<()> {
     preflight_dir(&env.dir)?;
-    if direct_boot(env.profile) {
+    if env.profile.direct_boot() {
         directboot::preflight()?;
     }
     Ok(())
@@ -300,7 +246,7 @@ fn boot_files(
 ) -> Option<directboot::BootFiles> {
     match written {
         Some(b) => Some(b),
-        None if direct_boot(env.profile) => {
+        None if env.profile.direct_boot() => {
             Some(directboot::existing_boot_files(&env.dir, &env.profile.name))
         }
         None => None,
@@ -374,9 +320,10 @@ impl Default for VmProgress {
 const KICKSTART_BUILD_TIMEOUT: Duration = Duration::from_secs(7200);
 
 /// Build the base the profile describes, seal it.
-fn build_base(env: &Env<'_>) -> Result<Volume> {
+/// `kvm`: whether the plan runs the lab's guests under KVM (an installer runs likewise).
+fn build_base(env: &Env<'_>, kvm: bool) -> Result<Volume> {
     let p = env.profile;
-    let base = if direct_boot(p) {
+    let base = if p.direct_boot() {
         let work = tempfile::Builder::new()
             .prefix("lab-base-")
             .tempdir_in(std::env::temp_dir())
@@ -387,7 +334,14 @@ fn build_base(env: &Env<'_>) -> Result<Volume> {
         env.storage.import_base(&p.name, image)?
     } else {
         // An installer run: it builds, trims, compacts and seals the base itself.
-        crate::kickstart::build_base(env.lv, env.storage, p, &env.dir, KICKSTART_BUILD_TIMEOUT)?;
+        crate::kickstart::build_base(
+            env.lv,
+            env.storage,
+            p,
+            &env.dir,
+            KICKSTART_BUILD_TIMEOUT,
+            kvm,
+        )?;
         return env
             .storage
             .base(&p.name)?
@@ -432,7 +386,7 @@ fn bring_up(
                         .clone_volume(&env.profile.name, &vm.name)?
                         .with_context(|| format!("{}: its disk is missing", vm.name))?,
                 };
-                let doc = xml::to_xml(&xml::domain_for(
+                let doc = xml::to_xml(&define::domain_for(
                     plan,
                     vm,
                     &disk,
@@ -566,21 +520,6 @@ fn wait_ready(env: &Env<'_>, vm: &VmPlan, console: &Path, needs_line: bool) -> R
     }
 }
 
-/// The last lines of a console log, for error messages.
-pub fn console_tail(console: &Path) -> String {
-    let text = std::fs::read_to_string(console).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        return format!("; its console ({}) is empty", console.display());
-    }
-    let tail = &lines[lines.len().saturating_sub(10)..];
-    format!(
-        "; last console lines ({}):\n    {}",
-        console.display(),
-        tail.join("\n    ")
-    )
-}
-
 /// `lab reset`: carry out a plan of [`crate::plan::reset`]. Boot files first (a failure
 /// there leaves the VMs as they were), then every target VM stopped, then each at once:
 /// its clone dropped and made again from the base, started, and waited for.
@@ -692,7 +631,7 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
         FileKind::BootFile => {
             let _ = std::fs::remove_file(directboot::digest_path(path));
             let _ = std::fs::remove_file(directboot::inputs_path(path));
-            gone(&crate::observe::marker_path(path))?;
+            gone(&crate::mark::marker_path(path))?;
             Some(format!("boot file {shown}"))
         }
     })
@@ -709,35 +648,5 @@ pub fn storage_for(plan: &plan::Plan) -> Result<Box<dyn Storage>> {
                 })?;
             Ok(Box::new(LvmThinStorage::new(vg, pool)))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_directory_qemu_cannot_reach_is_refused_naming_the_culprit() {
-        use std::os::unix::fs::PermissionsExt;
-        if qemu_user().is_none() {
-            // libvirt's packages create this user; setup-host.sh makes sure it exists.
-            panic!("no libvirt-qemu or qemu user on this machine");
-        }
-        let top = tempfile::tempdir().unwrap();
-        let private = top.path().join("home");
-        std::fs::create_dir(&private).unwrap();
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let images = private.join("labs/images");
-        let err = preflight_dir(&images).unwrap_err().to_string();
-        assert!(err.contains("is mode 700"), "{err}");
-        assert!(
-            err.contains(&format!(
-                "chmod o+x {}",
-                private.canonicalize().unwrap().display()
-            )),
-            "{err}"
-        );
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
-        preflight_dir(&images).unwrap();
     }
 }

@@ -17,6 +17,7 @@ pub mod host;
 pub mod kickstart;
 pub mod libvirt;
 pub mod lock;
+pub mod mark;
 pub mod names;
 pub mod observe;
 pub mod plan;

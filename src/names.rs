@@ -116,6 +116,12 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Where lab keeps the packstack password it made up for a lab (mode 0600), until
+/// `lab down`.
+pub fn packstack_password(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
+    dir.join(format!("{}-{profile}.packstack-password", PREFIX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,36 +7,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::libvirt::read::{DomainDef, NetworkDef};
 use crate::libvirt::{Libvirt, NetworkInfo};
-use crate::names;
+use crate::mark::{Owner, VolumeRole};
+use crate::storage::ObservedVolume;
 
-use crate::apply;
 use crate::host::Sysroot;
 use crate::host::net::NetFacts;
-use crate::plan::HostFacts;
 use crate::profile::{Profile, StorageBackend};
 use crate::storage::Storage;
 use crate::storage::lvm_thin;
 use crate::storage::qcow2::Qcow2Storage;
 use crate::subnet;
 use crate::ui;
-
-/// lab's mark on a resource: which profile (and VM) it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub profile: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vm: Option<String>,
-}
-
-impl Owner {
-    pub fn is(&self, profile: &str) -> bool {
-        self.profile == profile
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObservedDomain {
@@ -52,27 +37,6 @@ pub struct ObservedNetwork {
     pub subnets: Vec<Ipv4Net>,
     pub owner: Option<Owner>,
     pub active: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VolumeRole {
-    Base,
-    Clone,
-    /// A kernel or initramfs lab boots VMs with directly (the smoke profile's).
-    Boot,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ObservedVolume {
-    /// LV name or image file name.
-    pub name: String,
-    pub location: String,
-    pub owner: Option<Owner>,
-    pub role: Option<VolumeRole>,
-    /// A base is sealed (read-only) once its build finished; an unsealed one is the
-    /// leftover of an interrupted build. Clones are always "sealed".
-    pub sealed: bool,
 }
 
 /// One listed domain as lab sees it; None when it is gone since it was listed (a
@@ -198,94 +162,17 @@ impl Observed {
         Ok(observed)
     }
 
-    /// Read lab's qcow2 images in `dir`: each image lab made has a marker file beside it.
+    /// lab's qcow2 images in `dir`.
     pub fn add_image_dir(&mut self, dir: &Path) -> Result<()> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "qcow2") {
-                let marker = Marker::read(&path);
-                found.push(ObservedVolume {
-                    name: path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    location: path.display().to_string(),
-                    owner: marker.as_ref().map(|m| m.owner.clone()),
-                    sealed: marker.as_ref().is_none_or(|m| m.role != VolumeRole::Base)
-                        || std::fs::metadata(&path).is_ok_and(|m| m.permissions().readonly()),
-                    role: marker.map(|m| m.role),
-                });
-            }
-        }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        self.volumes.extend(found);
+        self.volumes.extend(crate::storage::qcow2::images_in(dir)?);
         Ok(())
     }
-}
 
-impl Observed {
-    /// lab's thin volumes among an LVM report: ownership and role come from LVM tags
-    /// (`lab`, `lab-profile-P`, `lab-vm-V`, `lab-role-base|clone`); a base is sealed once
-    /// it is read-only (`lv_attr` permission `r`). An LV without the `lab` tag is listed
-    /// with no owner, so the planner never touches it.
+    /// lab's thin volumes among an LVM report.
     pub fn add_lvs(&mut self, rows: &[crate::host::lvm::LvRow]) {
-        for row in rows.iter().filter(|r| r.segtype == "thin") {
-            let tag = |prefix: &str| {
-                row.lv_tags
-                    .iter()
-                    .find_map(|t| t.strip_prefix(prefix).map(str::to_string))
-            };
-            let ours = row.lv_tags.iter().any(|t| t == names::LV_TAG);
-            let owner = ours
-                .then(|| tag("lab-profile-"))
-                .flatten()
-                .map(|profile| Owner {
-                    profile,
-                    vm: tag("lab-vm-"),
-                });
-            let role = owner.as_ref().and(match tag("lab-role-").as_deref() {
-                Some("base") => Some(VolumeRole::Base),
-                Some("clone") => Some(VolumeRole::Clone),
-                _ => None,
-            });
-            let read_only = row.lv_attr.chars().nth(1) == Some('r');
-            self.volumes.push(ObservedVolume {
-                name: row.lv_name.clone(),
-                location: format!("{}/{}", row.vg_name, row.lv_name),
-                sealed: role != Some(VolumeRole::Base) || read_only,
-                owner,
-                role,
-            });
-        }
+        self.volumes
+            .extend(crate::storage::lvm_thin::lab_volumes(rows));
     }
-}
-
-/// The marker beside an image file that says it is lab's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Marker {
-    pub owner: Owner,
-    pub role: VolumeRole,
-}
-
-impl Marker {
-    /// The marker beside `image`, when there is one lab can read: a missing or unreadable
-    /// marker means the file is not lab's.
-    pub fn read(image: &Path) -> Option<Marker> {
-        serde_json::from_str(&std::fs::read_to_string(marker_path(image)).ok()?).ok()
-    }
-}
-
-/// `<image>.lab`: where the marker of an image file lives.
-pub fn marker_path(image: &Path) -> PathBuf {
-    let mut name = image.file_name().unwrap_or_default().to_os_string();
-    name.push(".lab");
-    image.with_file_name(name)
 }
 
 /// Everything `lab up` looks at before planning, looked at once.
@@ -348,7 +235,7 @@ pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observe
             });
         }
     }
-    if apply::direct_boot(profile) {
+    if profile.direct_boot() {
         observed.boot_files_current =
             crate::directboot::boot_files_current(&profile.storage.dir, &profile.name, sysroot);
     }
@@ -366,7 +253,8 @@ pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observe
 /// VMs (and of lab's domains of the profile it no longer names), the packstack password,
 /// lab's SSH key, unfinished images, and lab's marker files with what they mark.
 pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabFiles {
-    use crate::observe::{MarkFile, Marker};
+    use crate::mark::Marker;
+    use crate::observe::MarkFile;
     let p = profile.name.as_str();
     let dir = &profile.storage.dir;
     let mut domains: Vec<String> = profile
@@ -410,15 +298,19 @@ pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabF
     let qcow2 = Qcow2Storage::new(dir);
     let unfinished = qcow2.partial(p);
     crate::observe::LabFiles {
-        console_logs: existing(domains.iter().map(|d| apply::console_log(dir, d)).collect()),
+        console_logs: existing(
+            domains
+                .iter()
+                .map(|d| crate::libvirt::console::console_log(dir, d))
+                .collect(),
+        ),
         known_hosts: existing(
             domains
                 .iter()
                 .map(|d| crate::guest::ssh::known_hosts_path(dir, d))
                 .collect(),
         ),
-        packstack_password: Some(crate::guest::packstack::password_path(dir, p))
-            .filter(|f| f.exists()),
+        packstack_password: Some(crate::names::packstack_password(dir, p)).filter(|f| f.exists()),
         ssh_key: existing(vec![crate::guest::ssh::pub_path(&key), key]),
         unfinished_dir: Some(qcow2.partial_dir()).filter(|d| {
             std::fs::read_dir(d)
@@ -442,7 +334,7 @@ pub fn host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         kvm: crate::check::kvm::verdict_cached(sysroot),
         taken: subnet::taken_by_host(&net),
         thin_pools,
-        now: crate::commands::base::now_secs(),
+        now: now_secs(),
     }
 }
 
@@ -454,9 +346,31 @@ fn thin_pool_exists(sysroot: &Sysroot, vg: &str, pool: &str) -> bool {
         .is_ok_and(|rows| crate::host::lvm::ThinPool::find(&rows, vg, pool).is_some())
 }
 
+/// What lab knows of the host when it plans.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    pub kvm: crate::host::kvm::KvmVerdict,
+    /// Networks the host's routes, addresses and VPNs use (libvirt networks are observed
+    /// state: the planner adds all but the lab's own).
+    pub taken: Vec<crate::subnet::Taken>,
+    /// Thin pools that exist, as (VG, pool).
+    pub thin_pools: Vec<(String, String)>,
+    /// The host's clock, in seconds since the epoch (the base's age is told from it); 0
+    /// when unknown.
+    pub now: u64,
+}
+
+/// The host's clock, in seconds since the epoch (0 if it is before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mark::{Marker, marker_path};
 
     #[test]
     fn thin_volumes_are_lab_s_by_their_tags() {

@@ -15,36 +15,14 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
+pub use crate::host::kvm::KvmVerdict;
+use crate::mark::VolumeRole;
 use crate::names;
-use crate::observe::{Observed, VolumeRole};
+pub use crate::observe::HostFacts;
+use crate::observe::Observed;
 use crate::profile::{NetMode, Profile, StorageBackend, SubnetSpec, VmSpec};
 use crate::size::ByteSize;
 use crate::subnet::{self, SubnetAllocator, Taken};
-
-/// What lab knows of the host when it plans.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HostFacts {
-    pub kvm: KvmVerdict,
-    /// Networks the host's routes, addresses and VPNs use (libvirt networks are observed
-    /// state: the planner adds all but the lab's own).
-    pub taken: Vec<Taken>,
-    /// Thin pools that exist, as (VG, pool).
-    pub thin_pools: Vec<(String, String)>,
-    /// The host's clock, in seconds since the epoch (the base's age is told from it); 0
-    /// when unknown.
-    pub now: u64,
-}
-
-/// Whether guests get KVM, from the same probes as `lab check`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct KvmVerdict {
-    /// KVM really runs a standard guest.
-    pub usable: bool,
-    /// The KVM module's `nested` option is on and guests are offered vmx/svm.
-    pub nested: bool,
-    /// One line saying why, from the checks.
-    pub reason: String,
-}
 
 /// The verb of an action, as `lab up --dry-run` prints it and `--json` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -581,15 +559,10 @@ fn stale_base_warning(profile: &Profile, observed: &Observed, now: u64, out: &mu
     }
 }
 
-/// Whether the profile's VMs boot straight from a kernel and an initramfs lab makes.
-fn direct_boot(profile: &Profile) -> bool {
-    profile.base.kernel.is_some()
-}
-
 /// The direct-boot kernel and initramfs: made when missing or when what they are made of
 /// changed (the host's kernel, busybox, the SSH server or agent, lab's key).
 fn boot_files_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
-    if !direct_boot(profile) {
+    if !profile.direct_boot() {
         return;
     }
     let dir = &profile.storage.dir;

@@ -389,6 +389,7 @@ fn a_base_is_built_from_a_local_tree_sealed_and_cloned() {
         &profile,
         &case.images,
         Duration::from_secs(180),
+        kvm(),
     )
     .unwrap();
     eprintln!("base build (TCG): {:.1} s", t.elapsed().as_secs_f64());
@@ -589,6 +590,7 @@ fn a_base_is_built_from_an_iso() {
         &profile,
         &case.images,
         Duration::from_secs(180),
+        kvm(),
     )
     .unwrap();
     eprintln!(
@@ -630,7 +632,8 @@ fn a_base_is_built_from_an_iso() {
             &storage,
             &profile,
             &case.images,
-            Duration::from_secs(60)
+            Duration::from_secs(60),
+            kvm(),
         )
         .unwrap_err()
     );
@@ -653,6 +656,7 @@ fn an_installer_that_never_powers_off_is_given_up_and_removed() {
         &profile,
         &case.images,
         Duration::from_secs(30),
+        kvm(),
     )
     .unwrap_err();
     let text = format!("{err:#}");
@@ -686,6 +690,7 @@ fn an_installer_that_reboots_is_a_failed_build() {
         &profile,
         &case.images,
         Duration::from_secs(120),
+        kvm(),
     )
     .unwrap_err();
     let text = format!("{err:#}");
@@ -707,6 +712,7 @@ fn failed_build(case: &Case, profile: &Profile) -> String {
         profile,
         &case.images,
         Duration::from_secs(60),
+        kvm(),
     )
     .unwrap_err();
     case.assert_nothing_left(&format!("{err:#}"));
@@ -804,4 +810,9 @@ fn a_kickstart_that_fails_validation_is_a_clear_error() {
     assert!(err.contains("Unknown command: frobnicate"), "{err}");
     assert!(err.contains("problem occurred on line 4"), "{err}");
     case.assert_nothing_left(&err);
+}
+
+/// Whether the installer runs under KVM here: the same verdict `lab up` plans with.
+fn kvm() -> bool {
+    lab::check::kvm::verdict_cached(&lab::host::Sysroot::live()).usable
 }

@@ -2,11 +2,11 @@
 //! the lab already up (nothing to do), one VM missing, the preferred subnet taken, KVM
 //! unusable, and (for the packstack profiles) a thin pool present.
 
-use lab::observe::{
-    DetachedTap, Observed, ObservedDomain, ObservedNetwork, ObservedVolume, Owner, VolumeRole,
-};
+use lab::mark::{Owner, VolumeRole};
+use lab::observe::{DetachedTap, Observed, ObservedDomain, ObservedNetwork};
 use lab::plan::{self, Action, HostFacts, KvmVerdict, Object, Op, Plan, Planned};
 use lab::profile::{BUILT_IN, Profile, ProfileSource};
+use lab::storage::ObservedVolume;
 use lab::subnet::Taken;
 
 fn profile(name: &str) -> Profile {

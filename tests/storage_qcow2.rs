@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lab::observe::VolumeRole;
+use lab::mark::VolumeRole;
 use lab::size::ByteSize;
 use lab::storage::qcow2::{self, Qcow2Storage};
 use lab::storage::{InUse, Storage};

@@ -8,10 +8,10 @@ use std::time::Duration;
 use super::{Check, CheckContext, Report, Status};
 use crate::host::Sysroot;
 use crate::host::cpu::{self, CpuInfo, Vendor};
+use crate::host::kvm::KvmVerdict;
 use crate::host::kvm::{
     self, BootOutcome, GuestBoot, GuestProbe, GuestRun, IoctlProbe, KvmFacts, KvmHost, KvmModule,
 };
-use crate::plan::KvmVerdict;
 
 /// The tiny ioctl guest halts within milliseconds; this only guards against a hang.
 const IOCTL_TIMEOUT: Duration = Duration::from_secs(2);

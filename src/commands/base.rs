@@ -12,7 +12,7 @@ use crate::error::{exit, usage};
 use crate::kickstart::{self, BuildRecord};
 use crate::libvirt::Libvirt;
 use crate::lock::HostLock;
-use crate::observe::{Marker, VolumeRole};
+use crate::mark::{Marker, VolumeRole};
 use crate::plan::{days_ago, stale_since};
 use crate::profile::{self, Profile, StorageBackend};
 use crate::size::ByteSize;
@@ -121,7 +121,10 @@ fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Resu
         Some(why) => {
             ui::info(format_args!("{}: building the base: {why}", profile.name));
             let lv = Libvirt::open(&global.connect)?;
-            kickstart::build_base(&lv, &storage, &profile, &profile.storage.dir, timeout)?;
+            {
+                let kvm = crate::check::kvm::verdict_cached(&crate::host::Sysroot::live()).usable;
+                kickstart::build_base(&lv, &storage, &profile, &profile.storage.dir, timeout, kvm)?
+            };
             true
         }
     };
@@ -180,13 +183,6 @@ struct BaseEntry {
     status: String,
 }
 
-/// The host's clock, in seconds since the epoch (0 if it is before 1970).
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
     let wanted = only.map(Profile::load).transpose()?;
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
@@ -204,7 +200,7 @@ fn list(global: &GlobalArgs, only: Option<&str>) -> Result<u8> {
             }
         }
     }
-    let now = now_secs();
+    let now = crate::observe::now_secs();
     let mut entries = Vec::new();
     for dir in &dirs {
         for (name, path) in bases_in(dir) {

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 
 use crate::directboot::initramfs::{Initramfs, KernelModule};
 use crate::host::Sysroot;
+use crate::mark::{Marker, Owner, VolumeRole, marker_path};
 use crate::names;
-use crate::observe::{Marker, Owner, VolumeRole, marker_path};
 use crate::runner::Cmd;
 use crate::size::ByteSize;
 use crate::ui;

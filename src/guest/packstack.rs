@@ -28,15 +28,6 @@ use crate::profile::{BUILT_IN, Profile, ProfileSource};
 /// names without a word.
 pub const OPTIONS_TXT: &str = include_str!("packstack_options.txt");
 
-/// Where lab keeps the packstack password it made up for a lab (mode 0600), until
-/// `lab down`.
-pub fn password_path(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
-    dir.join(format!(
-        "{}-{profile}.packstack-password",
-        crate::names::PREFIX
-    ))
-}
-
 /// Roles that make a VM the packstack controller (exactly one VM has one of them).
 pub const CONTROLLER_ROLES: &[&str] = &["controller", "allinone"];
 

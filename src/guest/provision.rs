@@ -44,7 +44,7 @@ pub fn run(
             plan,
             nested_kvm_on_host,
             &kvm_in_vms,
-            &packstack::password_path(&profile.storage.dir, &profile.name),
+            &crate::names::packstack_password(&profile.storage.dir, &profile.name),
         )?;
         ui::info(format_args!(
             "packstack: CONFIG_NOVA_LIBVIRT_VIRT_TYPE={}: {}",

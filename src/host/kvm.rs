@@ -837,6 +837,17 @@ pub struct KvmFacts {
     pub guest_probe: Option<GuestProbe>,
 }
 
+/// Whether guests get KVM, from the same probes as `lab check`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvmVerdict {
+    /// KVM really runs a standard guest.
+    pub usable: bool,
+    /// The KVM module's `nested` option is on and guests are offered vmx/svm.
+    pub nested: bool,
+    /// One line saying why, from the checks.
+    pub reason: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 use super::source::InstallSource;
 use super::{ValidationError, seal};
 use crate::directboot::initramfs::Initramfs;
-use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
 use crate::libvirt::installer::{InstallerSpec, RunState, installer_xml};
 use crate::libvirt::xml::to_xml;
@@ -160,13 +159,15 @@ pub fn needs_rebuild(profile: &Profile, storage: &dyn Storage) -> Result<bool> {
 
 /// Build, seal and record the base of a kickstart profile. `work_dir` holds the
 /// installer's kernel, initrd and console log while it runs (QEMU must reach it: lab's
-/// image directory is the natural place); `timeout` bounds the installer's run.
+/// image directory is the natural place); `timeout` bounds the installer's run; `kvm`
+/// says whether the installer runs under KVM or emulation (the verdict the plan took).
 pub fn build_base(
     lv: &Libvirt,
     storage: &dyn Storage,
     profile: &Profile,
     work_dir: &Path,
     timeout: Duration,
+    kvm: bool,
 ) -> Result<()> {
     let started = Instant::now();
     let p = profile.name.as_str();
@@ -190,9 +191,9 @@ pub fn build_base(
 
     std::fs::create_dir_all(work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
-    crate::apply::preflight_dir(work_dir)?;
+    crate::libvirt::preflight_dir(work_dir)?;
     if let InstallSource::Iso(iso) = &source {
-        crate::apply::preflight_dir(iso.parent().unwrap_or(Path::new("/")))?;
+        crate::libvirt::preflight_dir(iso.parent().unwrap_or(Path::new("/")))?;
     }
     let domain = installer_domain(p);
     remove_leftover_installer(lv, &domain, p)?;
@@ -230,7 +231,6 @@ pub fn build_base(
     let volume = storage.create_base(p, profile.base.disk)?;
     let empty = written_bytes(&volume.path)?;
     let console = scratch.path().join("console.log");
-    let kvm = crate::check::kvm::verdict_cached(&Sysroot::live()).usable;
     let spec = InstallerSpec {
         name: &domain,
         profile: p,
@@ -260,7 +260,7 @@ pub fn build_base(
     if written_bytes(&volume.path)? <= empty {
         bail!(
             "the installer powered off without writing to its disk{}",
-            crate::apply::console_tail(&console)
+            crate::libvirt::console::console_tail(&console)
         );
     }
 
@@ -436,7 +436,7 @@ fn wait_for_poweroff(lv: &Libvirt, domain: &str, console: &Path, deadline: Insta
             bail!(
                 "the installer {domain} did not power off in time: the build was given up and \
                  what it made removed{}",
-                crate::apply::console_tail(console)
+                crate::libvirt::console::console_tail(console)
             );
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -446,14 +446,14 @@ fn wait_for_poweroff(lv: &Libvirt, domain: &str, console: &Path, deadline: Insta
     if text.contains("Kernel panic") {
         bail!(
             "the installer's kernel panicked{}",
-            crate::apply::console_tail(console)
+            crate::libvirt::console::console_tail(console)
         );
     }
     if text.contains("reboot: Restarting system") {
         bail!(
             "the installer rebooted instead of powering off (the kickstart must end with \
              `poweroff`){}",
-            crate::apply::console_tail(console)
+            crate::libvirt::console::console_tail(console)
         );
     }
     if !state.powered_off() {
@@ -463,7 +463,7 @@ fn wait_for_poweroff(lv: &Libvirt, domain: &str, console: &Path, deadline: Insta
         };
         bail!(
             "the installer {domain} {how} instead of powering off{}",
-            crate::apply::console_tail(console)
+            crate::libvirt::console::console_tail(console)
         );
     }
     Ok(())

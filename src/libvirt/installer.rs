@@ -187,7 +187,7 @@ impl Libvirt {
     }
 
     /// The owner mark of a domain, when it exists.
-    pub fn domain_owner(&self, name: &str) -> Option<Option<crate::observe::Owner>> {
+    pub fn domain_owner(&self, name: &str) -> Option<Option<crate::mark::Owner>> {
         let dom = self.connect().lookup_domain_by_name(name).ok()?;
         Some(
             dom.xml_desc(0)

@@ -1,5 +1,7 @@
 //! The narrow seam to libvirt, over the `virt` crate.
 
+pub mod console;
+pub mod define;
 pub mod installer;
 pub mod read;
 pub mod xml;
@@ -491,9 +493,79 @@ pub fn network_xml(net: &virt::network::Network) -> Result<Option<String>> {
     }
 }
 
+/// The user libvirt runs QEMU as, when it is a separate one (Debian: libvirt-qemu,
+/// Fedora: qemu): it must be able to reach every image, console log and kernel lab writes.
+fn qemu_user() -> Option<(String, u32)> {
+    for name in ["libvirt-qemu", "qemu"] {
+        let c = std::ffi::CString::new(name).ok()?;
+        // SAFETY: getpwnam with a valid C string; the result is read at once.
+        let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+        if !pw.is_null() {
+            // SAFETY: pw is non-null and points to a valid passwd entry.
+            return Some((name.to_string(), unsafe { (*pw).pw_uid }));
+        }
+    }
+    None
+}
+
+/// Refuse, before anything is made, a directory QEMU could not reach: a home directory of
+/// mode 0700 is the usual case. lab does not change the permissions of directories it did
+/// not make; it says which one and how.
+pub fn preflight_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((user, uid)) = qemu_user() else {
+        return Ok(());
+    };
+    let existing = crate::host::resources::nearest_existing(dir);
+    let mut at = existing.canonicalize().unwrap_or(existing);
+    loop {
+        if let Ok(meta) = std::fs::metadata(&at) {
+            let others_search = meta.mode() & 0o001 != 0;
+            if !others_search && meta.uid() != uid {
+                bail!(
+                    "QEMU runs as {user} and could not reach {}: {} is mode {:o}; \
+                     run `chmod o+x {}` or set [storage] dir to a directory such as /var/lib/lab/images",
+                    dir.display(),
+                    at.display(),
+                    meta.mode() & 0o7777,
+                    at.display()
+                );
+            }
+        }
+        if !at.pop() {
+            return Ok(());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_qemu_cannot_reach_is_refused_naming_the_culprit() {
+        use std::os::unix::fs::PermissionsExt;
+        if qemu_user().is_none() {
+            // libvirt's packages create this user; setup-host.sh makes sure it exists.
+            panic!("no libvirt-qemu or qemu user on this machine");
+        }
+        let top = tempfile::tempdir().unwrap();
+        let private = top.path().join("home");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let images = private.join("labs/images");
+        let err = preflight_dir(&images).unwrap_err().to_string();
+        assert!(err.contains("is mode 700"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "chmod o+x {}",
+                private.canonicalize().unwrap().display()
+            )),
+            "{err}"
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        preflight_dir(&images).unwrap();
+    }
 
     #[test]
     fn network_xml_gives_name_bridge_and_subnets() {

@@ -14,8 +14,8 @@ use quick_xml::reader::NsReader;
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::mark::Owner;
 use crate::names;
-use crate::observe::Owner;
 
 /// A domain's definition as libvirt gives it back, live (`virsh dumpxml`) or inactive.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -1,14 +1,9 @@
 //! libvirt XML from types: serde structs for the network and domain documents lab defines,
 //! serialized with quick-xml, so escaping is never a question.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::names;
-use crate::plan::{Plan, VmPlan};
-use crate::profile::NetMode;
-use crate::storage::Volume;
 
 /// `<metadata><lab:owner .../></metadata>`: lab's ownership mark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -373,155 +368,12 @@ pub fn dir_pool_for(vg: &str) -> StoragePoolXml {
     }
 }
 
-/// The lab network of a plan: isolated (no `<forward>`) or NAT, a DHCP range for
-/// strangers and a fixed lease per VM (its MAC, its address, its name in DNS).
-pub fn network_for(plan: &Plan) -> NetworkXml {
-    let n = &plan.network;
-    NetworkXml {
-        name: n.name.clone(),
-        metadata: Metadata::owner(&plan.profile, None),
-        forward: match n.mode {
-            NetMode::Isolated => None,
-            NetMode::Nat => Some(Forward { mode: "nat".into() }),
-        },
-        bridge: Bridge {
-            name: n.bridge.clone(),
-            stp: "on",
-            delay: 0,
-        },
-        domain: DnsDomain {
-            name: n.domain.clone(),
-            local_only: "yes",
-        },
-        ip: Ip {
-            address: n.gateway.to_string(),
-            prefix: n.subnet.prefix_len(),
-            dhcp: Dhcp {
-                range: Range {
-                    start: n.dhcp_range.0.to_string(),
-                    end: n.dhcp_range.1.to_string(),
-                },
-                hosts: plan
-                    .vms
-                    .iter()
-                    .map(|vm| DhcpHost {
-                        mac: vm.mac.clone(),
-                        name: vm.name.clone(),
-                        ip: vm.ip.to_string(),
-                    })
-                    .collect(),
-            },
-        },
-    }
-}
-
 /// Direct kernel boot: what the domain boots instead of its disk's bootloader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirectBoot {
     pub kernel: String,
     pub initrd: String,
     pub cmdline: String,
-}
-
-/// A lab VM's domain: its clone as a virtio disk with discards passed down, virtio-net on
-/// the lab network, the serial console logged to a file, a guest agent channel, and a CPU
-/// that can nest where KVM works.
-pub fn domain_for(
-    plan: &Plan,
-    vm: &VmPlan,
-    disk: &Volume,
-    boot: Option<&DirectBoot>,
-    console_log: &Path,
-) -> DomainXml {
-    let block = disk.format == "raw";
-    let cpu = Cpu {
-        mode: vm.cpu_mode.clone(),
-        check: Some("none"),
-        features: vec![],
-    };
-    DomainXml {
-        kind: vm.domain_type.clone(),
-        name: vm.domain.clone(),
-        metadata: Metadata::owner(&plan.profile, Some(&vm.name)),
-        memory: Memory {
-            unit: "KiB",
-            value: vm.memory.bytes() / 1024,
-        },
-        vcpu: vm.vcpus,
-        os: Os {
-            kind: OsType {
-                arch: "x86_64",
-                machine: "pc",
-                value: "hvm",
-            },
-            kernel: boot.map(|b| b.kernel.clone()),
-            initrd: boot.map(|b| b.initrd.clone()),
-            cmdline: boot.map(|b| b.cmdline.clone()),
-            boot: boot.is_none().then_some(Boot { dev: "hd" }),
-        },
-        features: Features {
-            acpi: Empty {},
-            apic: Empty {},
-        },
-        cpu,
-        clock: Clock { offset: "utc" },
-        on_poweroff: "destroy",
-        on_reboot: "restart",
-        on_crash: "destroy",
-        devices: Devices {
-            disks: vec![Disk {
-                kind: if block { "block" } else { "file" },
-                device: "disk",
-                driver: DiskDriver {
-                    name: "qemu",
-                    format: disk.format.clone(),
-                    discard: Some("unmap"),
-                    detect_zeroes: Some("unmap"),
-                },
-                source: DiskSource {
-                    file: (!block).then(|| disk.path.display().to_string()),
-                    dev: block.then(|| disk.path.display().to_string()),
-                },
-                target: DiskTarget {
-                    dev: "vda".into(),
-                    bus: "virtio",
-                },
-                readonly: None,
-            }],
-            interfaces: vec![Interface {
-                kind: "network",
-                mac: Some(Mac {
-                    address: vm.mac.clone(),
-                }),
-                source: Some(NetSource {
-                    network: plan.network.name.clone(),
-                }),
-                model: Model { kind: "virtio" },
-            }],
-            serial: Serial {
-                kind: "file",
-                source: LogSource {
-                    path: console_log.display().to_string(),
-                    append: "off",
-                },
-                target: SerialTarget { port: 0 },
-            },
-            channel: Some(Channel {
-                kind: "unix",
-                target: ChannelTarget {
-                    kind: "virtio",
-                    name: "org.qemu.guest_agent.0",
-                },
-            }),
-            rng: Rng {
-                model: "virtio",
-                backend: RngBackend {
-                    model: "random",
-                    path: "/dev/urandom",
-                },
-            },
-        },
-    }
 }
 
 /// Serialize a document; the types above cannot fail to serialize.
@@ -537,75 +389,6 @@ pub fn to_xml<T: Serialize>(doc: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn smoke_domain_and_network_from_the_plan() {
-        use crate::plan::{HostFacts, plan};
-        use crate::profile::{BUILT_IN, Profile, ProfileSource};
-        let p = Profile::parse(BUILT_IN[0].1, ProfileSource::BuiltIn).unwrap();
-        let pl = plan(&p, &HostFacts::default(), &Default::default()).unwrap();
-        let disk = Volume {
-            name: "lab-smoke-node1.qcow2".into(),
-            path: "/img/lab-smoke-node1.qcow2".into(),
-            format: "qcow2".into(),
-        };
-        let boot = DirectBoot {
-            kernel: "/img/k".into(),
-            initrd: "/img/i".into(),
-            cmdline: "console=ttyS0 lab.vm=node1".into(),
-        };
-        let vm = &pl.vms[0];
-        let dom = to_xml(&domain_for(
-            &pl,
-            vm,
-            &disk,
-            Some(&boot),
-            Path::new("/img/c.log"),
-        ));
-        for needle in [
-            "<domain type=\"qemu\">".to_string(),
-            "<name>lab-smoke-node1</name>".into(),
-            "profile=\"smoke\" vm=\"node1\"".into(),
-            "<memory unit=\"KiB\">262144</memory>".into(),
-            "<cpu mode=\"maximum\" check=\"none\"/>".into(),
-            "<cmdline>console=ttyS0 lab.vm=node1</cmdline>".into(),
-            "discard=\"unmap\"".into(),
-            "<source file=\"/img/lab-smoke-node1.qcow2\"/>".into(),
-            format!("<mac address=\"{}\"/>", vm.mac),
-            "<source network=\"lab-smoke\"/>".into(),
-            "<source path=\"/img/c.log\" append=\"off\"/>".into(),
-            "name=\"org.qemu.guest_agent.0\"".into(),
-        ] {
-            assert!(dom.contains(&needle), "{needle} missing from\n{dom}");
-        }
-        assert!(!dom.contains("<boot"), "direct boot has no boot device");
-        let block = Volume {
-            name: "lab-smoke-node1".into(),
-            path: "/dev/vg/lab-smoke-node1".into(),
-            format: "raw".into(),
-        };
-        let dom = to_xml(&domain_for(&pl, vm, &block, None, Path::new("/img/c.log")));
-        assert!(
-            dom.contains("<disk type=\"block\" device=\"disk\">"),
-            "{dom}"
-        );
-        assert!(
-            dom.contains("<source dev=\"/dev/vg/lab-smoke-node1\"/>"),
-            "{dom}"
-        );
-        assert!(dom.contains("<boot dev=\"hd\"/>"), "{dom}");
-
-        let net = to_xml(&network_for(&pl));
-        assert!(!net.contains("<forward"), "isolated by default: {net}");
-        for vm in &pl.vms {
-            let host = format!(
-                "<host mac=\"{}\" name=\"{}\" ip=\"{}\"/>",
-                vm.mac, vm.name, vm.ip
-            );
-            assert!(net.contains(&host), "{host} missing from\n{net}");
-        }
-        assert!(net.contains(&format!("<bridge name=\"{}\"", pl.network.bridge)));
-    }
 
     #[test]
     fn network_xml_carries_owner_and_escapes() {

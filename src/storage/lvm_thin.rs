@@ -19,10 +19,11 @@ use super::{InUse, Storage, Usage, Volume, user_of};
 use crate::host::Sysroot;
 use crate::host::lvm::{self, IssueDiscards, LvRow, THIN_LVS_FIELDS, ThinPool};
 use crate::libvirt::Libvirt;
+use crate::mark::{Owner, VolumeRole};
 use crate::names;
-use crate::observe::{Observed, ObservedVolume};
 use crate::runner::Cmd;
 use crate::size::{ByteSize, GIB, MIB};
+use crate::storage::ObservedVolume;
 
 const ROLE_BASE: &str = "base";
 const ROLE_CLONE: &str = "clone";
@@ -542,9 +543,7 @@ impl Storage for LvmThinStorage {
             .into_iter()
             .filter(|r| r.pool_lv.as_deref() == Some(self.pool.as_str()))
             .collect();
-        let mut observed = Observed::default();
-        observed.add_lvs(&rows);
-        Ok(observed.volumes)
+        Ok(lab_volumes(&rows))
     }
 
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume> {
@@ -934,6 +933,43 @@ pub fn remove_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<()> {
         Some(p) if is_older_lab_pool(p, vg) => lv.undefine_storage_pool(&name),
         _ => Ok(()),
     }
+}
+
+/// lab's thin volumes among an LVM report: ownership and role come from LVM tags
+/// (`lab`, `lab-profile-P`, `lab-vm-V`, `lab-role-base|clone`); a base is sealed once
+/// it is read-only (`lv_attr` permission `r`). An LV without the `lab` tag is listed
+/// with no owner, so the planner never touches it.
+pub fn lab_volumes(rows: &[LvRow]) -> Vec<ObservedVolume> {
+    let mut out = Vec::new();
+    for row in rows.iter().filter(|r| r.segtype == "thin") {
+        let tag = |prefix: &str| {
+            row.lv_tags
+                .iter()
+                .find_map(|t| t.strip_prefix(prefix).map(str::to_string))
+        };
+        let ours = row.lv_tags.iter().any(|t| t == names::LV_TAG);
+        let owner = ours
+            .then(|| tag("lab-profile-"))
+            .flatten()
+            .map(|profile| Owner {
+                profile,
+                vm: tag("lab-vm-"),
+            });
+        let role = owner.as_ref().and(match tag("lab-role-").as_deref() {
+            Some("base") => Some(VolumeRole::Base),
+            Some("clone") => Some(VolumeRole::Clone),
+            _ => None,
+        });
+        let read_only = row.lv_attr.chars().nth(1) == Some('r');
+        out.push(ObservedVolume {
+            name: row.lv_name.clone(),
+            location: format!("{}/{}", row.vg_name, row.lv_name),
+            sealed: role != Some(VolumeRole::Base) || read_only,
+            owner,
+            role,
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::observe::ObservedVolume;
+use crate::mark::{Owner, VolumeRole};
 use crate::size::ByteSize;
 
 pub mod fstrim;
@@ -108,4 +108,17 @@ pub fn user_of<'a>(path: &std::path::Path, in_use: &'a [InUse]) -> Option<&'a In
             || (u.path.canonicalize().ok().is_some()
                 && u.path.canonicalize().ok() == path.canonicalize().ok())
     })
+}
+
+/// A volume lab found in storage: an image file or a thin volume, with its mark.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObservedVolume {
+    /// LV name or image file name.
+    pub name: String,
+    pub location: String,
+    pub owner: Option<Owner>,
+    pub role: Option<VolumeRole>,
+    /// A base is sealed (read-only) once its build finished; an unsealed one is the
+    /// leftover of an interrupted build. Clones are always "sealed".
+    pub sealed: bool,
 }

@@ -16,10 +16,11 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use super::{InUse, Storage, Usage, Volume, user_of};
+use crate::mark::{Marker, Owner, VolumeRole, marker_path};
 use crate::names;
-use crate::observe::{Marker, Observed, ObservedVolume, Owner, VolumeRole, marker_path};
 use crate::runner::Cmd;
 use crate::size::ByteSize;
+use crate::storage::ObservedVolume;
 
 /// lab's directory of unfinished images inside the image directory.
 const PARTIAL_DIR: &str = ".lab-partial";
@@ -401,9 +402,7 @@ impl Storage for Qcow2Storage {
     }
 
     fn observe(&self) -> Result<Vec<ObservedVolume>> {
-        let mut observed = Observed::default();
-        observed.add_image_dir(&self.dir)?;
-        Ok(observed.volumes)
+        images_in(&self.dir)
     }
 
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume> {
@@ -702,6 +701,36 @@ fn volume(name: String, path: PathBuf) -> Volume {
         path,
         format: "qcow2".into(),
     }
+}
+
+/// lab's qcow2 images in `dir` (and any other qcow2 image, with no owner): each image lab
+/// made has a marker file beside it.
+pub fn images_in(dir: &Path) -> Result<Vec<ObservedVolume>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "qcow2") {
+            let marker = Marker::read(&path);
+            found.push(ObservedVolume {
+                name: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                location: path.display().to_string(),
+                owner: marker.as_ref().map(|m| m.owner.clone()),
+                sealed: marker.as_ref().is_none_or(|m| m.role != VolumeRole::Base)
+                    || std::fs::metadata(&path).is_ok_and(|m| m.permissions().readonly()),
+                role: marker.map(|m| m.role),
+            });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
 }
 
 #[cfg(test)]
