@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::directboot;
@@ -21,7 +21,7 @@ use crate::profile::Profile;
 use crate::storage::lvm_thin::LvmThinStorage;
 use crate::storage::qcow2::Qcow2Storage;
 use crate::storage::{InUse, Storage, Volume};
-use crate::ui;
+use crate::ui::{self, VmProgress};
 
 /// Everything `apply` works with.
 pub struct Env<'a> {
@@ -279,41 +279,6 @@ fn bring_up_all(
             r
         },
     )
-}
-
-/// A spinner line per VM on stderr, updated from the VM's thread (hidden with -q).
-pub struct VmProgress {
-    multi: MultiProgress,
-    style: ProgressStyle,
-}
-
-impl VmProgress {
-    pub fn new() -> VmProgress {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        if ui::verbosity() < 0 {
-            multi.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        VmProgress {
-            multi,
-            style: ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
-                .expect("valid template"),
-        }
-    }
-
-    /// The line of VM `name`, ticking.
-    pub fn bar(&self, name: &str) -> ProgressBar {
-        let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(self.style.clone());
-        bar.set_prefix(name.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    }
-}
-
-impl Default for VmProgress {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// How long an installer may run before lab gives up on it and removes what it made.

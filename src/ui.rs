@@ -1,8 +1,10 @@
 //! Human output goes to stderr, data to stdout. Verbosity and colour are set once at start-up.
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicI8, Ordering};
+use std::time::Duration;
 
 use anstyle::AnsiColor;
 
@@ -159,6 +161,41 @@ impl Table {
             line(row.clone(), &mut out);
         }
         out
+    }
+}
+
+/// A spinner line per VM on stderr, updated from the VM's thread (hidden with -q).
+pub struct VmProgress {
+    multi: MultiProgress,
+    style: ProgressStyle,
+}
+
+impl VmProgress {
+    pub fn new() -> VmProgress {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        if verbosity() < 0 {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        VmProgress {
+            multi,
+            style: ProgressStyle::with_template("{spinner} {prefix:<12} {msg}")
+                .expect("valid template"),
+        }
+    }
+
+    /// The line of VM `name`, ticking.
+    pub fn bar(&self, name: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new_spinner());
+        bar.set_style(self.style.clone());
+        bar.set_prefix(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+}
+
+impl Default for VmProgress {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -54,7 +54,7 @@ pub fn run(
     } else {
         None
     };
-    let progress = crate::apply::VmProgress::new();
+    let progress = crate::ui::VmProgress::new();
     // The VMs the plan provisions.
     let provisioned = fanout::all(
         plan.vms
