@@ -27,11 +27,7 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     observed.files = crate::observe::lab_files(&profile, &observed);
     let plan = plan::down(&profile, &observed, args.purge);
     if args.dry_run {
-        if global.json {
-            ui::print_json(&plan)?;
-        } else {
-            print!("{}", plan::render_down(&plan));
-        }
+        super::show_plan(global, &plan, plan::render_down)?;
         return Ok(exit::OK);
     }
     let removed = apply::down(&plan, &lv, &profile)?;

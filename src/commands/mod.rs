@@ -14,7 +14,8 @@ pub mod trim;
 pub mod up;
 
 use crate::apply;
-use crate::ui::{Stream, Style, Table};
+use crate::cli::GlobalArgs;
+use crate::ui::{self, Stream, Style, Table};
 
 pub(crate) fn vm_table(vms: &[apply::VmState]) -> String {
     let mut t = Table::new(["vm", "ip", "state", "console"]);
@@ -34,4 +35,18 @@ pub(crate) fn vm_table(vms: &[apply::VmState]) -> String {
         ]);
     }
     t.render(Stream::Stdout)
+}
+
+/// What `--dry-run` prints: the plan as data (`--json`) or as text for people.
+pub(crate) fn show_plan<T: serde::Serialize>(
+    global: &GlobalArgs,
+    plan: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if global.json {
+        ui::print_json(plan)
+    } else {
+        print!("{}", text(plan));
+        Ok(())
+    }
 }

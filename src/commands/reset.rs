@@ -30,11 +30,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let host = crate::observe::host_facts(&Sysroot::live(), &profile);
     let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
     if args.dry_run {
-        if global.json {
-            ui::print_json(&plan)?;
-        } else {
-            print!("{}", plan::render(&plan));
-        }
+        super::show_plan(global, &plan, plan::render)?;
         return Ok(exit::OK);
     }
     let storage = apply::storage_for(&plan)?;

@@ -59,11 +59,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
     let planned = started.elapsed();
     if args.dry_run {
-        if global.json {
-            ui::print_json(&plan)?;
-        } else {
-            print!("{}", plan::render(&plan));
-        }
+        super::show_plan(global, &plan, plan::render)?;
         return Ok(exit::OK);
     }
     for w in &plan.warnings {
