@@ -1,8 +1,30 @@
 //! lab: a nested-virtualisation demo lab on a Linux laptop.
+//!
+//! The map. Every command observes what exists, computes a plan (a pure function), and
+//! applies it; the folders are the rooms of that architecture:
+//!
+//! | where | what |
+//! |---|---|
+//! | `main.rs`, `cli.rs` | entry point; the command line (clap types only) |
+//! | `commands/` | one file per command: arguments, observe, plan, apply, report |
+//! | `observe.rs` | what exists (lab's libvirt objects, images, LVs, files) and the host's facts |
+//! | `plan.rs` | pure: (profile, host facts, observed) -> typed actions, for up, reset, down |
+//! | `apply.rs` | carries out every action of a plan, with progress |
+//! | `profile.rs`, `dirs.rs` | the TOML profile: schema, validation, where it is found |
+//! | `guest/` | inside the VMs over SSH: connect, provisioning steps, packstack, readiness |
+//! | `directboot/` | the smoke guest: the host's kernel and the initramfs lab makes |
+//! | `kickstart/` | templates (lookup in `templates.rs`), installer builds, sealing, sources |
+//! | `storage/` | one trait, backends `qcow2` and `lvm_thin`, the one offline fstrim engine |
+//! | `trim.rs` | `lab trim`: online through the guest agent, offline through storage, the discard chain |
+//! | `libvirt/` | the narrow driver, XML types to write (`xml`, `define`) and read (`read`), consoles |
+//! | `host/`, `check/` | host facts read from a sysroot only; `lab check`'s verdicts on them |
+//! | `mark.rs`, `names.rs` | lab's ownership mark; every name lab gives a resource, with why |
+//! | `runner.rs`, `fanout.rs` | one way to run a command (data, with a pasteable failure); one per-VM fan-out |
+//! | `lock.rs`, `ui.rs`, `error.rs`, `size.rs`, `subnet.rs` | locks, output, exit statuses, sizes, subnet choice |
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 pub mod apply;
 pub mod check;
@@ -66,62 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
         Command::Ready(args) => commands::ready::ready(&cli.global, &args),
-        Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "lab", &mut std::io::stdout());
-            Ok(error::exit::OK)
-        }
-        Command::Man { dir } => {
-            man_pages(dir.as_deref())?;
-            Ok(error::exit::OK)
-        }
+        Command::Completions { shell } => commands::man::completions(shell),
+        Command::Man { dir } => commands::man::man(dir.as_deref()),
     }
 }
-
-/// lab.1 (with the exit statuses, which clap does not know) into `dir`, with a page per
-/// command and subcommand beside it; without `dir`, lab.1 alone on stdout.
-fn man_pages(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-
-    // No `lab help` page: `lab help X` is `lab X --help`, and the pages say that already.
-    let cmd = Cli::command().disable_help_subcommand(true);
-    let mut rendered = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut rendered)?;
-    let mut page = String::from_utf8(rendered)?;
-    let at = page.find("\n.SH VERSION").map_or(page.len(), |i| i + 1);
-    page.insert_str(at, MAN_EXIT_STATUS);
-    let Some(dir) = dir else {
-        std::io::stdout().write_all(page.as_bytes())?;
-        return Ok(());
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Every command's page (lab-up.1, lab-base-build.1, ...); its lab.1 is replaced below.
-    clap_mangen::generate_to(cmd, dir)
-        .with_context(|| format!("writing manual pages into {}", dir.display()))?;
-    let top = dir.join("lab.1");
-    std::fs::write(&top, page).with_context(|| format!("writing {}", top.display()))?;
-    Ok(())
-}
-
-/// The EXIT STATUS and SEE ALSO sections of lab.1, in roff.
-const MAN_EXIT_STATUS: &str = r#".SH "EXIT STATUS"
-.TP
-\fB0\fR
-Success; for \fBlab check\fR, nothing failed; for \fBlab ready\fR, everything is ready.
-.TP
-\fB1\fR
-lab itself failed (the message says what and where); for \fBlab trim\fR, an image could not be trimmed; for \fBlab up\fR, a provisioning step failed.
-.TP
-\fB2\fR
-Usage error: a bad flag, an unknown profile, a path that does not exist, a broken profile.
-.TP
-\fB3\fR
-\fBlab check\fR: at least one check failed; \fBlab ready\fR: something is not ready.
-.PP
-\fBlab ssh\fR \fIPROFILE VM\fR \fB\-\- \fICOMMAND\fR exits with the command's own status.
-.SH "SEE ALSO"
-\fBlab\-check\fR(1), \fBlab\-up\fR(1), \fBlab\-trim\fR(1), \fBvirsh\fR(1)
-.PP
-The full reference: docs/reference.md in lab's source.
-"#;

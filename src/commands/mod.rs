@@ -4,6 +4,7 @@
 pub mod base;
 pub mod check;
 pub mod down;
+pub mod man;
 pub mod pool;
 pub mod profiles;
 pub mod ready;
