@@ -10,7 +10,7 @@
 //! talks to it through the socket.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,8 @@ const VM: &str = "node1";
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// The name lab's domains give the agent's port, which `/init` looks for in sysfs.
 const AGENT_PORT: &str = "org.qemu.guest_agent.0";
+/// How long one answer of the agent may take.
+const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 
 /// QEMU runs outside lab's runner: the test polls the console while it runs and kills it,
 /// which `runner::Running` (wait with a deadline) does not offer. Killed on drop, so a
@@ -131,7 +133,7 @@ fn agent_command(socket: &Path, command: &Value) -> Result<Value, String> {
     let id = (u64::from(std::process::id()) << 20) | SYNC_ID.fetch_add(1, Ordering::Relaxed);
     let stream = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(AGENT_ANSWERS_WITHIN))
         .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(&stream);
     let sync = json!({"execute": "guest-sync", "arguments": {"id": id}});
@@ -154,6 +156,10 @@ fn agent_receive(reader: &mut BufReader<&UnixStream>, request: &Value) -> Result
     match reader.read_line(&mut line) {
         Ok(0) => Err(format!("the agent's socket closed after {request}")),
         Ok(_) => serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}")),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
+            "no answer to {request} within {}s",
+            AGENT_ANSWERS_WITHIN.as_secs()
+        )),
         Err(e) => Err(format!("no answer to {request}: {e}")),
     }
 }
