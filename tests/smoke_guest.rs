@@ -3,12 +3,22 @@
 //! TCG because KVM cannot be trusted on these machines. The guest must print its ready
 //! line within a minute, and its write must land in its clone and not in the base. No
 //! skipping: a guest that does not come up fails the test with its console.
+//!
+//! QEMU gets the guest agent's virtio serial port as libvirt gives it to lab's VMs
+//! (`src/libvirt/xml.rs`: a unix socket channel named `org.qemu.guest_agent.0`), so the
+//! qemu-ga lab puts into the initramfs (when the host has it) finds its port, and the test
+//! talks to it through the socket.
 
 use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
 
 use lab::directboot;
 use lab::runner::Cmd;
@@ -19,6 +29,10 @@ use lab::storage::{Storage, Volume};
 const PROFILE: &str = "smoketest";
 const VM: &str = "node1";
 const READY_WITHIN: Duration = Duration::from_secs(60);
+/// The name lab's domains give the agent's port, which `/init` looks for in sysfs.
+const AGENT_PORT: &str = "org.qemu.guest_agent.0";
+/// How long one answer of the agent may take.
+const AGENT_ANSWERS_WITHIN: Duration = Duration::from_secs(5);
 
 /// QEMU runs outside lab's runner: the test polls the console while it runs and kills it,
 /// which `runner::Running` (wait with a deadline) does not offer. Killed on drop, so a
@@ -28,6 +42,8 @@ struct Guest {
     started: Instant,
     console: PathBuf,
     stderr: PathBuf,
+    /// QEMU's end of the guest agent's port: a unix socket QEMU listens on.
+    agent: PathBuf,
 }
 
 impl Guest {
@@ -58,6 +74,7 @@ impl Drop for Guest {
 fn boot(dir: &Path, boot: &directboot::BootFiles, cmdline: &str, disk: &Path) -> Guest {
     let console = dir.join("console.log");
     let stderr = dir.join("qemu.stderr");
+    let agent = dir.join("agent.sock");
     let started = Instant::now();
     let child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
@@ -79,6 +96,18 @@ fn boot(dir: &Path, boot: &directboot::BootFiles, cmdline: &str, disk: &Path) ->
         .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
         .args(["-netdev", "user,id=n0"])
         .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"])
+        // The agent's channel as libvirt makes it for a `<channel type='unix'>` with a
+        // virtio target: a virtio-serial controller, one named port on a socket chardev.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            agent.display()
+        ))
+        .args(["-device", "virtio-serial-pci,id=serial0"])
+        .arg("-device")
+        .arg(format!(
+            "virtserialport,bus=serial0.0,chardev=agent0,name={AGENT_PORT}"
+        ))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .stdin(Stdio::null())
@@ -91,6 +120,63 @@ fn boot(dir: &Path, boot: &directboot::BootFiles, cmdline: &str, disk: &Path) ->
         started,
         console,
         stderr,
+        agent,
+    }
+}
+
+/// One command to the guest agent through QEMU's socket, and what it returned. The
+/// protocol is one JSON object per line each way. A `guest-sync` with a fresh id goes
+/// first and every line up to its echo is dropped, so an answer left in the channel by an
+/// earlier attempt that timed out is never taken for this one (libvirt does the same).
+fn agent_command(socket: &Path, command: &Value) -> Result<Value, String> {
+    static SYNC_ID: AtomicU64 = AtomicU64::new(1);
+    let id = (u64::from(std::process::id()) << 20) | SYNC_ID.fetch_add(1, Ordering::Relaxed);
+    let stream = UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(AGENT_ANSWERS_WITHIN))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(&stream);
+    let sync = json!({"execute": "guest-sync", "arguments": {"id": id}});
+    agent_send(&stream, &sync)?;
+    while agent_receive(&mut reader, &sync)?["return"] != json!(id) {}
+    agent_send(&stream, command)?;
+    let answer = agent_receive(&mut reader, command)?;
+    match answer.get("return") {
+        Some(value) => Ok(value.clone()),
+        None => Err(format!("{command} failed: {answer}")),
+    }
+}
+
+fn agent_send(mut stream: &UnixStream, request: &Value) -> Result<(), String> {
+    writeln!(stream, "{request}").map_err(|e| format!("sending {request}: {e}"))
+}
+
+fn agent_receive(reader: &mut BufReader<&UnixStream>, request: &Value) -> Result<Value, String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => Err(format!("the agent's socket closed after {request}")),
+        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}")),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
+            "no answer to {request} within {}s",
+            AGENT_ANSWERS_WITHIN.as_secs()
+        )),
+        Err(e) => Err(format!("no answer to {request}: {e}")),
+    }
+}
+
+/// The guest agent's answer to `command`, asked again until it answers (qemu-ga has
+/// daemonized by the time the guest is ready, but may not have opened its port yet).
+fn ask_agent(guest: &Guest, command: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match agent_command(&guest.agent, &command) {
+            Ok(value) => return value,
+            Err(e) if Instant::now() > deadline => panic!(
+                "{}",
+                guest.failure(&format!("the guest agent never answered {command}: {e}"))
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 
@@ -213,6 +299,15 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
             "{needed} in {listing}"
         );
     }
+    // The guest agent goes in when the host has one (scripts/setup-host.sh installs
+    // qemu-guest-agent); the booted guest is then asked through it.
+    let host_agent = directboot::host_qemu_ga().unwrap();
+    let agent_file = directboot::GUEST_AGENT_FILE.trim_start_matches('/');
+    assert_eq!(
+        listing.lines().any(|l| l == agent_file),
+        host_agent.is_some(),
+        "{agent_file} in the initramfs exactly when the host has a guest agent ({host_agent:?})"
+    );
     for module in [
         "/virtio_net.ko",
         "/virtio_blk.ko",
@@ -228,8 +323,41 @@ fn a_smoke_vm_boots_takes_its_lease_and_writes_to_its_own_clone() {
     let cmdline = directboot::vm_cmdline(&boot_files, PROFILE, VM);
     let mut guest = boot(dir.path(), &boot_files, &cmdline, &clone.path);
     let (report, ready_after) = wait_for_report(&mut guest, VM);
+    let agent_answered = host_agent.as_ref().map(|agent| {
+        let t = Instant::now();
+        assert_eq!(
+            ask_agent(&guest, json!({"execute": "guest-ping"})),
+            json!({}),
+            "guest-ping to {}",
+            agent.display()
+        );
+        let answered = t.elapsed();
+        // `lab trim` asks a running smoke VM's agent to fstrim its disk.
+        let info = ask_agent(&guest, json!({"execute": "guest-info"}));
+        let fstrim = info["supported_commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "guest-fstrim");
+        assert_eq!(
+            fstrim.map(|c| &c["enabled"]),
+            Some(&json!(true)),
+            "guest-fstrim enabled in the agent's guest-info: {info}"
+        );
+        answered
+    });
     let console = guest.console();
     guest.stop();
+    match agent_answered {
+        Some(after) => eprintln!(
+            "its guest agent answered guest-ping {:.1}s after the ready line",
+            after.as_secs_f64()
+        ),
+        None => eprintln!(
+            "the host has no qemu-ga (nor {}): the guest agent was not exercised",
+            directboot::GUEST_AGENT_ENV
+        ),
+    }
     eprintln!(
         "boot files prepared in {:.2}s (kernel {kernel_size} bytes, initramfs {initrd_size} \
          bytes); with base and clone in {:.2}s; {VM} ready {:.1}s after QEMU started (TCG)",

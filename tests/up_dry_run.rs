@@ -1,8 +1,9 @@
 //! `lab up --dry-run` through the binary: libvirt's test driver stands in for the daemon
 //! (it has someone else's network "default" on 192.168.122.0/24 and a domain "test"), host
-//! facts come from fixture trees.
+//! facts come from fixture trees, and every profile keeps its images in a fresh temporary
+//! directory (see [`own_images`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -13,6 +14,45 @@ fn fixture(rel: &str) -> String {
         .join(rel)
         .display()
         .to_string()
+}
+
+/// `text`, a profile, with its images in `dir/images` (made empty here) instead of the
+/// default /var/lib/lab/images: lab reads its image directory live even under --sysroot,
+/// and what a developer's own `lab up` left there (the base `lab down` keeps) would change
+/// the plan. The `dir` line goes right under `[storage]`, or a `[storage]` table goes at
+/// the end, so the lines above keep their numbers for errors that name one.
+fn own_images(dir: &Path, text: &str) -> String {
+    let images = dir.join("images");
+    std::fs::create_dir(&images).unwrap();
+    let line = format!(
+        "dir = {}",
+        toml::Value::from(images.to_str().unwrap().to_string())
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.iter().position(|l| l.trim() == "[storage]") {
+        Some(at) => {
+            let (head, tail) = lines.split_at(at + 1);
+            format!("{}\n{line}\n{}\n", head.join("\n"), tail.join("\n"))
+        }
+        None => format!("{}\n\n[storage]\n{line}\n", text.trim_end()),
+    }
+}
+
+/// A copy in `dir` of the profile file `source` (`profiles/NAME.toml` for a shipped one),
+/// with its images in `dir/images`.
+fn profile_copy(dir: &Path, source: &Path) -> String {
+    let text = std::fs::read_to_string(source).unwrap();
+    let copy = dir.join(source.file_name().unwrap());
+    std::fs::write(&copy, own_images(dir, &text)).unwrap();
+    copy.display().to_string()
+}
+
+/// A shipped profile, as `profile_copy` makes it.
+fn shipped(dir: &Path, name: &str) -> String {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("profiles")
+        .join(format!("{name}.toml"));
+    profile_copy(dir, &source)
 }
 
 fn lab(args: &[&str]) -> std::process::Output {
@@ -26,9 +66,10 @@ fn lab(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn dry_run_prints_the_plan_as_data() {
+    let dir = tempfile::tempdir().unwrap();
     let out = lab(&[
         "up",
-        "smoke",
+        &shipped(dir.path(), "smoke"),
         "--dry-run",
         "--json",
         "--sysroot",
@@ -78,9 +119,10 @@ fn dry_run_prints_the_plan_as_data() {
 
 #[test]
 fn dry_run_for_people_lists_actions_and_reasons() {
+    let dir = tempfile::tempdir().unwrap();
     let out = lab(&[
         "up",
-        "packstack-multinode",
+        &shipped(dir.path(), "packstack-multinode"),
         "--dry-run",
         "--sysroot",
         &fixture("hosts/net-vpn-split"),
@@ -100,7 +142,11 @@ fn dry_run_for_people_lists_actions_and_reasons() {
 
 #[test]
 fn a_fixed_subnet_on_a_host_route_is_refused_with_file_line_and_key() {
-    let profile = fixture("profiles/fixed-lan-subnet.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile_copy(
+        dir.path(),
+        Path::new(&fixture("profiles/fixed-lan-subnet.toml")),
+    );
     let out = lab(&[
         "up",
         &profile,
@@ -123,7 +169,10 @@ fn a_fixed_subnet_on_someone_else_s_libvirt_network_is_refused() {
     let path = dir.path().join("on-default.toml");
     std::fs::write(
         &path,
-        "name = \"on-default\"\n[network]\nsubnet = \"192.168.122.0/24\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+        own_images(
+            dir.path(),
+            "name = \"on-default\"\n[network]\nsubnet = \"192.168.122.0/24\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+        ),
     )
     .unwrap();
     let out = lab(&[
@@ -144,7 +193,10 @@ fn profiles_lists_shipped_and_local_profiles_with_their_origin() {
     std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
     std::fs::write(
         dir.path().join("profiles/smoke.toml"),
-        "name = \"smoke\"\ndescription = \"my own smoke\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+        own_images(
+            dir.path(),
+            "name = \"smoke\"\ndescription = \"my own smoke\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"a\"\n",
+        ),
     )
     .unwrap();
     std::fs::write(dir.path().join("profiles/broken.toml"), "name = \n").unwrap();
@@ -247,7 +299,7 @@ fn under_a_sysroot_lab_s_lvs_come_from_its_recorded_report_not_the_live_lvm() {
     .unwrap();
     let out = lab(&[
         "up",
-        &fixture("profiles/lvm-thin.toml"),
+        &profile_copy(dir.path(), Path::new(&fixture("profiles/lvm-thin.toml"))),
         "--dry-run",
         "--json",
         "--sysroot",
