@@ -97,6 +97,27 @@ pub fn mac(profile: &str, vm: &str) -> String {
     )
 }
 
+/// The UUID of a VM's domain, derived from profile and VM (RFC 9562 version 8, from
+/// SHA-256): defining the domain again updates it instead of colliding. A `lab up` killed
+/// while libvirtd still defines its domains, and run again, redefines them to the same.
+pub fn domain_uuid(profile: &str, vm: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut b: [u8; 16] = Sha256::digest(format!("lab-domain/{profile}/{vm}").as_bytes())[..16]
+        .try_into()
+        .expect("16 of 32 bytes");
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// The address of the `index`-th VM (0-based): .10, .11, ...; the gateway is .1 and the
 /// DHCP range for strangers sits above the VMs.
 pub fn vm_ip(subnet: Ipv4Net, index: usize) -> Option<Ipv4Addr> {
@@ -125,6 +146,17 @@ pub fn packstack_password(dir: &std::path::Path, profile: &str) -> std::path::Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_uuid_is_stable_per_vm_and_differs_between_vms() {
+        let a = domain_uuid("demo", "web1");
+        assert_eq!(a, domain_uuid("demo", "web1"));
+        assert_ne!(a, domain_uuid("demo", "web2"));
+        assert_ne!(a, domain_uuid("other", "web1"));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "8", "version 8: {a}");
+        assert!("89ab".contains(&a[19..20]), "RFC 9562 variant: {a}");
+    }
 
     #[test]
     fn bridge_names_fit_and_stay_distinct() {

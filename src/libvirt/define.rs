@@ -69,6 +69,7 @@ pub fn domain_for(
     DomainXml {
         kind: vm.domain_type.clone(),
         name: vm.domain.clone(),
+        uuid: Some(crate::names::domain_uuid(&plan.profile, &vm.name)),
         metadata: Metadata::owner(&plan.profile, Some(&vm.name)),
         memory: Memory {
             unit: "KiB",
@@ -182,6 +183,10 @@ mod tests {
         for needle in [
             "<domain type=\"qemu\">".to_string(),
             "<name>lab-smoke-node1</name>".into(),
+            format!(
+                "<uuid>{}</uuid>",
+                crate::names::domain_uuid("smoke", "node1")
+            ),
             "profile=\"smoke\" vm=\"node1\"".into(),
             "<memory unit=\"KiB\">262144</memory>".into(),
             "<cpu mode=\"maximum\" check=\"none\"/>".into(),

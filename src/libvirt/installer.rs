@@ -86,6 +86,7 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> DomainXml {
     DomainXml {
         kind: if spec.kvm { "kvm" } else { "qemu" }.into(),
         name: spec.name.to_string(),
+        uuid: None,
         metadata: Metadata::owner(spec.profile, None),
         memory: Memory {
             unit: "KiB",

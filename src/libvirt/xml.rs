@@ -114,6 +114,10 @@ pub struct DomainXml {
     #[serde(rename = "@type")]
     pub kind: String,
     pub name: String,
+    /// A lab VM's is derived from profile and VM ([`names::domain_uuid`]); libvirt picks
+    /// one for the installer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
     pub metadata: Metadata,
     pub memory: Memory,
     pub vcpu: u32,

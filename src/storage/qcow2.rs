@@ -95,39 +95,48 @@ impl Qcow2Storage {
     }
 
     /// Unfinished files of `profile` left by interrupted runs (what [`Self::clear_partial`]
-    /// removes), sorted.
+    /// removes), sorted: in lab's directory of unfinished files, and clones being written
+    /// beside their final name ([`Self::clone_partial_path`]).
     pub fn partial(&self, profile: &str) -> Vec<PathBuf> {
         let prefix = format!("{}-{profile}-", names::PREFIX);
-        let mut found: Vec<PathBuf> = std::fs::read_dir(self.dir.join(PARTIAL_DIR))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .map(|e| e.path())
-            .collect();
+        let hidden = format!(".{prefix}");
+        let listed = |dir: PathBuf, keep: &dyn Fn(&str) -> bool| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| keep(&e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect()
+        };
+        let mut found = listed(self.dir.join(PARTIAL_DIR), &|n| n.starts_with(&prefix));
+        found.extend(listed(self.dir.clone(), &|n| {
+            n.starts_with(&hidden) && n.ends_with(".partial")
+        }));
         found.sort();
         found
     }
 
     /// Remove unfinished files of `profile` left by interrupted runs.
     pub fn clear_partial(&self, profile: &str) -> Result<Vec<PathBuf>> {
-        let dir = self.dir.join(PARTIAL_DIR);
-        let prefix = format!("{}-{profile}-", names::PREFIX);
-        let mut removed = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(removed);
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                std::fs::remove_file(e.path())
-                    .with_context(|| format!("removing {}", e.path().display()))?;
-                removed.push(e.path());
-            }
+        let removed = self.partial(profile);
+        for p in &removed {
+            std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
         }
+        let dir = self.dir.join(PARTIAL_DIR);
         if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
             let _ = std::fs::remove_dir(&dir);
         }
         Ok(removed)
+    }
+
+    /// Where a clone is written before it is renamed into place: beside it, hidden, one
+    /// name per process. Beside it and not in the directory of unfinished files, because
+    /// clones are made in parallel and that directory goes when it is empty.
+    fn clone_partial_path(&self, final_path: &Path) -> PathBuf {
+        let name = final_path.file_name().unwrap_or_default().to_string_lossy();
+        self.dir
+            .join(format!(".{name}.{}.partial", std::process::id()))
     }
 
     fn base_path(&self, profile: &str) -> PathBuf {
@@ -590,12 +599,20 @@ impl Storage for Qcow2Storage {
             .with_context(|| format!("resolving {}", base.display()))?;
         // The mark goes first: whatever an interruption leaves behind is recognisably lab's.
         Self::write_marker(&path, profile, Some(vm), VolumeRole::Clone)?;
-        Cmd::new("qemu-img")
+        // Written aside and renamed into place: a `qemu-img` that outlives a killed lab
+        // finishes a file of its own, never the clone the next run makes.
+        let partial = self.clone_partial_path(&path);
+        let created = Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(&backing)
-            .arg(&path)
-            .run()
-            .with_context(|| format!("cloning {} for {vm}", base.display()))?;
+            .arg(&partial)
+            .run();
+        if let Err(e) = created {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e).with_context(|| format!("cloning {} for {vm}", base.display()));
+        }
+        std::fs::rename(&partial, &path)
+            .with_context(|| format!("moving {} to {}", partial.display(), path.display()))?;
         Ok(volume(names::clone_volume(profile, vm), path))
     }
 
@@ -736,6 +753,20 @@ pub fn images_in(dir: &Path) -> Result<Vec<ObservedVolume>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_left_half_written_is_unfinished_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Qcow2Storage::new(dir.path());
+        let left = dir.path().join(".lab-demo-web1.qcow2.4242.partial");
+        let theirs = dir.path().join(".lab-other-web1.qcow2.4242.partial");
+        std::fs::write(&left, b"").unwrap();
+        std::fs::write(&theirs, b"").unwrap();
+        assert_eq!(s.partial("demo"), vec![left.clone()]);
+        assert_eq!(s.clear_partial("demo").unwrap(), vec![left.clone()]);
+        assert!(!left.exists());
+        assert!(theirs.exists(), "another profile's file is left alone");
+    }
 
     #[test]
     fn info_is_parsed_from_real_output() {
