@@ -335,6 +335,7 @@ pub fn host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         taken: subnet::taken_by_host(&net),
         thin_pools,
         now: now_secs(),
+        interfaces: net.ifaces.iter().map(|i| i.name.clone()).collect(),
     }
 }
 
@@ -358,6 +359,8 @@ pub struct HostFacts {
     /// The host's clock, in seconds since the epoch (the base's age is told from it); 0
     /// when unknown.
     pub now: u64,
+    /// The host's network interfaces, by name (a lab bridge without its network is one).
+    pub interfaces: Vec<String>,
 }
 
 /// The host's clock, in seconds since the epoch (0 if it is before 1970).

@@ -720,7 +720,11 @@ fn taken_subnets(profile: &Profile, host: &HostFacts, observed: &Observed) -> Ve
         .iter()
         .filter(|t| match &t.iface {
             Some(iface) => own_net.is_none() || *iface != bridge,
-            None => !own_subnets.iter().any(|s| s.contains(&t.net.network())),
+            // The lab bridge's own address is the lab's; a DNS server or proxy that a VPN
+            // put inside the lab's subnet is not, and collides.
+            None => !own_subnets
+                .iter()
+                .any(|s| t.net.prefix_len() == 32 && t.net.addr() == subnet::gateway(*s)),
         })
         .cloned()
         .collect();
@@ -802,6 +806,16 @@ fn network_step(
     } else {
         (first_vm, last_vm)
     };
+    // A bridge of the lab's name that no libvirt network owns (a libvirtd that crashed, a
+    // network undefined behind its back) makes libvirt fail with "File exists".
+    if own_net.is_none_or(|n| !n.active) && host.interfaces.contains(&bridge) {
+        return Err(PlanError(format!(
+            "bridge {bridge} exists on this host but no active libvirt network owns it (left \
+             by a libvirtd that stopped without taking it down): remove it with `ip link \
+             delete {bridge}` and run `lab up {}` again",
+            profile.cli_name()
+        )));
+    }
     match own_net {
         None => out.act(
             Action::CreateNetwork {
@@ -816,8 +830,21 @@ fn network_step(
             ),
         ),
         Some(n) if !n.subnets.contains(&subnet) => {
+            // Why it moved: what now sits in the network's subnet (a VPN that came up, the
+            // DNS server it pushed).
+            let now_taken: Vec<String> = n
+                .subnets
+                .iter()
+                .flat_map(|s| subnet::collisions(*s, &taken))
+                .map(|t| t.to_string())
+                .collect();
+            let why = if now_taken.is_empty() {
+                String::new()
+            } else {
+                format!(" (it collides with {})", now_taken.join(", "))
+            };
             return Err(PlanError(format!(
-                "network {net_name} is on {} but the profile now wants {subnet}: run `lab down {cli}` first",
+                "network {net_name} is on {}{why} but the profile now wants {subnet}: run `lab down {cli}` first",
                 n.subnets
                     .iter()
                     .map(|s| s.to_string())

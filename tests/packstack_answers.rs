@@ -49,6 +49,7 @@ fn plan_for(profile: &Profile, nested: bool) -> Plan {
         taken: vec![],
         thin_pools: vec![],
         now: 0,
+        interfaces: vec![],
     };
     plan::plan(profile, &host, &Observed::default()).unwrap()
 }

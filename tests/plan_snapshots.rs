@@ -37,6 +37,7 @@ fn fresh_host() -> (HostFacts, Observed) {
         }],
         thin_pools: vec![],
         now: NOW,
+        interfaces: vec!["lo".into(), "wlan0".into(), "virbr0".into()],
     };
     let observed = Observed {
         domains: vec![ObservedDomain {
@@ -383,6 +384,38 @@ fn the_lab_s_own_bridge_route_and_address_are_no_collision() {
     });
     let moved = plan::plan(&p, &host, &up);
     assert!(moved.is_err(), "the lab's network now collides with a VPN");
+}
+
+#[test]
+fn a_dns_server_a_vpn_put_inside_the_lab_s_subnet_collides() {
+    let p = profile("smoke");
+    let (mut host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let up = observed_after(&first, observed);
+    let dns = ipnet::Ipv4Net::from(names_host(first.network.subnet, 53));
+    host.taken.push(Taken {
+        net: dns,
+        what: format!("DNS server in /etc/resolv.conf ({})", dns.addr()),
+        iface: None,
+    });
+    let err = plan::plan(&p, &host, &up).unwrap_err().0;
+    assert!(err.contains("DNS server in /etc/resolv.conf"), "{err}");
+}
+
+/// Host number `n` of `subnet`.
+fn names_host(subnet: ipnet::Ipv4Net, n: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(subnet.network()) + n)
+}
+
+#[test]
+fn a_lab_bridge_left_without_its_network_is_named_with_its_fix() {
+    let p = profile("smoke");
+    let (mut host, observed) = fresh_host();
+    let bridge = plan::plan(&p, &host, &observed).unwrap().network.bridge;
+    host.interfaces.push(bridge.clone());
+    let err = plan::plan(&p, &host, &observed).unwrap_err().0;
+    assert!(err.contains(&format!("bridge {bridge} exists")), "{err}");
+    assert!(err.contains(&format!("ip link delete {bridge}")), "{err}");
 }
 
 #[test]
