@@ -198,12 +198,18 @@ fn run_lab_action(
     Ok(())
 }
 
-/// Carry out `plan`. Returns the state of every VM of the plan once ready.
-pub fn apply(plan: &Plan, env: &Env<'_>) -> Result<(Vec<VmState>, LabTimings)> {
+/// Carry out `plan`. Returns the state of every VM of the plan once ready. `host_lock`, the
+/// host-wide lock the plan was made under, is let go once the network exists.
+pub fn apply(
+    plan: &Plan,
+    env: &Env<'_>,
+    host_lock: Option<crate::lock::Lock>,
+) -> Result<(Vec<VmState>, LabTimings)> {
     preflight(env)?;
     let mut timings = LabTimings::default();
     let mut boot = None;
     timings.network = lab_phase(plan, env, Phase::Network, &mut boot)?;
+    drop(host_lock);
     timings.boot_files = lab_phase(plan, env, Phase::BootFiles, &mut boot)?;
     let boot = boot_files(env, boot);
     timings.base = lab_phase(plan, env, Phase::Base, &mut None)?;

@@ -43,6 +43,22 @@ pub struct GlobalArgs {
     /// When to colour human output
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
+    /// Fail at once (exit status 4), naming the holder, when another lab command holds a
+    /// lock this one needs, instead of waiting for it
+    #[arg(
+        long,
+        global = true,
+        env = "LAB_NO_WAIT",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_wait: bool,
+}
+
+impl GlobalArgs {
+    /// Whether a command waits for the locks it needs.
+    pub fn wait(&self) -> crate::lock::Wait {
+        crate::lock::Wait::from_no_wait(self.no_wait)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,8 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const CHECK_FAILED: u8 = 3;
+    /// `--no-wait`: another lab command holds a lock this one needs; try again later.
+    pub const BUSY: u8 = 4;
 }
 
 /// The user asked for something that cannot be: a profile that does not exist, a path that
@@ -28,10 +30,26 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
+/// Another lab command holds a lock this one needs, and `--no-wait` said not to wait: exit
+/// status 4 (a script may try again later); nothing was changed. The message names the
+/// holder.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// The exit status for an error that ended a command.
 pub fn exit_status(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<UsageError>()) {
         exit::USAGE
+    } else if err.chain().any(|e| e.is::<Busy>()) {
+        exit::BUSY
     } else {
         exit::FAILURE
     }

@@ -7,7 +7,7 @@ use crate::cli::{DownArgs, GlobalArgs};
 use crate::error::exit;
 use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::lock::HostLock;
+use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
 use crate::ui;
@@ -21,7 +21,11 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     let _lock = if args.dry_run {
         None
     } else {
-        Some(HostLock::acquire(&format!("lab down {}", profile.name))?)
+        Some(Lock::profile(
+            &profile.name,
+            &format!("lab down {}", profile.name),
+            global.wait(),
+        )?)
     };
     let mut observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
     observed.files = crate::observe::lab_files(&profile, &observed);

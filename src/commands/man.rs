@@ -59,6 +59,9 @@ Usage error: a bad flag, an unknown profile, a path that does not exist, a broke
 .TP
 \fB3\fR
 \fBlab check\fR: at least one check failed; \fBlab ready\fR: something is not ready.
+.TP
+\fB4\fR
+\fB\-\-no\-wait\fR: another lab command holds a lock this one needs (the message names it); nothing was changed.
 .PP
 \fBlab ssh\fR \fIPROFILE VM\fR \fB\-\- \fICOMMAND\fR exits with the command's own status.
 .SH "SEE ALSO"

@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use crate::cli::{GlobalArgs, PoolArgs, PoolCommand};
 use crate::error::{exit, usage};
-use crate::lock::HostLock;
+use crate::lock::Lock;
 use crate::profile::Profile;
 use crate::storage::lvm_thin::LvmThinStorage;
 use crate::ui;
@@ -20,7 +20,12 @@ pub fn pool(global: &GlobalArgs, args: &PoolArgs) -> Result<u8> {
             profile.name, profile.source
         )));
     };
-    let _lock = HostLock::acquire(&format!("lab pool create {vg}/{pool}"))?;
+    // A volume group is shared by every profile on it: the host-wide lock.
+    let _lock = Lock::host(
+        &format!("lab pool create {}", profile.name),
+        &format!("to create thin pool {vg}/{pool}"),
+        global.wait(),
+    )?;
     let created = LvmThinStorage::new(vg, pool).create_pool(*size)?;
     if global.json {
         ui::print_json(&created)?;

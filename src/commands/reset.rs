@@ -9,7 +9,7 @@ use crate::cli::{GlobalArgs, ResetArgs};
 use crate::error::{exit, usage};
 use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::lock::HostLock;
+use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
 use crate::ui;
@@ -24,7 +24,11 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let _lock = if args.dry_run {
         None
     } else {
-        Some(HostLock::acquire(&format!("lab reset {}", profile.name))?)
+        Some(Lock::profile(
+            &profile.name,
+            &format!("lab reset {}", profile.name),
+            global.wait(),
+        )?)
     };
     let observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
     let host = crate::observe::host_facts(&Sysroot::live(), &profile);

@@ -10,7 +10,7 @@ use crate::error::exit;
 use crate::host::Sysroot;
 use crate::host::lvm::{self, LvmSource, ThinPool};
 use crate::libvirt::Libvirt;
-use crate::lock::HostLock;
+use crate::lock::Lock;
 use crate::names;
 use crate::observe::Observed;
 use crate::profile::{Profile, StorageBackend};
@@ -23,7 +23,11 @@ use crate::ui;
 pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = HostLock::acquire(&format!("lab trim {}", profile.name))?;
+    let _lock = Lock::profile(
+        &profile.name,
+        &format!("lab trim {}", profile.name),
+        global.wait(),
+    )?;
     let mut observed = Observed::from_libvirt(&lv)?;
     let dir = &profile.storage.dir;
     observed

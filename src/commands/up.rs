@@ -10,7 +10,7 @@ use crate::cli::{GlobalArgs, UpArgs};
 use crate::error::{exit, usage};
 use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::lock::HostLock;
+use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
 use crate::ui;
@@ -46,13 +46,29 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         None => Sysroot::live(),
     };
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = if args.dry_run {
+    // The profile's lock for the whole command (base build and provisioning included).
+    let what = format!("lab up {}", profile.name);
+    let _profile_lock = if args.dry_run {
         None
     } else {
-        Some(HostLock::acquire(&format!("lab up {}", profile.name))?)
+        Some(Lock::profile(&profile.name, &what, global.wait())?)
+    };
+    // The host's facts before the host-wide lock (the KVM verdict may boot QEMU): what that
+    // lock is about, the networks of other labs, is in libvirt's observation below.
+    let host = crate::observe::host_facts(&sysroot, &profile);
+    // The host-wide lock from observing until the network exists, so that two labs coming
+    // up at once never choose the same subnet. The plan made under it stays true once it
+    // is let go: other commands touch other profiles' objects only.
+    let host_lock = if args.dry_run {
+        None
+    } else {
+        let purpose = format!(
+            "to choose a subnet and create network {}",
+            crate::names::network(&profile.name)
+        );
+        Some(Lock::host(&what, &purpose, global.wait())?)
     };
     let observed = crate::observe::lab(&lv, &profile, &sysroot)?;
-    let host = crate::observe::host_facts(&sysroot, &profile);
     let options = plan::UpOptions {
         provision: !args.no_provision,
     };
@@ -86,7 +102,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         dir: profile.storage.dir.clone(),
         ready_timeout: Duration::from_secs(args.timeout),
     };
-    let (vms, lab_timings) = apply::apply(&plan, &env)?;
+    let (vms, lab_timings) = apply::apply(&plan, &env, host_lock)?;
     let t = Instant::now();
     let provision = if plan.provision.is_empty() {
         Default::default()
