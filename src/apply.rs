@@ -152,6 +152,14 @@ fn run_lab_action(
     step(a);
     match &a.action {
         Action::CreateNetwork { name } => {
+            // The host may have changed since the plan (a VPN came up, pushing routes or
+            // a DNS server): look again, right before the network takes the subnet.
+            let now = crate::host::net::NetFacts::read(&crate::host::Sysroot::live());
+            still_free(
+                name,
+                plan.network.subnet,
+                &crate::subnet::taken_by_host(&now),
+            )?;
             let doc = xml::to_xml(&define::network_for(plan));
             env.lv.define_network(name, &doc)?;
         }
@@ -619,5 +627,52 @@ pub fn storage_for(plan: &plan::Plan) -> Result<Box<dyn Storage>> {
                 })?;
             Ok(Box::new(LvmThinStorage::new(vg, pool)))
         }
+    }
+}
+
+/// Refuse to create network `name` on `subnet` when something of the host's now sits in it.
+fn still_free(name: &str, subnet: ipnet::Ipv4Net, taken: &[crate::subnet::Taken]) -> Result<()> {
+    let now = crate::subnet::collisions(subnet, taken);
+    if now.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "not creating network {name} on {subnet}: since the plan it collides with {} (a VPN \
+         that came up?); nothing was made: run `lab up` again to choose another subnet",
+        now.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subnet::Taken;
+
+    #[test]
+    fn a_subnet_taken_since_the_plan_is_refused_naming_what_took_it() {
+        let subnet: ipnet::Ipv4Net = "10.77.7.0/24".parse().unwrap();
+        let dns = Taken {
+            net: "10.77.7.53/32".parse().unwrap(),
+            what: "DNS server in /etc/resolv.conf".into(),
+            iface: None,
+        };
+        let elsewhere = Taken {
+            net: "192.168.1.0/24".parse().unwrap(),
+            what: "route via wlan0".into(),
+            iface: Some("wlan0".into()),
+        };
+        still_free("lab-demo", subnet, std::slice::from_ref(&elsewhere)).unwrap();
+        let err = still_free("lab-demo", subnet, &[elsewhere, dns])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not creating network lab-demo on 10.77.7.0/24"),
+            "{err}"
+        );
+        assert!(err.contains("10.77.7.53"), "{err}");
+        assert!(err.contains("DNS server in /etc/resolv.conf"), "{err}");
     }
 }
