@@ -23,10 +23,11 @@ use crate::error::usage;
 use crate::plan::{Plan, VmPlan};
 use crate::profile::{BUILT_IN, Profile, ProfileSource};
 
-/// packstack's own option names, from its documentation (docs/packstack.rst, OPTIONS): a
-/// `[vars] packstack` option not listed here is refused, since packstack ignores unknown
-/// names without a word.
-pub const OPTIONS_TXT: &str = include_str!("packstack_options.txt");
+/// packstack's own options, extracted from its source (`packstack/plugins/*.py`) by
+/// tests/support/packstack_options.py: one tab-separated line per option, its name first;
+/// the header says which commit of packstack and when. A `[vars] packstack` option not
+/// listed here is refused, since packstack ignores unknown names without a word.
+pub const OPTIONS_TSV: &str = include_str!("../../tests/fixtures/packstack/options.tsv");
 
 /// Roles that make a VM the packstack controller (exactly one VM has one of them).
 pub const CONTROLLER_ROLES: &[&str] = &["controller", "allinone"];
@@ -558,12 +559,12 @@ fn check_value(text: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Every option name packstack documents.
+/// Every option name packstack defines (the first column of [`OPTIONS_TSV`]).
 pub fn known_options() -> BTreeSet<&'static str> {
-    OPTIONS_TXT
+    OPTIONS_TSV
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split('\t').next())
         .collect()
 }
 
