@@ -7,6 +7,7 @@ use anyhow::Context;
 
 pub mod blockdev;
 pub mod cpu;
+pub mod kernel;
 pub mod kvm;
 pub mod lvm;
 pub mod net;
