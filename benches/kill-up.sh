@@ -55,9 +55,12 @@ for round in $(seq 1 "$rounds"); do
         failed=1
         break
     fi
-    # Every other round starts again from nothing, so kills also land in network and base.
-    if [ $((round % 2)) -eq 0 ]; then
+    # Every round starts again without the lab, every other one without its base and boot
+    # files too, so kills land in network, boot files, base, clones, defines and starts.
+    if [ $((round % 2)) -eq 1 ]; then
         "$lab" -q down "$profile" --purge >/dev/null
+    else
+        "$lab" -q down "$profile" >/dev/null
     fi
 done
 
