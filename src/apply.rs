@@ -34,6 +34,25 @@ pub struct Env<'a> {
     pub ready_timeout: Duration,
 }
 
+impl<'a> Env<'a> {
+    /// The executor's surroundings for `profile`: its storage, its image directory, and
+    /// how long a VM may take to be ready.
+    pub fn new(
+        lv: &'a Libvirt,
+        storage: &'a dyn Storage,
+        profile: &'a Profile,
+        ready_timeout: Duration,
+    ) -> Env<'a> {
+        Env {
+            lv,
+            storage,
+            profile,
+            dir: profile.storage.dir.clone(),
+            ready_timeout,
+        }
+    }
+}
+
 /// One VM after `lab up`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmState {

@@ -11,7 +11,6 @@ use crate::cli::{BaseArgs, BaseCommand, GlobalArgs};
 use crate::error::{exit, usage};
 use crate::kickstart::{self, BuildRecord};
 use crate::libvirt::Libvirt;
-use crate::lock::Lock;
 use crate::mark::{Marker, VolumeRole};
 use crate::plan::{days_ago, stale_since};
 use crate::profile::{self, Profile, StorageBackend};
@@ -104,11 +103,7 @@ struct BuildOut {
 fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Result<u8> {
     let profile = kickstart_profile(arg)?;
     let storage = storage_of(&profile)?;
-    let _lock = Lock::profile(
-        &profile.name,
-        &format!("lab base build {}", profile.name),
-        global.wait(),
-    )?;
+    let _lock = super::profile_lock(global, "base build", &profile.name, false)?;
     let reason = match kickstart::build::rebuild_reason(&profile, &storage)? {
         Some(r) => Some(r),
         None if force => Some("--force".into()),
@@ -151,11 +146,7 @@ fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Resu
 fn remove(global: &GlobalArgs, arg: &str) -> Result<u8> {
     let profile = Profile::load(arg)?;
     let storage = storage_of(&profile)?;
-    let _lock = Lock::profile(
-        &profile.name,
-        &format!("lab base rm {}", profile.name),
-        global.wait(),
-    )?;
+    let _lock = super::profile_lock(global, "base rm", &profile.name, false)?;
     let existed =
         storage.base(&profile.name)?.is_some() || !storage.generations(&profile.name).is_empty();
     storage.remove_base(&profile.name)?;

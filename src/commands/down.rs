@@ -7,7 +7,6 @@ use crate::cli::{DownArgs, GlobalArgs};
 use crate::error::exit;
 use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
 use crate::ui;
@@ -18,15 +17,7 @@ use crate::ui;
 pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(Lock::profile(
-            &profile.name,
-            &format!("lab down {}", profile.name),
-            global.wait(),
-        )?)
-    };
+    let _lock = super::profile_lock(global, "down", &profile.name, args.dry_run)?;
     let mut observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
     observed.files = crate::observe::lab_files(&profile, &observed);
     let plan = plan::down(&profile, &observed, args.purge);

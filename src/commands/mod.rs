@@ -51,3 +51,17 @@ pub(crate) fn show_plan<T: serde::Serialize>(
         Ok(())
     }
 }
+
+/// The profile's lock for `lab VERB PROFILE`, held for the whole command; none for a
+/// `--dry-run`, which changes nothing.
+pub(crate) fn profile_lock(
+    global: &GlobalArgs,
+    verb: &str,
+    profile: &str,
+    dry_run: bool,
+) -> anyhow::Result<Option<crate::lock::Lock>> {
+    if dry_run {
+        return Ok(None);
+    }
+    crate::lock::Lock::profile(profile, &format!("lab {verb} {profile}"), global.wait()).map(Some)
+}

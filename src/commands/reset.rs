@@ -9,7 +9,6 @@ use crate::cli::{GlobalArgs, ResetArgs};
 use crate::error::{exit, usage};
 use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
 use crate::ui;
@@ -21,15 +20,7 @@ use super::vm_table;
 pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(Lock::profile(
-            &profile.name,
-            &format!("lab reset {}", profile.name),
-            global.wait(),
-        )?)
-    };
+    let _lock = super::profile_lock(global, "reset", &profile.name, args.dry_run)?;
     let observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
     let host = crate::observe::host_facts(&Sysroot::live(), &profile);
     let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
@@ -38,13 +29,12 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         return Ok(exit::OK);
     }
     let storage = apply::storage_for(&plan)?;
-    let env = apply::Env {
-        lv: &lv,
-        storage: storage.as_ref(),
-        profile: &profile,
-        dir: profile.storage.dir.clone(),
-        ready_timeout: Duration::from_secs(args.timeout),
-    };
+    let env = apply::Env::new(
+        &lv,
+        storage.as_ref(),
+        &profile,
+        Duration::from_secs(args.timeout),
+    );
     let vms = apply::reset(&plan, &env)?;
     if global.json {
         ui::print_json(&vms)?;

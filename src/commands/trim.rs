@@ -10,7 +10,6 @@ use crate::error::exit;
 use crate::host::Sysroot;
 use crate::host::lvm::{self, LvmSource, ThinPool};
 use crate::libvirt::Libvirt;
-use crate::lock::Lock;
 use crate::names;
 use crate::observe::Observed;
 use crate::profile::{Profile, StorageBackend};
@@ -23,11 +22,7 @@ use crate::ui;
 pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
-    let _lock = Lock::profile(
-        &profile.name,
-        &format!("lab trim {}", profile.name),
-        global.wait(),
-    )?;
+    let _lock = super::profile_lock(global, "trim", &profile.name, false)?;
     let mut observed = Observed::from_libvirt(&lv)?;
     let dir = &profile.storage.dir;
     observed

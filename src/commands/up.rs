@@ -47,12 +47,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     };
     let lv = Libvirt::open(&global.connect)?;
     // The profile's lock for the whole command (base build and provisioning included).
-    let what = format!("lab up {}", profile.name);
-    let _profile_lock = if args.dry_run {
-        None
-    } else {
-        Some(Lock::profile(&profile.name, &what, global.wait())?)
-    };
+    let _profile_lock = super::profile_lock(global, "up", &profile.name, args.dry_run)?;
     // The host's facts before the host-wide lock (the KVM verdict may boot QEMU): what that
     // lock is about, the networks of other labs, is in libvirt's observation below.
     let host = crate::observe::host_facts(&sysroot, &profile);
@@ -66,7 +61,11 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
             "to choose a subnet and create network {}",
             crate::names::network(&profile.name)
         );
-        Some(Lock::host(&what, &purpose, global.wait())?)
+        Some(Lock::host(
+            &format!("lab up {}", profile.name),
+            &purpose,
+            global.wait(),
+        )?)
     };
     let observed = crate::observe::lab(&lv, &profile, &sysroot)?;
     let options = plan::UpOptions {
@@ -95,13 +94,12 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ));
     }
     let storage = apply::storage_for(&plan)?;
-    let env = apply::Env {
-        lv: &lv,
-        storage: storage.as_ref(),
-        profile: &profile,
-        dir: profile.storage.dir.clone(),
-        ready_timeout: Duration::from_secs(args.timeout),
-    };
+    let env = apply::Env::new(
+        &lv,
+        storage.as_ref(),
+        &profile,
+        Duration::from_secs(args.timeout),
+    );
     let (vms, lab_timings) = apply::apply(&plan, &env, host_lock)?;
     let t = Instant::now();
     let provision = if plan.provision.is_empty() {
