@@ -546,21 +546,24 @@ impl Profile {
             }
             b.image = Some(path);
         }
+        // Direct boot is the smoke guest's: the host's kernel and the initramfs lab makes.
+        // Another kernel or initrd would be shown in the plan and then not booted, so it is
+        // refused instead.
         for (key, value, special) in [
-            ("base.kernel", &mut b.kernel, "host"),
-            ("base.initrd", &mut b.initrd, "busybox"),
+            ("base.kernel", &b.kernel, "host"),
+            ("base.initrd", &b.initrd, "busybox"),
         ] {
-            if let Some(v) = value.as_mut()
+            if let Some(v) = value
                 && v != special
             {
-                let path = resolve(Path::new(v.as_str()));
-                if !path.is_file() {
-                    return Err((
-                        key.into(),
-                        format!("{} does not exist (or write {special:?})", path.display()),
-                    ));
-                }
-                *v = path.display().to_string();
+                return Err((
+                    key.into(),
+                    format!(
+                        "{v:?}: direct boot takes {special:?} only (the host's kernel and the \
+                         initramfs lab makes, for the smoke guest); boot another system from \
+                         [base] image or kickstart"
+                    ),
+                ));
             }
         }
         if b.disk.bytes() < ByteSize::mib(16).bytes() {

@@ -96,6 +96,12 @@ const CORPUS: &[(&str, u32, &str, &str)] = &[
     ),
     ("no-vm.toml", 1, "vm", "at least one [[vm]]"),
     (
+        "kernel-path.toml",
+        4,
+        "base.kernel",
+        "direct boot takes \"host\" only",
+    ),
+    (
         "lvm-thin-without-pool.toml",
         4,
         "storage.backend",
