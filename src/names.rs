@@ -10,10 +10,10 @@ use ipnet::Ipv4Net;
 /// Prefix of everything lab names, so people see at a glance what is lab's.
 pub const PREFIX: &str = "lab";
 
-/// XML namespace of lab's ownership element in libvirt `<metadata>`.
+/// XML namespace of lab's ownership element in libvirt `<metadata>` (lab writes it with
+/// the prefix `lab:`, spelt in `libvirt::xml::Metadata`'s serde names; readers go by the
+/// namespace, never the prefix).
 pub const XML_NAMESPACE: &str = "urn:lab:owner:1";
-/// Its prefix in the XML.
-pub const XML_PREFIX: &str = "lab";
 
 /// LVM tag every lab volume carries; a second tag names the profile.
 pub const LV_TAG: &str = "lab";

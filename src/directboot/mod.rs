@@ -291,26 +291,51 @@ pub fn preflight() -> Result<()> {
 /// digest matches is left alone, anything else is rewritten atomically (temporary file,
 /// then rename). A file at either path that is not lab's is never overwritten.
 pub fn prepare_boot_files(dir: &Path, profile: &str) -> Result<BootFiles> {
-    let (kernel, modules) = host_kernel(&Sysroot::live())?;
-    let busybox = host_busybox()?;
-    let qemu_ga = host_qemu_ga()?;
-    let ssh_server = host_ssh_server()?;
-    let key = match &ssh_server {
+    let inputs = HostInputs::find(&Sysroot::live())?;
+    let key = match &inputs.ssh_server {
         Some(_) => Some(crate::guest::ssh::lab_key(dir, profile)?.public_line),
         None => None,
     };
     prepare_boot_files_from(
         dir,
         profile,
-        &kernel,
-        &modules,
-        &busybox,
-        &Extras {
-            qemu_ga: qemu_ga.as_deref(),
-            ssh_server: ssh_server.as_deref(),
-            authorized_key: key.as_deref(),
-        },
+        &inputs.kernel,
+        &inputs.modules,
+        &inputs.busybox,
+        &inputs.extras(key.as_deref()),
     )
+}
+
+/// What the boot files are made of on this host: its kernel and modules, busybox, and the
+/// guest agent and SSH server the VMs carry.
+struct HostInputs {
+    kernel: PathBuf,
+    modules: PathBuf,
+    busybox: PathBuf,
+    qemu_ga: Option<PathBuf>,
+    ssh_server: Option<PathBuf>,
+}
+
+impl HostInputs {
+    fn find(host: &Sysroot) -> Result<HostInputs> {
+        let (kernel, modules) = host_kernel(host)?;
+        Ok(HostInputs {
+            kernel,
+            modules,
+            busybox: host_busybox()?,
+            qemu_ga: host_qemu_ga()?,
+            ssh_server: host_ssh_server()?,
+        })
+    }
+
+    /// The programs beyond busybox, with root's key for the SSH server.
+    fn extras<'a>(&'a self, authorized_key: Option<&'a str>) -> Extras<'a> {
+        Extras {
+            qemu_ga: self.qemu_ga.as_deref(),
+            ssh_server: self.ssh_server.as_deref(),
+            authorized_key,
+        }
+    }
 }
 
 /// [`prepare_boot_files`] with the kernel, its modules directory, busybox and the extras
@@ -408,11 +433,8 @@ fn files_current(dir: &Path, profile: &str, inputs: &str) -> bool {
 /// here: without it the files are not current); anything missing says "not current".
 pub fn boot_files_current(dir: &Path, profile: &str, host: &Sysroot) -> bool {
     let current = || -> Result<bool> {
-        let (kernel, modules) = host_kernel(host)?;
-        let busybox = host_busybox()?;
-        let qemu_ga = host_qemu_ga()?;
-        let ssh_server = host_ssh_server()?;
-        let key = match &ssh_server {
+        let inputs = HostInputs::find(host)?;
+        let key = match &inputs.ssh_server {
             Some(_) => {
                 let private = crate::guest::ssh::lab_key_path(dir, profile);
                 let public = crate::guest::ssh::pub_path(&private);
@@ -426,13 +448,13 @@ pub fn boot_files_current(dir: &Path, profile: &str, host: &Sysroot) -> bool {
             }
             None => None,
         };
-        let extras = Extras {
-            qemu_ga: qemu_ga.as_deref(),
-            ssh_server: ssh_server.as_deref(),
-            authorized_key: key.as_deref(),
-        };
-        let inputs = inputs_fingerprint(&kernel, &modules, &busybox, &extras);
-        Ok(files_current(dir, profile, &inputs))
+        let fingerprint = inputs_fingerprint(
+            &inputs.kernel,
+            &inputs.modules,
+            &inputs.busybox,
+            &inputs.extras(key.as_deref()),
+        );
+        Ok(files_current(dir, profile, &fingerprint))
     };
     current().unwrap_or(false)
 }
