@@ -41,8 +41,6 @@ fi
 # them while they run, and dropbear (dropbear-bin), their SSH server for `lab ssh`,
 # provisioning steps and `lab ready`. lab runs without them (and says what the smoke VMs
 # lack), but the tests need both.
-# libssh-4 (libvirt links it too): on a host without dropbear the tests build the smoke
-# VMs' SSH server on it (tests/support/libssh_server.c), with gcc.
 packages=(
     gcc libc6-dev libvirt-dev pkg-config
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -52,7 +50,6 @@ packages=(
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
     qemu-guest-agent dropbear-bin
-    libssh-4
 )
 
 # A package mirror that does not answer once is tried again.

@@ -2,11 +2,9 @@
 //! (TCG guests). The smoke VMs carry the host's dropbear as their SSH server and lab's own
 //! key for root.
 //!
-//! On a host without dropbear, the test that logs in builds `tests/support/libssh_server.c`
-//! (an SSH server on Debian's libssh, which libvirt itself links) and gives it to lab
-//! through `LAB_SMOKE_SSH_SERVER`: the VMs then carry that server, and everything else, the
-//! OpenSSH client, the keys, the pinned host keys, is what a user gets. The refusals (an
-//! unknown VM, a lab that is not up) need only libvirtd.
+//! The test that logs in needs the host's dropbear (package dropbear-bin, which the setup
+//! script installs) and fails without it; the client is the user's OpenSSH. The refusals
+//! (an unknown VM, a lab that is not up) need only libvirtd.
 
 use std::io::Write;
 use std::path::Path;
@@ -135,14 +133,9 @@ fn ssh_and_ready_refuse_what_is_not_there() {
 
 #[test]
 fn ssh_provisioning_and_ready_on_a_smoke_lab() {
-    let mut lab = new_lab("sp");
-    // Without dropbear on the host, an SSH server on Debian's libssh (libssh-4).
-    lab.give_unless_host_has(
-        "dropbear",
-        "libssh_server.c",
-        &["-l:libssh.so.4"],
-        "LAB_SMOKE_SSH_SERVER",
-    );
+    let lab = new_lab("sp");
+    // The VMs' SSH server is the host's dropbear.
+    lab.require_host_program("dropbear", "dropbear-bin");
 
     // 1. Up: the VM boots, `greet` runs, `broken` fails and is named with its output.
     let (_, err) = lab.run(&["up", lab.profile()], 1);

@@ -10,11 +10,10 @@
 //! - a base with no clone left is trimmed offline; a profile with nothing is said so.
 //!
 //! The guest is driven through its qemu guest agent (`guest-exec`), the same agent
-//! `lab trim` uses: no test hook in the guest. On a host without qemu-ga (package
-//! qemu-guest-agent) the agent is `tests/support/guest_agent.c`, given to lab through
-//! `LAB_SMOKE_GUEST_AGENT`: it speaks the same protocol and trims with the same FITRIM
-//! ioctl, so the discards still travel from the guest's ext4 through virtio-blk and QEMU
-//! to the image on the host. One VM, one test: CPU is scarce.
+//! `lab trim` uses: no test hook in the guest. The agent is the host's qemu-ga (package
+//! qemu-guest-agent, which the setup script installs; the test fails without it), so the
+//! discards travel from the guest's ext4 through virtio-blk and QEMU to the image on the
+//! host. One VM, one test: CPU is scarce.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -260,10 +259,9 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn trim_gives_back_what_the_guest_deleted_running_and_stopped() {
-    let mut lab = Lab::new("tr", smoke_profile);
-    // Without qemu-ga on the host, the small agent of tests/support (same protocol, same
-    // options, the same FITRIM ioctl for guest-fstrim).
-    lab.give_unless_host_has("qemu-ga", "guest_agent.c", &[], "LAB_SMOKE_GUEST_AGENT");
+    let lab = Lab::new("tr", smoke_profile);
+    // The VMs' guest agent is the host's qemu-ga.
+    lab.require_host_program("qemu-ga", "qemu-guest-agent");
     let domain = lab.domain();
     let image = lab.clone_image();
 

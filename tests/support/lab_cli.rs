@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -38,32 +38,13 @@ impl Lab {
         }
     }
 
-    /// A program for the smoke VMs that the host may lack: when lab finds no `name` on the
-    /// host (as it looks), `tests/support/SOURCE` is built with `cc` (and `libs`) and named
-    /// to lab in the environment variable `var`.
-    pub fn give_unless_host_has(&mut self, name: &str, source: &str, libs: &[&str], var: &str) {
-        if lab::host::tools::find_program(name).is_some() {
-            return;
-        }
-        let program = self.dir.path().join(source.trim_end_matches(".c"));
-        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/support")
-            .join(source);
-        let out = Command::new("cc")
-            .args(["-O2", "-Wall", "-Werror", "-o"])
-            .arg(&program)
-            .arg(&source)
-            .args(libs)
-            .output()
-            .expect("cc (gcc) is installed");
+    /// The host's `name` is what the smoke VMs carry (lab takes it from the host): the
+    /// tests need the real one, which `scripts/setup-host.sh` installs.
+    pub fn require_host_program(&self, name: &str, package: &str) {
         assert!(
-            out.status.success(),
-            "the host has no {name}, and building {} failed:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&out.stderr)
+            lab::host::tools::find_program(name).is_some(),
+            "{name} is missing on this host: install {package} (scripts/setup-host.sh does)"
         );
-        self.env
-            .push((var.into(), program.to_string_lossy().into_owned()));
     }
 
     /// Nothing of this lab exists: no image directory, no libvirt network.
