@@ -368,10 +368,12 @@ fn bring_up(
         let t = Instant::now();
         match &a.action {
             Action::CloneDisk { .. } => {
-                disk = Some(
-                    env.storage
-                        .clone_base(&env.profile.name, &vm.name, in_use)?,
-                );
+                disk = Some(env.storage.clone_base_sized(
+                    &env.profile.name,
+                    &vm.name,
+                    Some(vm.disk),
+                    in_use,
+                )?);
                 // A new disk, a new host key.
                 crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
@@ -416,10 +418,12 @@ fn bring_up(
             Action::RecloneDisk { .. } => {
                 env.storage
                     .remove_clone(&env.profile.name, &vm.name, in_use)?;
-                disk = Some(
-                    env.storage
-                        .clone_base(&env.profile.name, &vm.name, in_use)?,
-                );
+                disk = Some(env.storage.clone_base_sized(
+                    &env.profile.name,
+                    &vm.name,
+                    Some(vm.disk),
+                    in_use,
+                )?);
                 crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }

@@ -389,3 +389,43 @@ fn a_first_build_that_fails_leaves_nothing() {
     s.discard_unfinished_base("demo").unwrap();
     assert!(files(s.dir()).is_empty(), "{:?}", files(s.dir()));
 }
+
+/// A VM disk larger than its base (a small cloud image in a 20 GiB VM) is the clone grown
+/// at creation, its base's data still read through; a smaller one is refused and leaves no
+/// clone behind.
+#[test]
+fn a_clone_takes_the_vm_disk_size_and_never_less_than_its_base() {
+    let (_t, s) = storage();
+    let base = s.create_base("demo", ByteSize::mib(64)).unwrap();
+    qemu_io(&base.path, "write -P 0xcd 0 1M");
+    s.seal_base("demo").unwrap();
+    let big = s
+        .clone_base_sized("demo", "big", Some(ByteSize::mib(256)), &[])
+        .unwrap();
+    let info = qcow2::info(&big.path).unwrap();
+    assert_eq!(info.virtual_size, 256 << 20);
+    assert_eq!(
+        info.full_backing_filename.as_deref(),
+        Some(base.path.to_str().unwrap())
+    );
+    qemu_io(&big.path, "read -P 0xcd 0 1M");
+    qemu_io(&big.path, "write -P 0x11 200M 1M");
+    let same = s
+        .clone_base_sized("demo", "same", Some(ByteSize::mib(64)), &[])
+        .unwrap();
+    assert_eq!(qcow2::info(&same.path).unwrap().virtual_size, 64 << 20);
+    let err = format!(
+        "{:#}",
+        s.clone_base_sized("demo", "small", Some(ByteSize::mib(32)), &[])
+            .unwrap_err()
+    );
+    assert!(
+        err.contains("small: a disk of 32MiB is smaller than its base"),
+        "{err}"
+    );
+    assert!(
+        !files(s.dir()).iter().any(|f| f.contains("small")),
+        "{:?}",
+        files(s.dir())
+    );
+}

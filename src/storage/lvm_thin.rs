@@ -661,7 +661,13 @@ impl Storage for LvmThinStorage {
         Ok(Some(self.volume(name)))
     }
 
-    fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume> {
+    fn clone_base_sized(
+        &self,
+        profile: &str,
+        vm: &str,
+        size: Option<ByteSize>,
+        in_use: &[InUse],
+    ) -> Result<Volume> {
         let base = names::base_volume(profile);
         let name = names::clone_volume(profile, vm);
         let (rows, pool) = self.active_rows()?;
@@ -693,6 +699,17 @@ impl Storage for LvmThinStorage {
             );
         }
         self.refuse_existing(&rows, &name)?;
+        let base_size = row.lv_size.unwrap_or(0);
+        if let Some(size) = size
+            && size.bytes() < base_size
+        {
+            bail!(
+                "{vm}: a disk of {size} is smaller than its base {} ({}): give the VM {} or more",
+                self.lv_ref(&base),
+                ByteSize(base_size),
+                ByteSize(base_size)
+            );
+        }
         judge_fill(&pool, Need::Headroom, self.limit).map_err(|e| anyhow!(e))?;
         self.snapshot_cmd(profile, vm).run().with_context(|| {
             format!(
@@ -708,6 +725,16 @@ impl Storage for LvmThinStorage {
                 self.lv_ref(&volume.name),
                 volume.path.display()
             );
+        }
+        // A thin snapshot is its origin's size; a larger VM disk is the snapshot extended
+        // (thin: nothing is allocated until the guest writes).
+        if let Some(size) = size.filter(|s| s.bytes() > base_size) {
+            self.command("lvextend")
+                .arg("-L")
+                .arg(format!("{}b", size.bytes()))
+                .arg(self.lv_ref(&volume.name))
+                .run()
+                .with_context(|| format!("growing {} to {size}", self.lv_ref(&volume.name)))?;
         }
         Ok(volume)
     }

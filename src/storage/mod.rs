@@ -90,7 +90,21 @@ pub trait Storage: Send + Sync {
     fn clone_volume(&self, profile: &str, vm: &str) -> Result<Option<Volume>>;
 
     /// A VM's disk as a clone of the base; refused when the base is in use.
-    fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume>;
+    fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume> {
+        self.clone_base_sized(profile, vm, None, in_use)
+    }
+
+    /// A VM's disk as a clone of the base, `size` large when given (a cloud image of 2 GiB
+    /// cloned into a VM disk of 20: the guest grows its filesystem into the rest). A size
+    /// below the base's is refused: a clone never cuts its base short. The clone appears
+    /// at its size or not at all.
+    fn clone_base_sized(
+        &self,
+        profile: &str,
+        vm: &str,
+        size: Option<crate::size::ByteSize>,
+        in_use: &[InUse],
+    ) -> Result<Volume>;
 
     /// Remove a VM's clone; only ever a volume that carries lab's mark for this profile.
     fn remove_clone(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<()>;

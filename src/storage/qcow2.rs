@@ -560,7 +560,13 @@ impl Storage for Qcow2Storage {
         )
     }
 
-    fn clone_base(&self, profile: &str, vm: &str, in_use: &[InUse]) -> Result<Volume> {
+    fn clone_base_sized(
+        &self,
+        profile: &str,
+        vm: &str,
+        size: Option<ByteSize>,
+        in_use: &[InUse],
+    ) -> Result<Volume> {
         let base = self.base_path(profile);
         if !base.exists() {
             bail!(
@@ -589,6 +595,18 @@ impl Storage for Qcow2Storage {
             );
         }
         check(&base)?;
+        let base_size = info(&base)?.virtual_size;
+        if let Some(size) = size
+            && size.bytes() < base_size
+        {
+            bail!(
+                "{vm}: a disk of {size} is smaller than its base {} ({} virtual): give the VM \
+                 {} or more",
+                base.display(),
+                ByteSize(base_size),
+                ByteSize(base_size)
+            );
+        }
         let path = self.clone_path(profile, vm);
         Self::refuse_existing(&path)?;
         self.ensure_space(0, &format!("clone {}", path.display()))?;
@@ -602,10 +620,16 @@ impl Storage for Qcow2Storage {
         // Written aside and renamed into place: a `qemu-img` that outlives a killed lab
         // finishes a file of its own, never the clone the next run makes.
         let partial = self.clone_partial_path(&path);
+        // Grown at creation (a larger virtual size than the backing file's), so the
+        // clone is never seen at the wrong size.
         let created = Cmd::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(&backing)
             .arg(&partial)
+            .args(
+                size.filter(|s| s.bytes() > base_size)
+                    .map(|s| s.bytes().to_string()),
+            )
             .run();
         if let Err(e) = created {
             let _ = std::fs::remove_file(&partial);
