@@ -391,6 +391,7 @@ fn bring_up(
                     vm,
                     &disk,
                     boot_for(env, boot, vm).as_ref(),
+                    None,
                     &console,
                 ));
                 env.lv.define_domain(name, &doc)?;

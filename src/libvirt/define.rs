@@ -52,12 +52,15 @@ pub fn network_for(plan: &Plan) -> NetworkXml {
 
 /// A lab VM's domain: its clone as a virtio disk with discards passed down, virtio-net on
 /// the lab network, the serial console logged to a file, a guest agent channel, and a CPU
-/// that can nest where KVM works.
+/// that can nest where KVM works. A cloud-init VM also gets its NoCloud `seed` as a
+/// read-only IDE CD-ROM: the i440fx machine's IDE is what every cloud kernel reads (Debian's
+/// cloud kernel has no AHCI, so a SATA CD-ROM on q35 would go unseen).
 pub fn domain_for(
     plan: &Plan,
     vm: &VmPlan,
     disk: &Volume,
     boot: Option<&DirectBoot>,
+    seed: Option<&Path>,
     console_log: &Path,
 ) -> DomainXml {
     let block = disk.format == "raw";
@@ -115,7 +118,28 @@ pub fn domain_for(
                     bus: "virtio",
                 },
                 readonly: None,
-            }],
+            }]
+            .into_iter()
+            .chain(seed.map(|seed| Disk {
+                kind: "file",
+                device: "cdrom",
+                driver: DiskDriver {
+                    name: "qemu",
+                    format: "raw".into(),
+                    discard: None,
+                    detect_zeroes: None,
+                },
+                source: DiskSource {
+                    file: Some(seed.display().to_string()),
+                    dev: None,
+                },
+                target: DiskTarget {
+                    dev: "hdc".into(),
+                    bus: "ide",
+                },
+                readonly: Some(Empty {}),
+            }))
+            .collect(),
             interfaces: vec![Interface {
                 kind: "network",
                 mac: Some(Mac {
@@ -178,6 +202,7 @@ mod tests {
             vm,
             &disk,
             Some(&boot),
+            None,
             Path::new("/img/c.log"),
         ));
         for needle in [
@@ -206,7 +231,14 @@ mod tests {
             path: "/dev/vg/lab-smoke-node1".into(),
             format: "raw".into(),
         };
-        let dom = to_xml(&domain_for(&pl, vm, &block, None, Path::new("/img/c.log")));
+        let dom = to_xml(&domain_for(
+            &pl,
+            vm,
+            &block,
+            None,
+            None,
+            Path::new("/img/c.log"),
+        ));
         assert!(
             dom.contains("<disk type=\"block\" device=\"disk\">"),
             "{dom}"
@@ -216,6 +248,28 @@ mod tests {
             "{dom}"
         );
         assert!(dom.contains("<boot dev=\"hd\"/>"), "{dom}");
+        assert!(!dom.contains("cdrom"), "no seed, no CD-ROM: {dom}");
+        let seeded = to_xml(&domain_for(
+            &pl,
+            vm,
+            &disk,
+            None,
+            Some(Path::new("/img/lab-smoke-node1.seed.iso")),
+            Path::new("/img/c.log"),
+        ));
+        let cdrom = seeded
+            .split("<disk type=\"file\" device=\"cdrom\">")
+            .nth(1)
+            .and_then(|rest| rest.split("</disk>").next())
+            .unwrap_or_default();
+        for needle in [
+            "<driver name=\"qemu\" type=\"raw\"/>",
+            "<source file=\"/img/lab-smoke-node1.seed.iso\"/>",
+            "<target dev=\"hdc\" bus=\"ide\"/>",
+            "<readonly/>",
+        ] {
+            assert!(cdrom.contains(needle), "{needle} missing from\n{seeded}");
+        }
 
         let net = to_xml(&network_for(&pl));
         assert!(!net.contains("<forward"), "isolated by default: {net}");
