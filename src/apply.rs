@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::directboot;
 use crate::fanout;
+use crate::guest::identity::LabIdentity;
 use crate::libvirt::console::{console_log, console_tail};
 use crate::libvirt::xml::{self, DirectBoot};
 use crate::libvirt::{Libvirt, define, preflight_dir};
@@ -68,9 +69,14 @@ pub struct VmState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct VmTimings {
     pub disk: u64,
+    /// Making the cloud-init seed (a new identity).
+    pub seed: u64,
     pub define: u64,
     pub start: u64,
+    /// From start to the VM's DHCP lease (and, direct boot, its ready line).
     pub ready: u64,
+    /// From the lease to cloud-init finished (cloud-init VMs).
+    pub cloud_init: u64,
 }
 
 /// Milliseconds spent on the lab-wide steps of `apply`.
@@ -145,6 +151,7 @@ fn phase(a: &Action) -> Phase<'_> {
         Action::WriteBootFiles { .. } => Phase::BootFiles,
         Action::BuildBase { .. } => Phase::Base,
         Action::CloneDisk { vm, .. }
+        | Action::WriteSeed { vm, .. }
         | Action::DefineDomain { vm, .. }
         | Action::StartDomain { vm, .. }
         | Action::ReattachTap { vm, .. }
@@ -213,6 +220,7 @@ fn run_lab_action(
         | Action::RemoveFile { .. } => bail!("{} {}: an action of lab down", a.op(), a.name()),
         Action::CloneDisk { .. }
         | Action::RecloneDisk { .. }
+        | Action::WriteSeed { .. }
         | Action::DefineDomain { .. }
         | Action::StartDomain { .. }
         | Action::ReattachTap { .. } => {
@@ -242,7 +250,15 @@ pub fn apply(
     timings.base = lab_phase(plan, env, Phase::Base, &mut None)?;
     let t = Instant::now();
     let vms: Vec<&VmPlan> = plan.vms.iter().collect();
-    let states = bring_up_all(plan, env, &vms, boot.as_ref(), Some(&VmProgress::new()))?;
+    let identity = lab_identity(plan, env)?;
+    let states = bring_up_all(
+        plan,
+        env,
+        &vms,
+        boot.as_ref(),
+        identity.as_ref(),
+        Some(&VmProgress::new()),
+    )?;
     timings.vms = ms(t);
     lab_phase(plan, env, Phase::Pool, &mut None)?;
     Ok((states, timings))
@@ -286,12 +302,38 @@ fn boot_files(
     }
 }
 
+/// What every VM of a cloud-init lab shares (its hosts, the peer key pair, the host CA,
+/// the keys that log in to root), when the plan writes a seed.
+fn lab_identity(plan: &Plan, env: &Env<'_>) -> Result<Option<LabIdentity>> {
+    let writes_seed = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a.action, Action::WriteSeed { .. }));
+    if !writes_seed {
+        return Ok(None);
+    }
+    let p = env.profile;
+    let home = crate::dirs::user_home();
+    let mut login_keys = vec![crate::guest::ssh::lab_key(&env.dir, &p.name)?.public_line];
+    login_keys.extend(crate::kickstart::user_ssh_keys(p, home.as_deref())?.0);
+    let hosts: Vec<(String, std::net::Ipv4Addr)> =
+        plan.vms.iter().map(|v| (v.name.clone(), v.ip)).collect();
+    Ok(Some(crate::guest::identity::lab_identity(
+        &env.dir,
+        &p.name,
+        &plan.network.domain,
+        &hosts,
+        login_keys,
+    )?))
+}
+
 /// Every VM of `vms` at once: its actions of the plan, then waiting until it is ready.
 fn bring_up_all(
     plan: &Plan,
     env: &Env<'_>,
     vms: &[&VmPlan],
     boot: Option<&directboot::BootFiles>,
+    identity: Option<&LabIdentity>,
     progress: Option<&VmProgress>,
 ) -> Result<Vec<VmState>> {
     let in_use = env.lv.disks_in_use()?;
@@ -302,7 +344,7 @@ fn bring_up_all(
         }),
         |(vm, _)| vm.name.clone(),
         |(vm, bar)| {
-            let r = bring_up(plan, env, vm, boot, &in_use, &bar);
+            let r = bring_up(plan, env, vm, boot, identity, &in_use, &bar);
             match &r {
                 Ok(st) => {
                     bar.finish_with_message(format!("ready at {}", st.ip.as_deref().unwrap_or("?")))
@@ -328,8 +370,11 @@ fn build_base(env: &Env<'_>, kvm: bool) -> Result<Volume> {
             .context("creating a scratch directory for the base")?;
         let raw = directboot::build_base_image(work.path(), &p.name, p.base.disk)?;
         env.storage.import_base(&p.name, &raw)?
-    } else if let Some(image) = &p.base.image {
-        env.storage.import_base(&p.name, image)?
+    } else if let Some(source) = p.image_source() {
+        // Downloaded (or found) and verified in the image cache first: what is imported
+        // is only ever a whole, verified image.
+        let cached = crate::cloud::ensure(&source, &crate::cloud::cache_dir())?;
+        env.storage.import_base(&p.name, &cached.path)?
     } else {
         // An installer run: it builds, trims, compacts and seals the base itself.
         crate::kickstart::build_base(
@@ -350,15 +395,22 @@ fn build_base(env: &Env<'_>, kvm: bool) -> Result<Volume> {
 }
 
 /// One VM: clone, define, start as the plan says, then wait until it is ready.
+#[allow(clippy::too_many_arguments)]
 fn bring_up(
     plan: &Plan,
     env: &Env<'_>,
     vm: &VmPlan,
     boot: Option<&directboot::BootFiles>,
+    identity: Option<&LabIdentity>,
     in_use: &[InUse],
     bar: &ProgressBar,
 ) -> Result<VmState> {
     let console = console_log(&env.dir, &vm.domain);
+    let seed = env
+        .profile
+        .base
+        .cloud_init
+        .then(|| crate::cloud::seed::seed_path(&env.dir, &vm.domain));
     let mine = |a: &&Planned| phase(&a.action) == Phase::Vm(vm.name.as_str());
     let mut disk: Option<Volume> = None;
     let mut timings = VmTimings::default();
@@ -378,6 +430,11 @@ fn bring_up(
                 crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
                 timings.disk = ms(t);
             }
+            Action::WriteSeed { path, .. } => {
+                let lab = identity.context("a seed to write, but no identity of the lab")?;
+                write_seed(env, vm, lab, Path::new(path))?;
+                timings.seed = ms(t);
+            }
             Action::DefineDomain { name, .. } => {
                 let disk = match &disk {
                     Some(d) => d.clone(),
@@ -391,7 +448,7 @@ fn bring_up(
                     vm,
                     &disk,
                     boot_for(env, boot, vm).as_ref(),
-                    None,
+                    seed.as_deref(),
                     &console,
                 ));
                 env.lv.define_domain(name, &doc)?;
@@ -451,6 +508,35 @@ fn bring_up(
     ready_state(env, vm, boot.is_some(), timings)
 }
 
+/// A new identity for `vm` (machine-id, host key signed by the lab's CA, instance-id) and
+/// the NoCloud seed that carries it, with the profile's user-data merged in. The host key
+/// is pinned for lab's ssh through the CA, so a reset VM is trusted at once.
+fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Result<()> {
+    let p = env.profile;
+    crate::guest::ssh::forget_host(&env.dir, &vm.domain)?;
+    let id = crate::guest::identity::new_vm_identity(&env.dir, lab, &p.name, &vm.name)?;
+    let vm_user_data = p
+        .instances()
+        .into_iter()
+        .find(|(name, _)| *name == vm.name)
+        .and_then(|(_, spec)| spec.user_data.as_deref());
+    crate::cloud::seed::write_seed(
+        path,
+        lab,
+        &id,
+        p.base.user_data.as_deref(),
+        vm_user_data,
+        crate::guest::ssh::USER,
+    )
+    .with_context(|| {
+        format!(
+            "{}: writing its cloud-init seed {}",
+            vm.name,
+            path.display()
+        )
+    })
+}
+
 /// Wait until `vm` is ready and say how it is, with the time each step took.
 fn ready_state(
     env: &Env<'_>,
@@ -460,8 +546,21 @@ fn ready_state(
 ) -> Result<VmState> {
     let console = console_log(&env.dir, &vm.domain);
     let t = Instant::now();
+    let deadline = t + env.ready_timeout;
     let ip = wait_ready(env, vm, &console, direct_boot)?;
     timings.ready = ms(t);
+    if env.profile.base.cloud_init {
+        let t = Instant::now();
+        let target = crate::guest::ssh::Target {
+            vm: vm.name.clone(),
+            domain: vm.domain.clone(),
+            ip: ip.clone(),
+            key: crate::guest::ssh::lab_key_path(&env.dir, &env.profile.name),
+            known_hosts: crate::guest::ssh::known_hosts_path(&env.dir, &vm.domain),
+        };
+        crate::guest::cloud_init::wait_done(&target, deadline)?;
+        timings.cloud_init = ms(t);
+    }
     Ok(VmState {
         name: vm.name.clone(),
         domain: vm.domain.clone(),
@@ -541,7 +640,8 @@ pub fn reset(plan: &Plan, env: &Env<'_>) -> Result<Vec<VmState>> {
                 .any(|a| phase(&a.action) == Phase::Vm(vm.name.as_str()))
         })
         .collect();
-    bring_up_all(plan, env, &targets, boot.as_ref(), None)
+    let identity = lab_identity(plan, env)?;
+    bring_up_all(plan, env, &targets, boot.as_ref(), identity.as_ref(), None)
 }
 
 /// `lab down`: carry out a plan of [`crate::plan::down`]; what was removed, as
@@ -591,6 +691,7 @@ pub fn down(plan: &DownPlan, lv: &Libvirt, profile: &Profile) -> Result<Vec<Stri
             Action::CreateNetwork { .. }
             | Action::StartNetwork { .. }
             | Action::WriteBootFiles { .. }
+            | Action::WriteSeed { .. }
             | Action::BuildBase { .. }
             | Action::CloneDisk { .. }
             | Action::DefineDomain { .. }
@@ -626,7 +727,11 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
     gone(path)?;
     let shown = path.display();
     Ok(match kind {
-        FileKind::ConsoleLog | FileKind::KnownHosts | FileKind::OrphanMark => None,
+        FileKind::ConsoleLog
+        | FileKind::KnownHosts
+        | FileKind::OrphanMark
+        | FileKind::Seed
+        | FileKind::Identity => None,
         FileKind::UnfinishedDir => None,
         FileKind::PackstackPassword => Some(format!("packstack password {shown}")),
         FileKind::SshKey => Some(format!("key {shown}")),

@@ -29,6 +29,7 @@ use clap::Parser;
 pub mod apply;
 pub mod check;
 pub mod cli;
+pub mod cloud;
 pub mod commands;
 pub mod directboot;
 pub mod dirs;

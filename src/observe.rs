@@ -85,6 +85,9 @@ pub struct Observed {
     pub storage_pools: Vec<String>,
     /// The files lab wrote for the profile beside its images (read for `lab down`).
     pub files: LabFiles,
+    /// The VMs of a cloud-init profile whose NoCloud seed exists.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeded: Vec<String>,
 }
 
 /// Files of one profile that lab wrote beside its images, as found.
@@ -94,6 +97,11 @@ pub struct LabFiles {
     pub console_logs: Vec<PathBuf>,
     /// The known_hosts files of the profile's VMs.
     pub known_hosts: Vec<PathBuf>,
+    /// The cloud-init seeds of the profile's VMs.
+    pub seeds: Vec<PathBuf>,
+    /// The identity files lab made for the lab and its VMs: host keys and certificates,
+    /// the host CA, the peer key pair.
+    pub identity: Vec<PathBuf>,
     pub packstack_password: Option<PathBuf>,
     /// lab's SSH key pair for the profile: the files that exist.
     pub ssh_key: Vec<PathBuf>,
@@ -219,6 +227,15 @@ pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observe
             .filter(|&b| b > 0);
     }
     let p = profile.name.as_str();
+    if profile.base.cloud_init {
+        for (vm, _) in profile.instances() {
+            let seed =
+                crate::cloud::seed::seed_path(&profile.storage.dir, &crate::names::domain(p, &vm));
+            if seed.is_file() {
+                observed.seeded.push(vm);
+            }
+        }
+    }
     // Interfaces of running lab domains that a restarted network left off its bridge.
     let running: Vec<String> = observed
         .domains
@@ -310,6 +327,13 @@ pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabF
                 .map(|d| crate::guest::ssh::known_hosts_path(dir, d))
                 .collect(),
         ),
+        seeds: existing(
+            domains
+                .iter()
+                .map(|d| crate::cloud::seed::seed_path(dir, d))
+                .collect(),
+        ),
+        identity: existing(crate::guest::identity::files(dir, p, &domains)),
         packstack_password: Some(crate::names::packstack_password(dir, p)).filter(|f| f.exists()),
         ssh_key: existing(vec![crate::guest::ssh::pub_path(&key), key]),
         unfinished_dir: Some(qcow2.partial_dir()).filter(|d| {

@@ -81,6 +81,8 @@ pub enum Object {
     Steps,
     /// A file lab wrote beside its images.
     File,
+    /// A VM's cloud-init seed (NoCloud `cidata` ISO).
+    Seed,
 }
 
 impl fmt::Display for Object {
@@ -95,6 +97,7 @@ impl fmt::Display for Object {
             Object::Pool => "pool",
             Object::Steps => "steps",
             Object::File => "file",
+            Object::Seed => "seed",
         })
     }
 }
@@ -116,6 +119,9 @@ pub enum Action {
     StartDomain { vm: String, name: String },
     /// Make the direct-boot kernel copy and initramfs (and lab's SSH key they carry).
     WriteBootFiles { kernel: String, initrd: String },
+    /// Make VM `vm`'s cloud-init seed `path` with a new identity (machine-id, host key,
+    /// instance-id; the same name and address).
+    WriteSeed { vm: String, path: String },
     /// Put running VM `vm`'s interface `tap` back on `bridge`.
     ReattachTap {
         vm: String,
@@ -163,7 +169,7 @@ impl Action {
             Action::BuildBase { .. } => Op::Build,
             Action::CloneDisk { .. } => Op::Clone,
             Action::DefineDomain { .. } | Action::DefinePool { .. } => Op::Define,
-            Action::WriteBootFiles { .. } => Op::Write,
+            Action::WriteBootFiles { .. } | Action::WriteSeed { .. } => Op::Write,
             Action::ReattachTap { .. } => Op::Attach,
             Action::RefreshPool { .. } => Op::Refresh,
             Action::Provision { .. } => Op::Run,
@@ -192,6 +198,7 @@ impl Action {
             Action::RemoveBase { .. } => Object::Base,
             Action::RemoveFile { .. } => Object::File,
             Action::WriteBootFiles { .. } => Object::Boot,
+            Action::WriteSeed { .. } => Object::Seed,
             Action::ReattachTap { .. } => Object::Tap,
             Action::DefinePool { .. } | Action::RefreshPool { .. } => Object::Pool,
             Action::Provision { .. } => Object::Steps,
@@ -216,7 +223,7 @@ impl Action {
             | Action::RemoveNetwork { name }
             | Action::Keep { name, .. } => name,
             Action::RemoveClone { location, .. } | Action::RemoveBase { location, .. } => location,
-            Action::RemoveFile { path, .. } => path,
+            Action::RemoveFile { path, .. } | Action::WriteSeed { path, .. } => path,
             Action::WriteBootFiles { initrd, .. } => initrd,
             Action::ReattachTap { tap, .. } => tap,
             Action::Provision { vm, .. } => vm,
@@ -238,6 +245,7 @@ impl Action {
             Action::CloneDisk { vm, .. }
             | Action::DefineDomain { vm, .. }
             | Action::StartDomain { vm, .. }
+            | Action::WriteSeed { vm, .. }
             | Action::ReattachTap { vm, .. }
             | Action::Provision { vm, .. }
             | Action::StopDomain { vm, .. }
@@ -257,6 +265,10 @@ pub enum FileKind {
     ConsoleLog,
     /// A VM's known_hosts file.
     KnownHosts,
+    /// A VM's cloud-init seed.
+    Seed,
+    /// A host key, certificate, host CA or peer key pair lab made for the lab's VMs.
+    Identity,
     /// The packstack password lab made up for the lab.
     PackstackPassword,
     /// Half of lab's SSH key pair for the profile (with --purge).
@@ -276,6 +288,8 @@ impl FileKind {
         match self {
             FileKind::ConsoleLog => "a VM's console log",
             FileKind::KnownHosts => "a VM's host key, as lab's ssh knew it",
+            FileKind::Seed => "a VM's cloud-init seed",
+            FileKind::Identity => "an identity lab made for the lab's VMs (host key, CA, peer key)",
             FileKind::PackstackPassword => {
                 "the packstack password lab made up: it belongs to the OpenStack in the VMs"
             }
@@ -335,6 +349,7 @@ impl Serialize for Planned {
             | Action::DefineDomain { .. }
             | Action::StartDomain { .. }
             | Action::WriteBootFiles { .. }
+            | Action::WriteSeed { .. }
             | Action::ReattachTap { .. }
             | Action::DefinePool { .. }
             | Action::RefreshPool { .. }
@@ -612,6 +627,7 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
         | Action::DefineDomain { .. }
         | Action::StartDomain { .. }
         | Action::WriteBootFiles { .. }
+        | Action::WriteSeed { .. }
         | Action::ReattachTap { .. }
         | Action::DefinePool { .. }
         | Action::RefreshPool { .. }
@@ -1081,7 +1097,8 @@ fn vm_step(
     }
     refuse_foreign_volume(observed, p, &disk_volume, storage)?;
     let vm = name.to_string();
-    if has_volume(observed, p, &disk_volume, VolumeRole::Clone) {
+    let cloned = !has_volume(observed, p, &disk_volume, VolumeRole::Clone);
+    if !cloned {
         out.keep(Object::Disk, &disk_volume, Some(name), "clone exists");
     } else {
         out.act(
@@ -1095,6 +1112,7 @@ fn vm_step(
             },
         );
     }
+    seed_step(profile, observed, network, name, &domain, cloned, out);
     match observed_domain {
         None => {
             out.act(
@@ -1145,6 +1163,53 @@ fn vm_step(
 
 /// A running VM whose network was stopped and started again under it is off the new
 /// bridge, cut off: its interfaces are put back.
+/// A cloud-init VM's NoCloud seed: made with each new disk (a new identity: machine-id,
+/// host key, instance-id), and when it is missing.
+fn seed_step(
+    profile: &Profile,
+    observed: &Observed,
+    network: &NetworkPlan,
+    vm: &str,
+    domain: &str,
+    cloned: bool,
+    out: &mut Lists,
+) {
+    if !profile.base.cloud_init {
+        return;
+    }
+    let path = crate::cloud::seed::seed_path(&profile.storage.dir, domain)
+        .display()
+        .to_string();
+    let seeded = observed.seeded.iter().any(|v| v == vm);
+    let why = match (cloned, seeded) {
+        (false, true) => {
+            out.keep(Object::Seed, &path, Some(vm), "exists, as the disk does");
+            return;
+        }
+        (true, _) => format!(
+            "NoCloud seed: {vm}.{} with the lab's /etc/hosts and keys, a fresh machine-id and \
+             host key, growpart{}",
+            network.domain,
+            if profile.base.user_data.is_some() {
+                ", the profile's user-data"
+            } else {
+                ""
+            }
+        ),
+        (false, false) => {
+            "missing: made anew, with a new identity (machine-id, host key) at the next boot"
+                .to_string()
+        }
+    };
+    out.act(
+        Action::WriteSeed {
+            vm: vm.to_string(),
+            path,
+        },
+        why,
+    );
+}
+
 fn reattach_step(observed: &Observed, vm: &str, domain: &str, out: &mut Lists) {
     for t in observed.detached_taps.iter().filter(|t| t.domain == domain) {
         out.act(
@@ -1188,7 +1253,7 @@ fn subnet_too_small(profile: &Profile, subnet: Ipv4Net) -> PlanError {
 fn base_source(profile: &Profile) -> String {
     let b = &profile.base;
     if let Some(image) = &b.image {
-        return format!("import {}", image.display());
+        return format!("import {image}");
     }
     if let Some(ks) = &b.kickstart {
         return format!(
@@ -1241,6 +1306,17 @@ pub fn reset(
             },
             format!("dropped and cloned again from {}", up.storage.base),
         );
+        if profile.base.cloud_init {
+            out.act(
+                Action::WriteSeed {
+                    vm: vm.name.clone(),
+                    path: crate::cloud::seed::seed_path(&profile.storage.dir, &vm.domain)
+                        .display()
+                        .to_string(),
+                },
+                "a new identity (machine-id, host key, instance-id): the same name and address",
+            );
+        }
         out.act(
             Action::StartDomain {
                 vm: vm.name.clone(),
@@ -1433,6 +1509,12 @@ fn down_files_step(observed: &Observed, purge: bool, out: &mut Lists) {
     }
     for path in &f.known_hosts {
         remove(FileKind::KnownHosts, path);
+    }
+    for path in &f.seeds {
+        remove(FileKind::Seed, path);
+    }
+    for path in &f.identity {
+        remove(FileKind::Identity, path);
     }
     if let Some(path) = &f.packstack_password {
         remove(FileKind::PackstackPassword, path);

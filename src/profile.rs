@@ -35,6 +35,10 @@ pub struct Profile {
     pub vms: Vec<VmSpec>,
     #[serde(rename = "provision", default)]
     pub provision: Vec<ProvisionStep>,
+    /// What "ready to show" means beyond SSH and the steps: commands in the VMs that must
+    /// succeed (`lab ready`).
+    #[serde(rename = "ready", default)]
+    pub ready: Vec<ReadyProbe>,
     /// Where this profile was read from (not part of the file).
     #[serde(skip)]
     pub source: ProfileSource,
@@ -195,9 +199,25 @@ pub struct BaseSpec {
     /// Install source: a local ISO path or an install tree URL with `.treeinfo`.
     #[serde(default)]
     pub install: Option<String>,
-    /// An existing disk image to use as the base instead of an install.
+    /// A disk image to use as the base instead of an install: a local path, or an
+    /// `http(s)://` URL downloaded once into lab's image cache (`lab cache list`).
     #[serde(default)]
-    pub image: Option<PathBuf>,
+    pub image: Option<String>,
+    /// The image's checksum, `sha256:HEX` or `sha512:HEX`.
+    #[serde(default)]
+    pub checksum: Option<String>,
+    /// The checksum file the distribution publishes beside the image (Debian's
+    /// `SHA512SUMS`, Fedora's `CHECKSUM`), fetched each time so a `latest` image stays
+    /// verifiable.
+    #[serde(default)]
+    pub checksum_url: Option<String>,
+    /// Give every VM a NoCloud seed lab makes: its name, the lab's /etc/hosts, keys, a
+    /// fresh machine-id and host key, growpart, the profile's user-data.
+    #[serde(default)]
+    pub cloud_init: bool,
+    /// cloud-config (YAML) merged into the user-data lab makes, for every VM.
+    #[serde(default)]
+    pub user_data: Option<String>,
     /// Direct kernel boot: a kernel path, or "host" for the running host's kernel.
     #[serde(default)]
     pub kernel: Option<String>,
@@ -223,6 +243,10 @@ impl Default for BaseSpec {
             kickstart: None,
             install: None,
             image: None,
+            checksum: None,
+            checksum_url: None,
+            cloud_init: false,
+            user_data: None,
             kernel: None,
             initrd: None,
             cmdline: None,
@@ -249,6 +273,9 @@ pub struct VmSpec {
     pub nested: bool,
     #[serde(default)]
     pub role: Option<String>,
+    /// cloud-config (YAML) merged into this VM's user-data, after `[base] user_data`.
+    #[serde(default)]
+    pub user_data: Option<String>,
 }
 
 fn one() -> u32 {
@@ -278,6 +305,29 @@ pub struct ProvisionStep {
 
 fn default_step_timeout() -> u64 {
     1800
+}
+
+/// A readiness probe: a shell command in a VM that exits 0 when the demo works (a page
+/// that comes through the whole stack, say).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyProbe {
+    pub name: String,
+    /// Shell command run in the VM over SSH, its `{{ vars }}` filled in as in steps.
+    pub run: String,
+    /// Run on VMs of this role.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Run on this VM.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// Seconds the probe may take.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: u64,
+}
+
+fn default_probe_timeout() -> u64 {
+    60
 }
 
 /// The profiles shipped inside the binary.
@@ -446,6 +496,28 @@ impl Profile {
                 return Err((key("timeout"), "timeout must be 1 second or more".into()));
             }
         }
+        for (i, probe) in self.ready.iter().enumerate() {
+            let key = |field: &str| format!("ready[{i}].{field}");
+            if probe.name.trim().is_empty() {
+                return Err((key("name"), "a readiness probe needs a name".into()));
+            }
+            if probe.run.trim().is_empty() {
+                return Err((key("run"), "a readiness probe needs a command".into()));
+            }
+            if let Some(role) = &probe.role
+                && !roles.contains(role.as_str())
+            {
+                return Err((key("role"), format!("no VM has role {role:?}")));
+            }
+            if let Some(vm) = &probe.vm
+                && !seen.contains(vm)
+            {
+                return Err((key("vm"), format!("no VM is named {vm:?}")));
+            }
+            if probe.timeout == 0 {
+                return Err((key("timeout"), "timeout must be 1 second or more".into()));
+            }
+        }
         if let Some(domain) = &self.network.domain
             && !valid_dns_name(domain)
         {
@@ -537,15 +609,59 @@ impl Profile {
             }
         }
         if let Some(image) = &b.image {
-            let path = resolve(image);
-            if !path.is_file() {
+            if image.contains("://") {
+                if !(image.starts_with("http://") || image.starts_with("https://")) {
+                    return Err((
+                        "base.image".into(),
+                        format!(
+                            "{image}: lab downloads http:// and https:// URLs, or give a local path"
+                        ),
+                    ));
+                }
+            } else {
+                let path = resolve(Path::new(image));
+                if !path.is_file() {
+                    return Err((
+                        "base.image".into(),
+                        format!("image {} does not exist", path.display()),
+                    ));
+                }
+                b.image = Some(path.display().to_string());
+            }
+        }
+        self.validate_image_source()?;
+        let b = &mut self.base;
+        if b.image.is_none() {
+            for (key, set) in [
+                ("base.checksum", b.checksum.is_some()),
+                ("base.checksum_url", b.checksum_url.is_some()),
+                ("base.cloud_init", b.cloud_init),
+                ("base.user_data", b.user_data.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        key.into(),
+                        "belongs to a base made from a cloud image: set base.image".into(),
+                    ));
+                }
+            }
+        }
+        if !b.cloud_init {
+            let vm_user_data = self.vms.iter().position(|v| v.user_data.is_some());
+            if let Some(i) = vm_user_data {
                 return Err((
-                    "base.image".into(),
-                    format!("image {} does not exist", path.display()),
+                    format!("vm[{i}].user_data"),
+                    "user-data goes to VMs with cloud_init = true in [base]".into(),
                 ));
             }
-            b.image = Some(path);
+            if self.base.user_data.is_some() {
+                return Err((
+                    "base.user_data".into(),
+                    "user-data goes to VMs with cloud_init = true in [base]".into(),
+                ));
+            }
         }
+        let b = &mut self.base;
         // Direct boot is the smoke guest's: the host's kernel and the initramfs lab makes.
         // Another kernel or initrd would be shown in the plan and then not booted, so it is
         // refused instead.
@@ -571,6 +687,50 @@ impl Profile {
                 "base.disk".into(),
                 format!("{} is too small a disk (16MiB at least)", b.disk),
             ));
+        }
+        Ok(())
+    }
+
+    /// The image's source for the cache, when the base is made from an image.
+    pub fn image_source(&self) -> Option<crate::cloud::ImageSource> {
+        let b = &self.base;
+        Some(crate::cloud::ImageSource {
+            location: b.image.clone()?,
+            checksum: b.checksum.as_deref().and_then(|c| c.parse().ok()),
+            checksum_url: b.checksum_url.clone(),
+        })
+    }
+
+    /// `[base] image`, `checksum` and `checksum_url` together: a URL is verifiable, a
+    /// checksum is well formed; the user-data (base's and each VM's) is cloud-config.
+    fn validate_image_source(&self) -> Result<(), (String, String)> {
+        let b = &self.base;
+        if let Some(c) = &b.checksum
+            && let Err(e) = c.parse::<crate::cloud::Checksum>()
+        {
+            return Err(("base.checksum".into(), format!("{e:#}")));
+        }
+        if let Some(source) = self.image_source()
+            && let Err(e) = crate::cloud::validate_source(&source)
+        {
+            let key = if b.checksum_url.is_some() && b.checksum.is_none() {
+                "base.checksum_url"
+            } else {
+                "base.image"
+            };
+            return Err((key.into(), e));
+        }
+        if let Some(text) = &b.user_data
+            && let Err(e) = crate::cloud::seed::check_user_data(text)
+        {
+            return Err(("base.user_data".into(), e));
+        }
+        for (i, vm) in self.vms.iter().enumerate() {
+            if let Some(text) = &vm.user_data
+                && let Err(e) = crate::cloud::seed::check_user_data(text)
+            {
+                return Err((format!("vm[{i}].user_data"), e));
+            }
         }
         Ok(())
     }

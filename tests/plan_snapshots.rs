@@ -105,6 +105,7 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                 }
             }
             Action::WriteBootFiles { .. } => observed.boot_files_current = true,
+            Action::WriteSeed { vm, .. } => observed.seeded.push(vm.clone()),
             Action::ReattachTap { tap, .. } => observed.detached_taps.retain(|t| &t.tap != tap),
             Action::DefinePool { name, .. } => observed.storage_pools.push(name.clone()),
             Action::StopDomain { name, .. } => {
@@ -649,6 +650,8 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
     up.files = LabFiles {
         console_logs: vec![dir.join("lab-smoke-node1.console.log")],
         known_hosts: vec![dir.join("lab-smoke-node1.known_hosts")],
+        seeds: vec![],
+        identity: vec![],
         packstack_password: None,
         ssh_key: vec![
             dir.join("lab-smoke-ssh-key.pub"),
@@ -741,5 +744,66 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
     assert_eq!(
         plan::render_down(&none),
         "Nothing to do: lab owns nothing of profile smoke to remove.\n"
+    );
+}
+
+/// A lab of a cloud image with cloud-init: each new disk gets a seed (a new identity)
+/// before its domain is defined; a lab that is up plans nothing; a seed that went missing
+/// is made again alone; a reset makes a new seed for each disk it makes anew; down removes
+/// the seeds.
+#[test]
+fn cloud_init_vms_get_a_seed_with_every_new_disk() {
+    let p = Profile::parse(
+        "name = \"cloudy\"\n[base]\nimage = \"https://cloud.example.org/debian-12-genericcloud-amd64.qcow2\"\n\
+         checksum_url = \"https://cloud.example.org/SHA512SUMS\"\ncloud_init = true\ndisk = \"8GiB\"\n\
+         [[vm]]\nname = \"web\"\n[[vm]]\nname = \"db\"\ndisk = \"12GiB\"\n",
+        ProfileSource::BuiltIn,
+    )
+    .unwrap();
+    let lines = |plan: &Plan| -> Vec<String> {
+        plan.actions
+            .iter()
+            .map(|a| format!("{} {} {}", a.op(), a.object(), a.name()))
+            .collect()
+    };
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let dir = "/var/lib/lab/images";
+    assert_eq!(
+        lines(&first)[2..],
+        [
+            "clone disk lab-cloudy-web.qcow2".to_string(),
+            format!("write seed {dir}/lab-cloudy-web.seed.iso"),
+            "define domain lab-cloudy-web".into(),
+            "start domain lab-cloudy-web".into(),
+            "clone disk lab-cloudy-db.qcow2".into(),
+            format!("write seed {dir}/lab-cloudy-db.seed.iso"),
+            "define domain lab-cloudy-db".into(),
+            "start domain lab-cloudy-db".into(),
+        ]
+    );
+    assert_eq!(first.vms[1].disk, lab::size::ByteSize::gib(12));
+    let text = plan::render(&first);
+    assert!(
+        text.contains("web.cloudy.lab with the lab's /etc/hosts and keys"),
+        "{text}"
+    );
+    let mut up = observed_after(&first, observed);
+    assert!(plan::plan(&p, &host, &up).unwrap().is_empty());
+    up.seeded.retain(|vm| vm != "db");
+    assert_eq!(
+        lines(&plan::plan(&p, &host, &up).unwrap()),
+        [format!("write seed {dir}/lab-cloudy-db.seed.iso")]
+    );
+    up.seeded.push("db".into());
+    let reset = plan::reset(&p, &host, &up, &["db".into()]).unwrap();
+    assert_eq!(
+        lines(&reset),
+        [
+            "stop domain lab-cloudy-db".to_string(),
+            "reclone disk lab-cloudy-db.qcow2".into(),
+            format!("write seed {dir}/lab-cloudy-db.seed.iso"),
+            "start domain lab-cloudy-db".into(),
+        ]
     );
 }

@@ -195,6 +195,56 @@ pub fn vm_readiness(
         },
         Err(e) => out.push(finding("steps", false, format!("{e:#}"))),
     }
+    if profile.base.cloud_init {
+        let got = t
+            .command(true, timeout)
+            .arg(crate::guest::cloud_init::STATUS)
+            .timeout(timeout + Duration::from_secs(5))
+            .capture();
+        out.push(match got {
+            Ok(c) => match crate::guest::cloud_init::parse_status(&c.stdout, c.code) {
+                crate::guest::cloud_init::Status::Done => {
+                    finding("cloud-init", true, "done".into())
+                }
+                crate::guest::cloud_init::Status::Running(what) => {
+                    finding("cloud-init", false, format!("not finished: {what}"))
+                }
+                crate::guest::cloud_init::Status::Error(said) => {
+                    finding("cloud-init", false, format!("ended in error: {said}"))
+                }
+                crate::guest::cloud_init::Status::Missing => {
+                    finding("cloud-init", false, "the image has no cloud-init".into())
+                }
+            },
+            Err(e) => finding("cloud-init", false, format!("{e}")),
+        });
+    }
+    match steps::probes_for(profile, vm, role) {
+        Ok(probes) => {
+            for probe in probes {
+                let got = t
+                    .command(true, timeout)
+                    .arg("sh -s")
+                    .stdin(probe.run.clone().into_bytes())
+                    .timeout(probe.timeout)
+                    .capture();
+                out.push(match got {
+                    Ok(c) if c.success() => finding("probe", true, probe.name),
+                    Ok(c) => {
+                        let said = format!("{}\n{}", c.stdout.trim(), c.stderr.trim());
+                        let last = said.trim().lines().last().unwrap_or("").to_string();
+                        finding(
+                            "probe",
+                            false,
+                            format!("{}: {} ({last})", probe.name, c.exit()),
+                        )
+                    }
+                    Err(e) => finding("probe", false, format!("{}: {e}", probe.name)),
+                });
+            }
+        }
+        Err(e) => out.push(finding("probe", false, format!("{e:#}"))),
+    }
     out
 }
 

@@ -103,10 +103,19 @@ fn key_body(line: &str) -> Option<(&str, &str)> {
 
 /// The key lab logs in to `profile`'s VMs with.
 pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key> {
-    if profile.direct_boot() {
-        // Only read here: a key made now would be in no VM.
+    if profile.base.cloud_init || profile.direct_boot() {
+        // Only read here: a key made now would be in no VM (the seeds, or the initramfs,
+        // carry lab's key).
         let private = lab_key_path(dir, &profile.name);
         let public = pub_path(&private);
+        let why = if profile.base.cloud_init {
+            "it was removed since the VMs were made; `lab reset {cli}` gives them a new seed \
+             with a new key"
+        } else {
+            "the VMs were made without an SSH server (no dropbear on the host then), or the \
+             key was removed since; `lab reset {cli}` makes them anew with a new key (install \
+             dropbear-bin first where it is missing)"
+        };
         return match std::fs::read_to_string(&public) {
             Ok(line) if private.is_file() => Ok(Key {
                 private,
@@ -114,13 +123,10 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
                 from: format!("lab's key for {}", profile.name),
             }),
             _ => bail!(
-                "lab has no SSH key for {} ({} is missing): the VMs were made without an SSH \
-                 server (no dropbear on the host then), or the key was removed since; \
-                 `lab reset {cli}` makes them anew with a new key (install dropbear-bin first \
-                 where it is missing)",
+                "lab has no SSH key for {} ({} is missing): {}",
                 profile.name,
                 private.display(),
-                cli = profile.cli_name()
+                why.replace("{cli}", &profile.cli_name())
             ),
         };
     }

@@ -35,18 +35,7 @@ pub struct Step {
 /// The steps for VM `vm` (of role `role`), in profile order, rendered with the profile's
 /// `[vars]` and `vm`, `profile`. A step with neither `role` nor `vm` runs everywhere.
 pub fn steps_for(profile: &Profile, vm: &str, role: Option<&str>) -> Result<Vec<Step>> {
-    let mut context: BTreeMap<String, minijinja::Value> = profile
-        .vars
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                minijinja::Value::from(minijinja::value::Serde(v)),
-            )
-        })
-        .collect();
-    context.insert("vm".into(), vm.into());
-    context.insert("profile".into(), profile.name.as_str().into());
+    let context = context(profile, vm);
     let mut steps = Vec::new();
     for (i, step) in profile.provision.iter().enumerate() {
         let for_role = step.role.as_deref().is_none_or(|r| Some(r) == role);
@@ -68,6 +57,49 @@ pub fn steps_for(profile: &Profile, vm: &str, role: Option<&str>) -> Result<Vec<
         });
     }
     Ok(steps)
+}
+
+/// The readiness probes (`[[ready]]`) for VM `vm`, rendered as steps are; a probe's
+/// digest is unused.
+pub fn probes_for(profile: &Profile, vm: &str, role: Option<&str>) -> Result<Vec<Step>> {
+    let context = context(profile, vm);
+    let mut probes = Vec::new();
+    for (i, probe) in profile.ready.iter().enumerate() {
+        let for_role = probe.role.as_deref().is_none_or(|r| Some(r) == role);
+        let for_vm = probe.vm.as_deref().is_none_or(|v| v == vm);
+        if !(for_role && for_vm) {
+            continue;
+        }
+        let label = format!(
+            "{}: ready[{i}] ({}).run",
+            profile.locate(&format!("ready.{i}.run")),
+            probe.name
+        );
+        probes.push(Step {
+            name: probe.name.clone(),
+            run: crate::kickstart::render_text(&label, &probe.run, &context)?,
+            timeout: Duration::from_secs(probe.timeout),
+            digest: String::new(),
+        });
+    }
+    Ok(probes)
+}
+
+/// What `{{ }}` in a step or probe may name: the profile's `[vars]`, and `vm`, `profile`.
+fn context(profile: &Profile, vm: &str) -> BTreeMap<String, minijinja::Value> {
+    let mut context: BTreeMap<String, minijinja::Value> = profile
+        .vars
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                minijinja::Value::from(minijinja::value::Serde(v)),
+            )
+        })
+        .collect();
+    context.insert("vm".into(), vm.into());
+    context.insert("profile".into(), profile.name.as_str().into());
+    context
 }
 
 /// A step name is a file name on the VM.

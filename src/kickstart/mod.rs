@@ -84,6 +84,26 @@ pub fn inputs_for(profile: &Profile, home: Option<&Path>) -> Result<RenderInputs
             )));
         }
     }
+    let (keys, from) = user_ssh_keys(profile, home)?;
+    if keys.is_empty() && !profile.vars.contains_key("root_password_hash") {
+        return Err(usage(format!(
+            "profile {}: no SSH public key for root in {from} and no root password hash: \
+             nobody could log in to the base. Create a key (`ssh-keygen -t ed25519`) or set \
+             [vars] ssh_keys",
+            profile.name
+        )));
+    }
+    Ok(RenderInputs {
+        ssh_keys: keys,
+        ssh_keys_from: from,
+    })
+}
+
+/// The user's public keys for root in the VMs, and where they came from: `[vars] ssh_keys`,
+/// else every `~/.ssh/*.pub`. Each is checked to be an OpenSSH public key line.
+pub fn user_ssh_keys(profile: &Profile, home: Option<&Path>) -> Result<(Vec<String>, String)> {
+    let key_at =
+        |field: &str| format!("{}: vars.{field}", profile.locate(&format!("vars.{field}")));
     let (keys, from) = match profile.vars.get("ssh_keys") {
         Some(value) => {
             let keys: Vec<String> = match value {
@@ -131,18 +151,7 @@ pub fn inputs_for(profile: &Profile, home: Option<&Path>) -> Result<RenderInputs
             )));
         }
     }
-    if keys.is_empty() && !profile.vars.contains_key("root_password_hash") {
-        return Err(usage(format!(
-            "profile {}: no SSH public key for root in {from} and no root password hash: \
-             nobody could log in to the base. Create a key (`ssh-keygen -t ed25519`) or set \
-             [vars] ssh_keys",
-            profile.name
-        )));
-    }
-    Ok(RenderInputs {
-        ssh_keys: keys,
-        ssh_keys_from: from,
-    })
+    Ok((keys, from))
 }
 
 /// The keys of every `*.pub` file in `dir`, in name order.
