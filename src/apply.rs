@@ -370,11 +370,10 @@ fn build_base(env: &Env<'_>, kvm: bool) -> Result<Volume> {
             .context("creating a scratch directory for the base")?;
         let raw = directboot::build_base_image(work.path(), &p.name, p.base.disk)?;
         env.storage.import_base(&p.name, &raw)?
-    } else if let Some(source) = p.image_source() {
+    } else if p.base.image.is_some() {
         // Downloaded (or found) and verified in the image cache first: what is imported
-        // is only ever a whole, verified image.
-        let cached = crate::cloud::ensure(&source, &crate::cloud::cache_dir())?;
-        env.storage.import_base(&p.name, &cached.path)?
+        // is only ever a whole, verified image. Sealed and recorded there.
+        return Ok(crate::cloud::base::import(env.storage, p)?.0);
     } else {
         // An installer run: it builds, trims, compacts and seals the base itself.
         crate::kickstart::build_base(

@@ -226,6 +226,18 @@ pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observe
             .map(|r| r.built_at)
             .filter(|&b| b > 0);
     }
+    // An image base is made again when the profile names another image or checksum.
+    if profile.base.image.is_some() {
+        let storage = Qcow2Storage::new(&profile.storage.dir);
+        match crate::cloud::base::rebuild_reason(profile, &storage) {
+            Ok(why) => {
+                observed.base_out_of_date =
+                    why.filter(|_| storage.base(&profile.name).ok().flatten().is_some())
+            }
+            Err(e) => ui::debug(format_args!("whether the base is current: {e:#}")),
+        }
+        observed.base_built_at = crate::cloud::base::built_at(profile, &storage);
+    }
     let p = profile.name.as_str();
     if profile.base.cloud_init {
         for (vm, _) in profile.instances() {

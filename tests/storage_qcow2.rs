@@ -248,10 +248,16 @@ fn importing_an_image_converts_a_copy() {
     qemu_io(&base.path, "read -P 0x5a 0 1M");
     assert!(src.exists(), "the source is left as it was");
     s.seal_base("demo").unwrap();
-    let err = s.import_base("demo", &src).unwrap_err().to_string();
-    assert!(
-        err.contains("already exists (lab's, of profile demo)"),
-        "{err}"
+    // Imported again (a newer `latest` image): a new generation, the base once sealed.
+    qemu_io(&src, "write -P 0x6b 0 1M");
+    s.import_base("demo", &src).unwrap();
+    qemu_io(&base.path, "read -P 0x5a 0 1M");
+    s.seal_base("demo").unwrap();
+    qemu_io(&base.path, "read -P 0x6b 0 1M");
+    assert_eq!(
+        s.generations("demo").len(),
+        1,
+        "the unused old one is pruned"
     );
 }
 

@@ -50,7 +50,19 @@ pub fn validate_source(_source: &ImageSource) -> Result<(), String> {
     Ok(())
 }
 
+pub mod base;
+
+impl std::fmt::Display for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checksum::Sha256(h) => write!(f, "sha256:{h}"),
+            Checksum::Sha512(h) => write!(f, "sha512:{h}"),
+        }
+    }
+}
+
 pub struct CachedImage {
+    pub checksum: Checksum,
     pub path: std::path::PathBuf,
     pub from_cache: bool,
     pub downloaded_bytes: u64,
@@ -62,6 +74,7 @@ pub fn cache_dir() -> std::path::PathBuf {
 
 pub fn ensure(source: &ImageSource, _cache: &std::path::Path) -> anyhow::Result<CachedImage> {
     Ok(CachedImage {
+        checksum: Checksum::Sha256(String::new()),
         path: source.location.clone().into(),
         from_cache: true,
         downloaded_bytes: 0,

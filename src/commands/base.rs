@@ -101,10 +101,19 @@ struct BuildOut {
 }
 
 fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Result<u8> {
-    let profile = kickstart_profile(arg)?;
+    let profile = Profile::load(arg)?;
+    let from_image = profile.base.image.is_some();
+    if !from_image {
+        kickstart_profile(arg)?;
+    }
     let storage = storage_of(&profile)?;
     let _lock = super::profile_lock(global, "base build", &profile.name, false)?;
-    let reason = match kickstart::build::rebuild_reason(&profile, &storage)? {
+    let current = if from_image {
+        crate::cloud::base::rebuild_reason(&profile, &storage)?
+    } else {
+        kickstart::build::rebuild_reason(&profile, &storage)?
+    };
+    let reason = match current {
         Some(r) => Some(r),
         None if force => Some("--force".into()),
         None => None,
@@ -119,8 +128,11 @@ fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Resu
         }
         Some(why) => {
             ui::info(format_args!("{}: building the base: {why}", profile.name));
-            let lv = Libvirt::open(&global.connect)?;
-            {
+            if from_image {
+                // The checksum file is fetched again: a newer `latest` image comes in.
+                crate::cloud::base::import(&storage, &profile)?;
+            } else {
+                let lv = Libvirt::open(&global.connect)?;
                 let kvm = crate::check::kvm::verdict_cached(&crate::host::Sysroot::live()).usable;
                 kickstart::build_base(&lv, &storage, &profile, &profile.storage.dir, timeout, kvm)?
             };

@@ -466,10 +466,9 @@ impl Storage for Qcow2Storage {
                 "{} exists and is not lab's: lab will not touch it",
                 stable.display()
             );
-        } else if stable.exists() {
-            // A current base: imported once, kept.
-            Self::refuse_existing(&stable)?;
         }
+        // A current base stays until the new generation is sealed (a newer image, or
+        // another one the profile now names): its clones keep reading it.
         let src = info(image)?;
         self.ensure_dir()?;
         self.ensure_space(
@@ -526,7 +525,12 @@ impl Storage for Qcow2Storage {
     }
 
     fn record_base(&self, volume: &Volume, record: &str) -> Result<()> {
-        let path = Self::record_path(&volume.path);
+        // Beside the generation the name points at, where `base_record` reads it.
+        let image = volume
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| volume.path.clone());
+        let path = Self::record_path(&image);
         std::fs::write(&path, record).with_context(|| format!("writing {}", path.display()))
     }
 
