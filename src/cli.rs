@@ -86,6 +86,8 @@ pub enum Command {
     Down(DownArgs),
     /// Log in to a lab VM over SSH, or run one command in it
     Ssh(SshArgs),
+    /// A VM's serial console, interactive (leave with Ctrl+]), for when its network is cut
+    Console(ConsoleArgs),
     /// Is the lab ready to show: SSH, nested KVM in the VMs, provisioning, endpoints
     Ready(ReadyArgs),
     /// Give the space guests freed back to the host: fstrim through the guest agent in
@@ -173,6 +175,14 @@ pub struct ReadyArgs {
 pub struct StatusArgs {
     /// Only this profile (a name); all of lab's labs when omitted
     pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VM
+    pub vm: String,
 }
 
 #[derive(Debug, Args)]

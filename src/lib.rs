@@ -90,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Base(args) => commands::base::base(&cli.global, &args),
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
+        Command::Console(args) => commands::console::console(&cli.global, &args),
         Command::Ready(args) => commands::ready::ready(&cli.global, &args),
         Command::Completions { shell } => commands::man::completions(shell),
         Command::Man { dir } => commands::man::man(dir.as_deref()),

@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod check;
+pub mod console;
 pub mod down;
 pub mod man;
 pub mod pool;
