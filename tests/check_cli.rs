@@ -437,3 +437,29 @@ fn packstack_fits_a_big_laptop_in_its_volume_group() {
         summary(&report, "resources.nested")
     );
 }
+
+/// A volume group without the profile's thin pool is not where the lab goes (the plan then
+/// uses qcow2 images in the directory): its room is the directory's filesystem.
+#[test]
+fn without_its_thin_pool_the_lab_is_measured_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles/packstack-aio.toml"),
+    )
+    .unwrap()
+    .replace("pool = \"lab-pool\"", "pool = \"no-such-pool\"");
+    let profile = dir.path().join("packstack-aio.toml");
+    std::fs::write(&profile, text).unwrap();
+    let (code, report, _) = check(&[
+        "--sysroot",
+        &sysroot("laptop-big"),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--no-throughput",
+    ]);
+    assert_well_formed(code, &report);
+    assert_eq!(
+        summary(&report, "resources.disk"),
+        "/var/lib/lab has 460.4GiB free; base and 1 VM fully written take 120GiB"
+    );
+}

@@ -63,12 +63,28 @@ pub fn room(sysroot: &Sysroot, storage: &StorageTarget, pool: Option<&str>) -> R
     let path = match storage {
         StorageTarget::VolumeGroup { vg, fallback, .. } => {
             let lvm = crate::host::lvm::LvmSource::for_sysroot(sysroot);
-            match lvm.vg(vg) {
-                Ok(Some(row)) => {
-                    room.disk = vg_room(&lvm, &row, pool);
-                    if room.disk.is_none() {
-                        room.disk_unknown =
-                            format!("volume group {vg}: {} gave no free space", lvm.label());
+            match (lvm.vg(vg), pool) {
+                // As the plan does: the lab goes in the thin pool when it exists, else in
+                // qcow2 images in the directory.
+                (Ok(Some(row)), Some(pool)) => match pool_room(&lvm, &row, pool) {
+                    Some(d) => {
+                        room.disk = Some(d);
+                        return room;
+                    }
+                    None => fallback,
+                },
+                (Ok(Some(row)), None) => {
+                    match row.vg_free {
+                        Some(free) => {
+                            room.disk = Some(DiskRoom {
+                                at: format!("volume group {vg}"),
+                                free,
+                            })
+                        }
+                        None => {
+                            room.disk_unknown =
+                                format!("volume group {vg}: {} gave no free space", lvm.label())
+                        }
                     }
                     return room;
                 }
@@ -97,36 +113,26 @@ pub fn room(sysroot: &Sysroot, storage: &StorageTarget, pool: Option<&str>) -> R
     room
 }
 
-fn vg_room(
+/// The room of thin pool `pool` in volume group `vg`: what the VG has unallocated (the
+/// pool can grow into it) plus what the pool has unused. None when there is no such pool.
+fn pool_room(
     lvm: &crate::host::lvm::LvmSource,
     vg: &crate::host::lvm::VgRow,
-    pool: Option<&str>,
+    pool: &str,
 ) -> Option<DiskRoom> {
-    let vg_free = vg.vg_free?;
-    let pool_free = pool.and_then(|pool| {
-        let rows = lvm.lvs(&vg.vg_name, pool).ok()?;
-        let tp = crate::host::lvm::ThinPool::find(&rows, &vg.vg_name, pool)?;
-        let size = tp.size?;
-        let used = tp.data_percent.unwrap_or(0.0).clamp(0.0, 100.0);
-        Some((
-            pool.to_string(),
-            (size as f64 * (100.0 - used) / 100.0) as u64,
-        ))
-    });
-    Some(match pool_free {
-        Some((pool, free)) => DiskRoom {
-            at: format!(
-                "volume group {} ({} unallocated, thin pool {pool} {} unused)",
-                vg.vg_name,
-                size(vg_free),
-                size(free)
-            ),
-            free: vg_free + free,
-        },
-        None => DiskRoom {
-            at: format!("volume group {}", vg.vg_name),
-            free: vg_free,
-        },
+    let rows = lvm.lvs(&vg.vg_name, pool).ok()?;
+    let tp = crate::host::lvm::ThinPool::find(&rows, &vg.vg_name, pool)?;
+    let used = tp.data_percent.unwrap_or(0.0).clamp(0.0, 100.0);
+    let pool_free = (tp.size.unwrap_or(0) as f64 * (100.0 - used) / 100.0) as u64;
+    let vg_free = vg.vg_free.unwrap_or(0);
+    Some(DiskRoom {
+        at: format!(
+            "volume group {} ({} unallocated, thin pool {pool} {} unused)",
+            vg.vg_name,
+            size(vg_free),
+            size(pool_free)
+        ),
+        free: vg_free + pool_free,
     })
 }
 
