@@ -199,6 +199,21 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
     )))
 }
 
+/// The locale variables among `names`: LANG, LANGUAGE and LC_*, always with LANG and
+/// LC_ALL (removing an unset one costs nothing, and keeps the command line the same).
+pub fn locale_vars(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut found: Vec<std::ffi::OsString> = vec!["LANG".into(), "LC_ALL".into()];
+    for name in names {
+        let is_locale = name
+            .to_str()
+            .is_some_and(|n| n == "LANGUAGE" || n.starts_with("LC_"));
+        if is_locale && !found.contains(&name) {
+            found.push(name);
+        }
+    }
+    found
+}
+
 /// Why a VM did not answer [`Target::probe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unanswered {
@@ -249,6 +264,14 @@ impl Target {
             .args(["-o", "LogLevel=ERROR"]);
         if batch {
             cmd = cmd.args(["-o", "BatchMode=yes", "-T"]);
+        }
+        // The laptop's locale stays on the laptop: the system ssh_config of most
+        // distributions sends LANG and LC_* (`SendEnv`), and a locale the VM lacks (RDO warns
+        // about this for packstack) breaks its tools. `SendEnv -NAME` in ssh_config cannot
+        // undo that, as the first value given for an option wins and the system file's
+        // `SendEnv LANG LC_*` comes first; so ssh is not given them at all.
+        for name in locale_vars(std::env::vars_os().map(|(k, _)| k)) {
+            cmd = cmd.env_remove(name);
         }
         cmd.arg(format!("{USER}@{}", self.ip))
     }
@@ -322,6 +345,47 @@ mod tests {
         let interactive = target().command(false, Duration::from_secs(5)).cmdline();
         assert!(!interactive.contains("BatchMode"), "{interactive}");
         assert!(!interactive.contains(" -T"), "{interactive}");
+    }
+
+    #[test]
+    fn the_laptops_locale_is_not_passed_to_the_vm() {
+        let names = [
+            "PATH", "LC_TIME", "LANGUAGE", "LC_ALL", "LANGX", "HOME", "LC_CTYPE",
+        ];
+        let found = locale_vars(names.iter().map(std::ffi::OsString::from));
+        assert_eq!(
+            found,
+            ["LANG", "LC_ALL", "LC_TIME", "LANGUAGE", "LC_CTYPE"].map(std::ffi::OsString::from)
+        );
+        // Whatever lab's own environment holds, ssh gets no LANG and no LC_ALL.
+        let cmd = target().command(true, Duration::from_secs(5));
+        for name in ["LANG", "LC_ALL"] {
+            assert!(
+                cmd.removed_env().contains(&name.into()),
+                "{:?}",
+                cmd.removed_env()
+            );
+        }
+        assert!(
+            cmd.cmdline().starts_with("env -u LANG -u LC_ALL "),
+            "{}",
+            cmd.cmdline()
+        );
+        // The process lab starts (the interactive `lab ssh` one) has them removed too.
+        let std = cmd.std_command();
+        let removed: Vec<&std::ffi::OsStr> = std
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            removed.contains(&std::ffi::OsStr::new("LANG")),
+            "{removed:?}"
+        );
+        assert!(
+            removed.contains(&std::ffi::OsStr::new("LC_ALL")),
+            "{removed:?}"
+        );
     }
 
     #[test]
