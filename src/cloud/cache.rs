@@ -831,16 +831,16 @@ fn disk_full(dir: &Path, needed: u64, free: Option<u64>) -> anyhow::Error {
 
 /// A failed write: a full disk says so, anything else names the file.
 fn write_error(e: io::Error, path: &Path, needed: Option<u64>) -> anyhow::Error {
-    let dir = path.parent().unwrap_or(Path::new("."));
     if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-        let needed = needed.map_or("more space".into(), |n| ByteSize(n).to_string());
+        let needed = needed.map_or("the image did not fit".into(), |n| {
+            format!("the image needs {}", ByteSize(n))
+        });
         return anyhow!(
-            "disk full writing {}: the image needs {needed}; free some space (or set \
+            "disk full writing {}: {needed}; it was removed; free some space (or set \
              LAB_IMAGE_CACHE to a roomier directory) and run again",
             path.display()
         );
     }
-    let _ = dir;
     anyhow!(e).context(format!("writing {}", path.display()))
 }
 
