@@ -216,7 +216,8 @@ fn a_checksum_mismatch_names_the_url_and_both_sums_and_keeps_nothing() {
 }
 
 #[test]
-fn checksum_files_of_debian_and_fedora_are_read_and_only_they_are_fetched_again() {
+fn checksum_files_of_debian_and_fedora_are_read_and_only_they_are_fetched_again_or_not_at_all_offline()
+ {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let image = qcow2(work.path(), 1);
@@ -238,6 +239,7 @@ fn checksum_files_of_debian_and_fedora_are_read_and_only_they_are_fetched_again(
     let got = ensure(&src, &cache).unwrap();
     assert_eq!(got.checksum, Some(sha512(&image)));
     assert!(!got.from_cache);
+    let got_debian_path = got.path.clone();
     let again = ensure(&src, &cache).unwrap();
     assert!(again.from_cache);
     assert_eq!(server.count("/debian/debian-12-generic-amd64.qcow2"), 1);
@@ -271,6 +273,36 @@ fn checksum_files_of_debian_and_fedora_are_read_and_only_they_are_fetched_again(
     assert_eq!(got.checksum, Some(sha256(&raw)));
     assert_eq!(got.format, ImageFormat::Raw);
     assert_eq!(std::fs::read(&got.path).unwrap(), raw);
+
+    // No network at the venue: the image this URL and checksum file gave last time is
+    // used (it was verified when downloaded); one never fetched is an error.
+    let server_url = server.url("/debian/SHA512SUMS");
+    let other_src = source(
+        &server.url("/debian/debian-13-generic-amd64.qcow2"),
+        None,
+        Some(server_url.clone()),
+    );
+    let listed = cache::entries(&cache).unwrap().len();
+    drop(server);
+    let offline = ensure(&src, &cache).unwrap();
+    assert!(offline.from_cache);
+    assert_eq!(offline.checksum, Some(sha512(&image)));
+    assert_eq!(offline.path, got_debian_path);
+    let msg = format!("{:#}", ensure(&other_src, &cache).unwrap_err());
+    assert!(
+        msg.contains(&server_url) && msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert_eq!(cache::entries(&cache).unwrap().len(), listed);
+}
+
+#[test]
+fn checksum_files_that_do_not_list_the_image_or_are_missing_are_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let server = Server::start();
+    let sums = format!("{}  debian-12-generic-amd64.qcow2\n", "0".repeat(128));
+    server.serve_as("/debian/SHA512SUMS", sums.into_bytes(), "text/plain");
 
     // A checksum file that does not list the image: an error naming both.
     let missing = source(

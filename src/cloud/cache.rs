@@ -110,7 +110,11 @@ pub fn ensure_with(source: &ImageSource, cache: &Path, wait: Wait) -> Result<Cac
     let name = source.file_name();
     let expected = match (&source.checksum, &source.checksum_url) {
         (Some(c), _) => Some(c.clone()),
-        (None, Some(url)) => Some(checksum_from_file(url, &name)?),
+        (None, Some(url)) => match checksum_from_file(url, &name) {
+            Ok(c) => Some(c),
+            Err(e) if e.is::<Unreachable>() => return offline(source, cache, e),
+            Err(e) => return Err(e),
+        },
         (None, None) => None,
     };
     if source.is_url() {
@@ -120,6 +124,40 @@ pub fn ensure_with(source: &ImageSource, cache: &Path, wait: Wait) -> Result<Cac
         local(source, &name, expected, cache, wait)
     }
 }
+
+/// The checksum file cannot be reached (no network at the venue, say): the image this URL
+/// and checksum file gave last time, verified when it was downloaded, with a warning; else
+/// the error.
+fn offline(source: &ImageSource, cache: &Path, unreachable: anyhow::Error) -> Result<CachedImage> {
+    let last = entries(cache)?
+        .into_iter()
+        .filter(|e| e.source == source.location && e.checksum_url == source.checksum_url)
+        .max_by_key(|e| e.fetched_at);
+    let Some(entry) = last else {
+        return Err(unreachable);
+    };
+    let checksum: Checksum = entry.checksum.parse()?;
+    let found = hit(cache, entry.key(), &checksum).context("the cached image vanished")?;
+    ui::warn(format_args!(
+        "{unreachable:#}; using the image cached from {} (fetched {}, {}), as verified then",
+        source.location,
+        crate::plan::days_ago(entry.fetched_at, crate::observe::now_secs()),
+        checksum.short()
+    ));
+    Ok(found)
+}
+
+/// The network failed before an answer came (as opposed to an answer lab refuses).
+#[derive(Debug)]
+struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
 
 /// Every entry of the cache, by name.
 pub fn entries(cache: &Path) -> Result<Vec<Entry>> {
@@ -345,7 +383,7 @@ fn local(
         let checksum = match expected {
             Some(c) => c,
             // Unnamed by the profile: its own digest keys the entry.
-            None => Checksum::Sha256(String::new()).of_file(path)?,
+            None => Checksum::sha256_of_file(path)?,
         };
         let key = checksum.key();
         if let Some(hit) = hit(cache, &key, &checksum) {
@@ -519,7 +557,7 @@ fn checksum_from_file(url: &str, name: &str) -> Result<Checksum> {
     let mut resp = agent()
         .get(url)
         .call()
-        .map_err(|e| anyhow!(describe(&e)))
+        .map_err(|e| anyhow!(Unreachable(describe(&e))))
         .with_context(context)?;
     if !resp.status().is_success() {
         return Err(anyhow!(status_error(resp.status()))).with_context(context);
@@ -529,7 +567,7 @@ fn checksum_from_file(url: &str, name: &str) -> Result<Checksum> {
         .with_config()
         .limit(4 << 20)
         .read_to_string()
-        .map_err(|e| anyhow!(describe(&e)))
+        .map_err(|e| anyhow!(Unreachable(describe(&e))))
         .with_context(context)?;
     find_in_sums(&text, name).map_err(|e| anyhow!("checksum file {url}: {e}"))
 }
@@ -901,7 +939,7 @@ fn decompress(
 ) -> Result<(PathBuf, ImageFormat)> {
     let mut input = Digesting {
         inner: io::BufReader::with_capacity(1 << 20, file),
-        hasher: Hasher::like(verify.unwrap_or(&Checksum::Sha256(String::new()))),
+        hasher: verify.map_or_else(Hasher::sha256, Hasher::like),
     };
     // The format is known only once decompressed: written under a neutral name first.
     let tmp = cache.join(format!("{key}.img.tmp"));

@@ -62,21 +62,29 @@ impl Checksum {
 
     /// The same algorithm's digest of the file at `path`.
     pub fn of_file(&self, path: &Path) -> Result<Checksum> {
-        let mut hasher = Hasher::like(self);
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finish())
+        digest_file(Hasher::like(self), path)
     }
+
+    /// The sha256 of the file at `path`.
+    pub fn sha256_of_file(path: &Path) -> Result<Checksum> {
+        digest_file(Hasher::sha256(), path)
+    }
+}
+
+fn digest_file(mut hasher: Hasher, path: &Path) -> Result<Checksum> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish())
 }
 
 impl FromStr for Checksum {
@@ -125,6 +133,10 @@ impl Hasher {
             Checksum::Sha256(_) => Hasher::Sha256(Sha256::new()),
             Checksum::Sha512(_) => Hasher::Sha512(Sha512::new()),
         }
+    }
+
+    pub fn sha256() -> Hasher {
+        Hasher::Sha256(Sha256::new())
     }
 
     pub fn update(&mut self, bytes: &[u8]) {
@@ -225,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_digest_of_bytes_fed_in_pieces() {
-        let mut h = Hasher::like(&Checksum::Sha256(String::new()));
+        let mut h = Hasher::sha256();
         h.update(b"te");
         h.update(b"st");
         assert_eq!(h.finish(), Checksum::Sha256(H256.into()));

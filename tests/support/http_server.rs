@@ -42,6 +42,7 @@ pub struct Server {
     port: u16,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -51,7 +52,7 @@ impl Server {
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
-        thread::spawn(move || {
+        let accept = thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
@@ -61,7 +62,12 @@ impl Server {
                 thread::spawn(move || handle(conn, &s));
             }
         });
-        Server { port, state, stop }
+        Server {
+            port,
+            state,
+            stop,
+            accept: Some(accept),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -120,8 +126,12 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
+        // Wake the accept loop so it sees the flag; once it is joined the port is closed,
+        // and a request to it is refused (a server gone away).
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
     }
 }
 
