@@ -156,6 +156,28 @@ fn a_transfer_cut_mid_way_is_resumed_with_a_range_request() {
     assert_eq!(reqs[1].range.as_deref(), Some("bytes=1048576-"));
     assert_eq!(got.downloaded_bytes, image.len() as u64);
     assert_eq!(std::fs::read(&got.path).unwrap(), image);
+
+    // A transfer that keeps breaking: lab gives up after three tries, keeps what it got
+    // (never as an image), and the next run takes it from there.
+    let other = qcow2(work.path(), 2);
+    server.serve("/y.qcow2", other.clone());
+    let src = source(&server.url("/y.qcow2"), Some(sha256(&other)), None);
+    for _ in 0..3 {
+        server.cut_next_after(512 << 10);
+    }
+    let msg = format!("{:#}", ensure(&src, &cache).unwrap_err());
+    assert!(
+        msg.contains(&server.url("/y.qcow2")) && msg.contains("broke off 3 times"),
+        "{msg}"
+    );
+    let part = cache.join(format!("{}.part", sha256(&other).key()));
+    assert_eq!(part.metadata().unwrap().len(), 3 << 19);
+    assert_eq!(cache::entries(&cache).unwrap().len(), 1, "only x.qcow2");
+    let got = ensure(&src, &cache).unwrap();
+    let last = server.requests().pop().unwrap();
+    assert_eq!(last.range.as_deref(), Some("bytes=1572864-"));
+    assert_eq!(std::fs::read(&got.path).unwrap(), other);
+    assert!(!part.exists());
 }
 
 #[test]

@@ -275,7 +275,7 @@ fn read_entry(path: &Path) -> Option<Entry> {
 /// Write a record whole or not at all: a reader never sees half of one.
 fn write_entry(cache: &Path, key: &str, entry: &Entry) -> Result<()> {
     let path = cache.join(format!("{key}.json"));
-    let tmp = cache.join(format!("{key}.json.{}", std::process::id()));
+    let tmp = cache.join(format!("{key}.json.{}.tmp", std::process::id()));
     fs::write(&tmp, serde_json::to_string_pretty(entry)? + "\n")
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
@@ -698,7 +698,15 @@ fn attempt_download(
     if offset > 0 {
         request = request.header("Range", format!("bytes={offset}-"));
     }
-    let resp = request.call().map_err(|e| fatal(anyhow!(describe(&e))))?;
+    let resp = request.call().map_err(|e| {
+        let e = anyhow!(describe(&e));
+        // What an earlier attempt got is kept for the next one: the network may come back.
+        if offset > 0 {
+            Failure::Broken(e)
+        } else {
+            Failure::Fatal(e)
+        }
+    })?;
     let status = resp.status().as_u16();
     let header = |name: &str| {
         resp.headers()
