@@ -766,3 +766,64 @@ fn lab_cache_lists_and_removes_images() {
     let (code, _, err) = lab_cache(&cache, &["rm"]);
     assert_eq!(code, 2, "a name or --all: {err}");
 }
+
+#[test]
+fn lab_base_build_imports_a_downloaded_raw_image_once() {
+    let work = tempfile::tempdir().unwrap();
+    let raw = noise(2 << 20, 31);
+    let server = Server::start();
+    server.serve("/cloud/disk.raw", raw.clone());
+    server.serve_as(
+        "/cloud/SHA256SUMS",
+        format!("{}  disk.raw\n", sha256(&raw).hex()).into_bytes(),
+        "text/plain",
+    );
+    let images = work.path().join("images");
+    let profile = work.path().join("rawbase.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "name = \"rawbase{}\"\n[storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n[base]\n\
+             image = \"{}\"\nchecksum_url = \"{}\"\n[[vm]]\nname = \"a\"\n",
+            std::process::id() % 100_000,
+            images.display(),
+            server.url("/cloud/disk.raw"),
+            server.url("/cloud/SHA256SUMS"),
+        ),
+    )
+    .unwrap();
+    let lab = |args: &[&str]| {
+        let out = Command::new(lab_cli::LAB)
+            .args(args)
+            .env("LAB_IMAGE_CACHE", work.path().join("cache"))
+            .env("LAB_LOCK", work.path().join("lab.lock"))
+            .env("LAB_RUNTIME_DIR", work.path().join("run"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "lab {args:?}: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let p = profile.to_str().unwrap();
+    let (stdout, stderr) = lab(&["base", "build", p]);
+    assert!(stderr.contains("downloaded disk.raw"), "{stderr}");
+    let base = PathBuf::from(stdout.trim());
+    assert!(base.starts_with(&images), "{stdout}");
+    let info = lab::storage::qcow2::info(&base).unwrap();
+    assert_eq!(info.format, "qcow2");
+    assert_eq!(
+        info.virtual_size,
+        raw.len() as u64,
+        "read as the raw disk it is"
+    );
+
+    // Current: nothing fetched, not even the checksum file.
+    let (_, stderr) = lab(&["base", "build", p]);
+    assert!(stderr.contains("the base is current"), "{stderr}");
+    // Made again: the checksum file is fetched, the image comes from the cache.
+    let (_, stderr) = lab(&["base", "build", p, "--force"]);
+    assert!(!stderr.contains("downloaded"), "{stderr}");
+    assert_eq!(server.count("/cloud/disk.raw"), 1);
+    assert_eq!(server.count("/cloud/SHA256SUMS"), 2);
+    lab(&["base", "rm", p]);
+}
