@@ -131,11 +131,13 @@ fn list(global: &GlobalArgs, dir: &Path) -> Result<u8> {
 /// The entries `name` names: by published name, cache file, or checksum (whole, or 8 hex
 /// digits or more of it).
 fn matching<'a>(entries: &'a [Entry], name: &str) -> Vec<&'a Entry> {
-    let hex = name
+    let (algo, hex) = match name
         .split_once([':', '-'])
         .filter(|(algo, _)| *algo == "sha256" || *algo == "sha512")
-        .map_or(name, |(_, h)| h)
-        .to_ascii_lowercase();
+    {
+        Some((algo, hex)) => (Some(algo), hex.to_ascii_lowercase()),
+        None => (None, name.to_ascii_lowercase()),
+    };
     let by_checksum = hex.len() >= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit());
     entries
         .iter()
@@ -143,9 +145,9 @@ fn matching<'a>(entries: &'a [Entry], name: &str) -> Vec<&'a Entry> {
             e.name == name
                 || e.file == name
                 || (by_checksum
-                    && e.checksum
-                        .split_once(':')
-                        .is_some_and(|(_, h)| h.starts_with(&hex)))
+                    && e.checksum.split_once(':').is_some_and(|(a, h)| {
+                        algo.is_none_or(|algo| algo == a) && h.starts_with(&hex)
+                    }))
         })
         .collect()
 }
@@ -226,4 +228,58 @@ fn remove(global: &GlobalArgs, dir: &Path, names: &[String], all: bool) -> Resul
         ui::info(format_args!("no images in the cache {}", dir.display()));
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::ImageFormat;
+
+    fn entry(name: &str, hex: char) -> Entry {
+        let hex: String = std::iter::repeat_n(hex, 64).collect();
+        Entry {
+            file: format!("sha256-{hex}.qcow2"),
+            name: name.into(),
+            source: format!("https://example.org/{name}"),
+            checksum: format!("sha256:{hex}"),
+            checksum_url: None,
+            format: ImageFormat::Qcow2,
+            compression: None,
+            size: 1,
+            published_size: 1,
+            fetched_at: 0,
+            last_used: 0,
+        }
+    }
+
+    #[test]
+    fn an_image_is_named_by_name_file_or_checksum() {
+        let entries = [
+            entry("debian.qcow2", 'a'),
+            entry("debian.qcow2", 'b'),
+            entry("fedora.raw", 'c'),
+        ];
+        let names = |n: &str| -> Vec<char> {
+            matching(&entries, n)
+                .iter()
+                .map(|e| e.checksum.chars().last().unwrap())
+                .collect()
+        };
+        assert_eq!(names("fedora.raw"), ['c']);
+        assert_eq!(
+            names("debian.qcow2"),
+            ['a', 'b'],
+            "two latest downloads of one name"
+        );
+        assert_eq!(names("sha256:bbbbbbbb"), ['b']);
+        assert_eq!(names("sha256-bbbbbbbbbb"), ['b']);
+        assert_eq!(names("aaaaaaaa"), ['a']);
+        assert_eq!(names(&entries[1].file), ['b']);
+        assert!(
+            names("aaaa").is_empty(),
+            "too short a prefix to be a checksum"
+        );
+        assert!(names("sha512:aaaaaaaa").is_empty(), "another algorithm");
+        assert!(names("ubuntu.img").is_empty());
+    }
 }
