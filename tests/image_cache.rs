@@ -827,3 +827,48 @@ fn lab_base_build_imports_a_downloaded_raw_image_once() {
     assert_eq!(server.count("/cloud/SHA256SUMS"), 2);
     lab(&["base", "rm", p]);
 }
+
+#[test]
+fn a_downloaded_qcow2_that_reads_another_file_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let secret = work.path().join("host-file.raw");
+    std::fs::write(&secret, noise(1 << 20, 41)).unwrap();
+    let made = |name: &str, opts: &[&str]| {
+        let path = work.path().join(name);
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(opts)
+            .arg(&path)
+            .arg("1M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::read(&path).unwrap()
+    };
+    let overlay = made(
+        "overlay.qcow2",
+        &["-b", secret.to_str().unwrap(), "-F", "raw"],
+    );
+    let data_file = format!("data_file={}", work.path().join("data.raw").display());
+    let external = made("external.qcow2", &["-o", &data_file]);
+    let server = Server::start();
+    server.serve("/overlay.qcow2", overlay.clone());
+    server.serve("/external.qcow2", external.clone());
+    for (path, bytes, says) in [
+        ("/overlay.qcow2", &overlay, "is a qcow2 overlay of"),
+        (
+            "/external.qcow2",
+            &external,
+            "keeps its data in an external file",
+        ),
+    ] {
+        let url = server.url(path);
+        let msg = format!(
+            "{:#}",
+            ensure(&source(&url, Some(sha256(bytes)), None), &cache).unwrap_err()
+        );
+        assert!(msg.contains(&url) && msg.contains(says), "{msg}");
+        assert!(files(&cache).is_empty(), "{:?}", files(&cache));
+    }
+}

@@ -908,7 +908,10 @@ fn settle(
         let (path, format) = result?;
         return Ok((path, format, Some(kind)));
     }
-    let format = match content.image_format(url) {
+    let format = match content
+        .image_format(url)
+        .and_then(|f| standalone(part, f, url).map(|()| f))
+    {
         Ok(f) => f,
         Err(e) => {
             let _ = fs::remove_file(part);
@@ -918,6 +921,37 @@ fn settle(
     let path = image_path(cache, key, format);
     fs::rename(part, &path).with_context(|| format!("renaming {} into place", part.display()))?;
     Ok((path, format, None))
+}
+
+/// Whether a downloaded image stands alone. A qcow2 header can name a backing file or an
+/// external data file, any path on this host: importing such an image would copy that host
+/// file into the base. What a server sends is therefore refused when it names one (`what`
+/// names the image).
+fn standalone(path: &Path, format: ImageFormat, what: &str) -> Result<()> {
+    if format != ImageFormat::Qcow2 {
+        return Ok(());
+    }
+    let out = crate::runner::Cmd::new("qemu-img")
+        .args(["info", "--output=json", "-U", "-f", "qcow2"])
+        .arg(path)
+        .run()
+        .with_context(|| format!("{what} is not a readable qcow2 image"))?;
+    let info: serde_json::Value =
+        serde_json::from_str(&out.stdout).context("parsing qemu-img info output")?;
+    let names = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    if let Some(backing) = names(&info["backing-filename"]) {
+        bail!(
+            "{what} is a qcow2 overlay of {backing:?}, not a whole image: refused (importing \
+             it would read that file on this host)"
+        );
+    }
+    if let Some(data) = names(&info["format-specific"]["data"]["data-file"]) {
+        bail!(
+            "{what} keeps its data in an external file {data:?}: refused (importing it would \
+             read that file on this host)"
+        );
+    }
+    Ok(())
 }
 
 /// A reader that digests what passes through it.
@@ -972,7 +1006,9 @@ fn decompress(
         .with_context(|| format!("decompressing {what} ({kind})"))?;
         // What follows the compressed stream counts in the checksum too.
         io::copy(&mut input, &mut io::sink()).with_context(|| format!("reading {what}"))?;
-        sniff(&head).image_format(&format!("{what} (decompressed)"))
+        let format = sniff(&head).image_format(&format!("{what} (decompressed)"))?;
+        standalone(&tmp, format, what)?;
+        Ok(format)
     })();
     bar.finish_and_clear();
     let format = match result {
