@@ -90,6 +90,36 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The record of `image`, just made in the cache from `from` (a URL or a local path).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        image: &Path,
+        name: &str,
+        from: &str,
+        checksum: &Checksum,
+        source: &ImageSource,
+        format: ImageFormat,
+        compression: Option<&str>,
+        published_size: u64,
+    ) -> Entry {
+        let now = crate::observe::now_secs();
+        Entry {
+            file: image
+                .file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+            name: name.to_string(),
+            source: from.to_string(),
+            checksum: checksum.to_string(),
+            checksum_url: source.checksum_url.clone(),
+            format,
+            compression: compression.map(Into::into),
+            size: fs::metadata(image).map_or(0, |m| m.len()),
+            published_size,
+            fetched_at: now,
+            last_used: now,
+        }
+    }
+
     /// The entry's key (`sha512-HEX`), from its file name.
     pub fn key(&self) -> &str {
         self.file.split_once('.').map_or(&self.file, |(k, _)| k)
@@ -343,20 +373,16 @@ fn fetch(
     let part = part_path(cache, &key);
     let got = download(url, &part, expected)?;
     let (path, format, compression) = settle(&part, cache, &key, url)?;
-    let now = crate::observe::now_secs();
-    let entry = Entry {
-        file: file_name_of(&path.display().to_string()),
-        name: name.to_string(),
-        source: url.clone(),
-        checksum: expected.to_string(),
-        checksum_url: source.checksum_url.clone(),
+    let entry = Entry::new(
+        &path,
+        name,
+        url,
+        expected,
+        source,
         format,
-        compression: compression.map(Into::into),
-        size: fs::metadata(&path).map_or(0, |m| m.len()),
-        published_size: got.total,
-        fetched_at: now,
-        last_used: now,
-    };
+        compression,
+        got.total,
+    );
     write_entry(cache, &key, &entry)?;
     Ok(CachedImage {
         checksum: Some(expected.clone()),
@@ -397,20 +423,16 @@ fn local(
         let file = File::open(path).with_context(|| format!("opening {what}"))?;
         let published = file.metadata().map_or(0, |m| m.len());
         let (image, format) = decompress(file, kind, Some(&checksum), cache, &key, &what)?;
-        let now = crate::observe::now_secs();
-        let entry = Entry {
-            file: file_name_of(&image.display().to_string()),
-            name: name.to_string(),
-            source: what,
-            checksum: checksum.to_string(),
-            checksum_url: source.checksum_url.clone(),
+        let entry = Entry::new(
+            &image,
+            name,
+            &what,
+            &checksum,
+            source,
             format,
-            compression: Some(kind.into()),
-            size: fs::metadata(&image).map_or(0, |m| m.len()),
-            published_size: published,
-            fetched_at: now,
-            last_used: now,
-        };
+            Some(kind),
+            published,
+        );
         write_entry(cache, &key, &entry)?;
         return Ok(CachedImage {
             checksum: Some(checksum),
