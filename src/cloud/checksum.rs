@@ -94,7 +94,8 @@ impl FromStr for Checksum {
         let (algo, hex) = s
             .split_once(':')
             .with_context(|| format!("{s:?}: write sha256:HEX or sha512:HEX"))?;
-        let (want, parsed) = match algo {
+        let algo = algo.to_ascii_lowercase();
+        let (want, parsed) = match algo.as_str() {
             "sha256" => (
                 64,
                 Checksum::from_hex(hex).filter(|c| c.algorithm() == "sha256"),
@@ -221,6 +222,7 @@ mod tests {
         assert_eq!(c, Checksum::Sha256(H256.into()), "stored lowercase");
         assert_eq!(c.to_string(), format!("sha256:{H256}"));
         assert_eq!(c.key(), format!("sha256-{H256}"));
+        assert_eq!(format!("SHA256:{H256}").parse::<Checksum>().unwrap(), c);
         let e = "md5:abc".parse::<Checksum>().unwrap_err().to_string();
         assert!(e.contains("sha256 and sha512"), "{e}");
         let e = "sha512:abc".parse::<Checksum>().unwrap_err().to_string();
