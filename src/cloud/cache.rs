@@ -776,7 +776,17 @@ fn attempt_download(
     digest
         .resume_at(part, offset)
         .map_err(|e| fatal(anyhow!(e).context(format!("reading {}", part.display()))))?;
-    bar.set_length(total.unwrap_or(0));
+    match total {
+        Some(t) => bar.set_length(t),
+        // No length, no bar to fill or time to foresee: bytes and rate only.
+        None => {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} {spinner} {bytes} {bytes_per_sec}")
+            {
+                bar.set_style(style);
+            }
+        }
+    }
     bar.set_position(offset);
     let mut buf = vec![0u8; 256 << 10];
     let mut first = offset == 0;
