@@ -272,7 +272,11 @@ pub enum CacheCommand {
     Rm {
         /// An image: its file name as published, its file in the cache, or its checksum
         /// (or the first 8 or more hex digits of it)
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "NAME"
+        )]
         names: Vec<String>,
         /// Every cached image, and what unfinished downloads left
         #[arg(long)]
