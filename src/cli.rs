@@ -99,6 +99,8 @@ pub enum Command {
     Pool(PoolArgs),
     /// Base images: render a profile's kickstart, build, list and remove bases
     Base(BaseArgs),
+    /// The image cache, shared by all profiles: the cloud images lab downloaded
+    Cache(CacheArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -284,6 +286,34 @@ pub enum BaseCommand {
     Rm {
         /// The profile: a name or a path
         profile: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the cached images: file, where each came from, checksum, size, when fetched
+    /// and last used
+    List,
+    /// Remove cached images (bases made from them are copies and stay); a later `lab up`
+    /// downloads an image again when it needs it
+    Rm {
+        /// An image: its file name as published, its file in the cache, or its checksum
+        /// (or the first 8 or more hex digits of it)
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "NAME"
+        )]
+        names: Vec<String>,
+        /// Every cached image, and what unfinished downloads left
+        #[arg(long)]
+        all: bool,
     },
 }
 

@@ -88,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Down(args) => commands::down::down(&cli.global, &args),
         Command::Pool(args) => commands::pool::pool(&cli.global, &args),
         Command::Base(args) => commands::base::base(&cli.global, &args),
+        Command::Cache(args) => commands::cache::cache(&cli.global, &args),
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
         Command::Console(args) => commands::console::console(&cli.global, &args),

@@ -2,6 +2,7 @@
 //! through the library, and prints: human status on stderr, data on stdout.
 
 pub mod base;
+pub mod cache;
 pub mod check;
 pub mod console;
 pub mod down;

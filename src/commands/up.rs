@@ -114,12 +114,15 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ));
     }
     let storage = apply::storage_for(&plan)?;
-    let env = apply::Env::new(
-        &lv,
-        storage.as_ref(),
-        &profile,
-        Duration::from_secs(args.timeout),
-    );
+    let env = apply::Env {
+        wait: global.wait(),
+        ..apply::Env::new(
+            &lv,
+            storage.as_ref(),
+            &profile,
+            Duration::from_secs(args.timeout),
+        )
+    };
     let (vms, lab_timings) = apply::apply(&plan, &env, host_lock)?;
     let t = Instant::now();
     let provision = if plan.provision.is_empty() {
