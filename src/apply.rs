@@ -533,7 +533,8 @@ fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Res
             vm.name,
             path.display()
         )
-    })
+    })?;
+    id.trust(&env.dir, lab)
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.

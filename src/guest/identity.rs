@@ -111,9 +111,8 @@ pub fn lab_identity(
 }
 
 /// A new identity for VM `vm`: a new host key, signed by the lab's CA for the VM's names
-/// and address, and a new instance-id. lab's known_hosts file for the VM is written anew
-/// to trust the CA for those names, so lab's ssh checks the VM strictly from its first
-/// answer on.
+/// and address, and a new instance-id. Nothing changes for lab's ssh until
+/// [`VmIdentity::trust`].
 pub fn new_vm_identity(
     dir: &Path,
     lab: &LabIdentity,
@@ -146,24 +145,16 @@ pub fn new_vm_identity(
     for f in [&key, &pub_path(&key), &cert] {
         private_mode(f)?;
     }
-    let id = VmIdentity {
+    Ok(VmIdentity {
         vm: vm.to_string(),
         fqdn,
-        domain: domain.clone(),
+        domain,
         ip,
         instance_id,
         host_private: read(&key)?,
         host_public: read(&pub_path(&key))?.trim().to_string(),
         host_certificate: read(&cert)?.trim().to_string(),
-    };
-    write_private(
-        &crate::guest::ssh::known_hosts_path(dir, &domain),
-        &format!(
-            "@cert-authority {},{},{},{} {}\n",
-            domain, id.vm, id.fqdn, id.ip, lab.ca_public
-        ),
-    )?;
-    Ok(id)
+    })
 }
 
 /// Every file lab keeps for the identity of the lab `profile` and of its VMs (`domains`),
@@ -223,6 +214,20 @@ impl LabIdentity {
 }
 
 impl VmIdentity {
+    /// Make lab's known_hosts file for the VM trust the lab's CA for the VM's names and
+    /// address, and nothing else: lab's ssh then checks the VM strictly, from its first
+    /// answer on. Called when the VM is to show its new key: with its seed, or once the
+    /// identity has been applied over SSH (before that, the VM shows its old key).
+    pub fn trust(&self, dir: &Path, lab: &LabIdentity) -> Result<()> {
+        write_private(
+            &crate::guest::ssh::known_hosts_path(dir, &self.domain),
+            &format!(
+                "@cert-authority {},{},{},{} {}\n",
+                self.domain, self.vm, self.fqdn, self.ip, lab.ca_public
+            ),
+        )
+    }
+
     /// Every file of the identity, as it is to be on the VM. The same for a cloud-init
     /// seed and for a VM reached over SSH.
     pub fn guest_files(&self, lab: &LabIdentity) -> Vec<GuestFile> {
@@ -419,11 +424,10 @@ mod tests {
                 "{p}: {shown}"
             );
         }
-        let known = std::fs::read_to_string(crate::guest::ssh::known_hosts_path(
-            dir.path(),
-            "lab-demo-web",
-        ))
-        .unwrap();
+        let known_hosts = crate::guest::ssh::known_hosts_path(dir.path(), "lab-demo-web");
+        assert!(!known_hosts.exists(), "not trusted before it is asked for");
+        two.trust(dir.path(), &l).unwrap();
+        let known = std::fs::read_to_string(&known_hosts).unwrap();
         assert_eq!(
             known,
             format!(
