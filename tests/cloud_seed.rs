@@ -255,6 +255,29 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
     // Nothing was pinned beside the CA: every login above checked the certificate.
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
 
+    // A CA that did not sign the VM's key: lab's ssh refuses the VM and says why.
+    let other_ca = lab.dir.path().join("other-ca");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&other_ca)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let other = std::fs::read_to_string(lab.dir.path().join("other-ca.pub")).unwrap();
+    std::fs::write(
+        &known_hosts,
+        format!("@cert-authority {},web {other}", lab.domain()),
+    )
+    .unwrap();
+    let (code, _, stderr) = lab.run(&["ssh", "web", "--", "true"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("the lab's CA did not sign"), "{stderr}");
+    std::fs::write(&known_hosts, &pinned).unwrap();
+    let (code, _, stderr) = lab.run(&["ssh", "web", "--", "true"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
     // A reset VM: a new disk, a new seed, a new host key and machine-id, the same name and
     // address, trusted at once through the CA.
     let host_key = must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub");

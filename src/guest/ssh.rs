@@ -278,6 +278,16 @@ impl Target {
         if !err.contains("Host key verification failed") {
             return Err(Unanswered::Other(err));
         }
+        if self.host_key_checking() == "yes" {
+            return Err(Unanswered::HostKey(format!(
+                "{vm}: the SSH server at {ip} shows a host key the lab's CA did not sign (lab \
+                 trusts only the CA for {vm}, in {file}): another machine has its address, or \
+                 the VM's disk was changed outside lab; `lab reset` gives it a new identity",
+                vm = self.vm,
+                ip = self.ip,
+                file = self.known_hosts.display()
+            )));
+        }
         Err(Unanswered::HostKey(format!(
             "{vm}: the SSH server at {ip} shows another host key than the one lab pinned for \
              {vm} in {file}: the VM's disk was changed outside lab, or another machine has its \
