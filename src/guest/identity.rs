@@ -270,6 +270,20 @@ impl VmIdentity {
         ]
     }
 
+    /// The whole identity as one script for `sh -s` as root on the VM (one SSH connection,
+    /// the script on its standard input): [`guest_files`] written, then [`commands`].
+    ///
+    /// [`guest_files`]: VmIdentity::guest_files
+    /// [`commands`]: VmIdentity::commands
+    pub fn script(&self, lab: &LabIdentity) -> String {
+        let mut s = files_script(&self.guest_files(lab), "");
+        for c in self.commands() {
+            s.push_str(&c);
+            s.push('\n');
+        }
+        s
+    }
+
     /// What to run (each a line for `sh -c`, as root) after writing [`guest_files`] over
     /// SSH: the hostname taken, the base's other host keys gone, a machine-id made if the
     /// base left none, SELinux labels where it runs, sshd restarted on the new key (the
@@ -288,6 +302,26 @@ impl VmIdentity {
             "systemctl restart sshd 2>/dev/null || systemctl restart ssh".into(),
         ]
     }
+}
+
+/// A POSIX shell script that writes `files` under `root` ("" on the VM itself): each file
+/// written aside and moved into place with its mode, so an interrupted run leaves every
+/// file whole, old or new; directories made private where they are new (`/root/.ssh`).
+fn files_script(files: &[GuestFile], root: &str) -> String {
+    const END: &str = "LAB_IDENTITY_FILE_END";
+    let mut out = String::from("set -eu\numask 077\n");
+    for f in files {
+        debug_assert!(!f.contents.contains(END));
+        let path = crate::runner::quote(&format!("{root}{}", f.path));
+        out.push_str(&format!(
+            "mkdir -p \"$(dirname {path})\"\n\
+             cat > {path}.lab-new <<'{END}'\n{}{END}\n\
+             chmod {:o} {path}.lab-new\n\
+             mv -f {path}.lab-new {path}\n",
+            f.contents, f.mode
+        ));
+    }
+    out
 }
 
 /// `KEY-cert.pub`: where ssh-keygen puts the certificate of `KEY.pub`, and where sshd and ssh
@@ -483,5 +517,49 @@ mod tests {
             ]
         );
         assert_eq!(id.commands()[0], "hostnamectl set-hostname db");
+        assert!(
+            id.script(&l)
+                .ends_with(&format!("{}\n", id.commands().join("\n")))
+        );
+    }
+
+    #[test]
+    fn the_files_script_writes_every_file_whole_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lab(dir.path());
+        let id = new_vm_identity(dir.path(), &l, "demo", "web").unwrap();
+        let root = dir.path().join("vm root");
+        let files = id.guest_files(&l);
+        let script = files_script(&files, &root.display().to_string());
+        Cmd::new("sh").arg("-s").stdin(script).run().unwrap();
+        for f in &files {
+            let on = root.join(f.path.trim_start_matches('/'));
+            assert_eq!(
+                std::fs::read_to_string(&on).unwrap(),
+                f.contents,
+                "{}",
+                f.path
+            );
+            let mode = std::fs::metadata(&on).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, f.mode, "{}", f.path);
+        }
+        let ssh_dir = std::fs::metadata(root.join("root/.ssh")).unwrap();
+        assert_eq!(ssh_dir.permissions().mode() & 0o777, 0o700);
+        let left: Vec<_> = walk(&root)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".lab-new"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            }
+            out.push(e.path());
+        }
+        out
     }
 }
