@@ -13,7 +13,9 @@
 //!   the 4 GiB disk, the base's and the VM's user-data both ran (marker files), and the
 //!   guest agent answers `guest-ping` through libvirt;
 //! - `lab reset` gives the VM a new host key and machine-id, the same FQDN and address,
-//!   and lab's ssh trusts it at once (its known_hosts file is the same CA line).
+//!   and lab's ssh trusts it at once (its known_hosts file is the same CA line);
+//! - the same identity applied over SSH (`VmIdentity::script`, the kickstart path) serves
+//!   a new certified host key at once.
 //!
 //! It prints boot-to-ready and cloud-init times. Run under `flock /work/heavy.lock`: one TCG
 //! Debian boot takes minutes on a shared 2-core machine.
@@ -109,8 +111,14 @@ fn debian_image() -> String {
 /// ssh as root to `ip` with lab's key and lab's known_hosts file for the VM, checking the
 /// host key strictly; (ok, stdout + stderr).
 fn ssh(lab: &Lab, ip: &str, command: &str) -> (bool, String) {
+    ssh_with(lab, ip, command, "")
+}
+
+/// As [`ssh`], `stdin` on the remote command's standard input.
+fn ssh_with(lab: &Lab, ip: &str, command: &str, stdin: &str) -> (bool, String) {
+    use std::io::Write;
     let images = lab.images();
-    let out = Command::new("ssh")
+    let mut child = Command::new("ssh")
         .arg("-i")
         .arg(images.join(format!("lab-{}-ssh-key", lab.name)))
         .arg("-o")
@@ -136,8 +144,18 @@ fn ssh(lab: &Lab, ip: &str, command: &str) -> (bool, String) {
         .arg(format!("HostKeyAlias={}", lab.domain()))
         .arg(format!("root@{ip}"))
         .arg(command)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         format!(
@@ -295,6 +313,36 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
         "{new_id} after {machine_id}"
     );
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
+
+    // The same identity applied over SSH, as to a VM that has no seed (a kickstart base):
+    // a new host key, served at once and trusted through the same CA.
+    let images = lab.images();
+    let login =
+        std::fs::read_to_string(images.join(format!("lab-{}-ssh-key.pub", lab.name))).unwrap();
+    let shared = lab::guest::identity::lab_identity(
+        &images,
+        &lab.name,
+        &format!("{}.lab", lab.name),
+        &[("web".into(), ip.parse().unwrap())],
+        vec![login.trim().to_string()],
+    )
+    .unwrap();
+    let id = lab::guest::identity::new_vm_identity(&images, &shared, &lab.name, "web").unwrap();
+    let (ok, out) = ssh_with(&lab, &ip, "sh -s", &id.script(&shared));
+    assert!(ok, "the identity script: {out}");
+    id.trust(&images, &shared).unwrap();
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
+    let served = must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    assert_eq!(served, id.host_public);
+    assert_ne!(served, new_key);
+    assert_eq!(
+        must(
+            &lab,
+            &ip,
+            &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes root@{fqdn} hostname -f")
+        ),
+        fqdn
+    );
 
     let (code, _, stderr) = lab.run(&["down", "--purge"]);
     assert_eq!(code, Some(0), "{stderr}");
