@@ -168,6 +168,15 @@ fn lab_config(lab: &LabIdentity, vm: &VmIdentity, user: &str) -> Mapping {
     let mut set = |k: &str, v: Value| {
         c.insert(s(k), v);
     };
+    // Early, before sysinit.target: see guest::identity on the machine-id.
+    set(
+        "bootcmd",
+        list(vec![list(vec![
+            s("sh"),
+            s("-c"),
+            s(&vm.machine_id_command()),
+        ])]),
+    );
     set("hostname", s(&vm.vm));
     set("fqdn", s(&vm.fqdn));
     set("prefer_fqdn_over_hostname", Value::Bool(false));
@@ -324,6 +333,8 @@ mod tests {
         let doc = yaml(&text);
         let get = |k: &str| doc.get(k).unwrap_or_else(|| panic!("{k} missing:\n{text}"));
         assert_eq!(get("hostname"), "web");
+        let bootcmd = get("bootcmd").as_sequence().unwrap();
+        assert_eq!(bootcmd[0][2], vm.machine_id_command().as_str());
         assert_eq!(get("fqdn"), "web.demo.lab");
         assert_eq!(get("ssh_pwauth"), &Value::Bool(false));
         assert_eq!(get("disable_root"), &Value::Bool(false));

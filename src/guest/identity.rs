@@ -12,10 +12,13 @@
 //!   known_hosts file for the VM trust that CA for the lab's names and addresses, so lab's
 //!   ssh and VM-to-VM ssh check host keys strictly, and a reset VM's new key is trusted at
 //!   once, with no key to pin first;
-//! - a machine-id of its own: every base is sealed with an empty `/etc/machine-id`, so
-//!   systemd makes a fresh one at a clone's first boot (before any seed or SSH could hand
-//!   one in: systemd reads it first thing, and a machine-id changed under a running system
-//!   leaves journald and D-Bus on the old one); the identity only makes sure one exists.
+//! - a machine-id lab chooses, new with each identity. The base is sealed with an empty
+//!   `/etc/machine-id`, but systemd fills an empty one in a QEMU guest from the SMBIOS
+//!   system UUID, which libvirt takes from the domain's UUID, stable per VM by design
+//!   (`names::domain_uuid`): a reset VM would keep its machine-id. So the identity writes
+//!   lab's as early as it can (cloud-init's `bootcmd`, before `sysinit.target`, D-Bus and
+//!   most services), restarting journald onto it; only PID 1 keeps the one it read until
+//!   the next boot.
 //!
 //! The CA and the peer key pair are made once per lab and kept until `lab down`; a VM's
 //! host key is made anew with each identity (each new disk). All of them live beside the
@@ -71,6 +74,8 @@ pub struct VmIdentity {
     pub ip: Ipv4Addr,
     /// New with every identity, so cloud-init takes a new seed as a new instance.
     pub instance_id: String,
+    /// 32 hex digits, new with every identity.
+    pub machine_id: String,
     pub host_private: String,
     pub host_public: String,
     pub host_certificate: String,
@@ -151,6 +156,7 @@ pub fn new_vm_identity(
         domain,
         ip,
         instance_id,
+        machine_id: random_hex(16)?,
         host_private: read(&key)?,
         host_public: read(&pub_path(&key))?.trim().to_string(),
         host_certificate: read(&cert)?.trim().to_string(),
@@ -284,10 +290,28 @@ impl VmIdentity {
         s
     }
 
+    /// The shell line that makes lab's machine-id the VM's: written whole (over the
+    /// transient one systemd may have mounted on the file), D-Bus's own copy where it is a
+    /// file, journald restarted onto it. Nothing when it is the VM's already, so it may
+    /// run at every boot.
+    pub fn machine_id_command(&self) -> String {
+        let id = &self.machine_id;
+        format!(
+            "if [ \"$(cat /etc/machine-id 2>/dev/null)\" != {id} ]; then \
+             if mountpoint -q /etc/machine-id; then umount /etc/machine-id; fi; \
+             printf '%s\\n' {id} > /etc/machine-id.lab-new && \
+             chmod 0444 /etc/machine-id.lab-new && \
+             mv -f /etc/machine-id.lab-new /etc/machine-id; \
+             if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then \
+             cp -f /etc/machine-id /var/lib/dbus/machine-id; fi; \
+             systemctl restart systemd-journald.service || true; fi"
+        )
+    }
+
     /// What to run (each a line for `sh -c`, as root) after writing [`guest_files`] over
-    /// SSH: the hostname taken, the base's other host keys gone, a machine-id made if the
-    /// base left none, SELinux labels where it runs, sshd restarted on the new key (the
-    /// running connection survives the restart).
+    /// SSH: the hostname taken, the base's other host keys gone, lab's machine-id, SELinux
+    /// labels where it runs, sshd restarted on the new key (the running connection survives
+    /// the restart).
     ///
     /// [`guest_files`]: VmIdentity::guest_files
     pub fn commands(&self) -> Vec<String> {
@@ -296,7 +320,7 @@ impl VmIdentity {
             "rm -f /etc/ssh/ssh_host_rsa_key* /etc/ssh/ssh_host_ecdsa_key* \
              /etc/ssh/ssh_host_dsa_key*"
                 .into(),
-            "test -s /etc/machine-id || systemd-machine-id-setup".into(),
+            self.machine_id_command(),
             "if command -v restorecon >/dev/null; then restorecon -R /etc/ssh /root/.ssh /etc/hosts; fi"
                 .into(),
             "systemctl restart sshd 2>/dev/null || systemctl restart ssh".into(),
@@ -444,6 +468,10 @@ mod tests {
         let two = new_vm_identity(dir.path(), &l, "demo", "web").unwrap();
         assert_ne!(one.host_public, two.host_public);
         assert_ne!(one.instance_id, two.instance_id);
+        assert_ne!(one.machine_id, two.machine_id);
+        assert!(
+            one.machine_id.len() == 32 && one.machine_id.chars().all(|c| c.is_ascii_hexdigit())
+        );
         assert_eq!(two.fqdn, "web.demo.lab");
         let shown = Cmd::new("ssh-keygen")
             .args(["-L", "-f"])
@@ -521,6 +549,12 @@ mod tests {
             id.script(&l)
                 .ends_with(&format!("{}\n", id.commands().join("\n")))
         );
+        // The script is one the shell parses whole.
+        Cmd::new("sh")
+            .args(["-n", "-s"])
+            .stdin(id.script(&l))
+            .run()
+            .unwrap();
     }
 
     #[test]
