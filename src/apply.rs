@@ -551,7 +551,8 @@ fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Res
             vm.name,
             path.display()
         )
-    })
+    })?;
+    id.trust(&env.dir, lab)
 }
 
 /// A resumed VM keeps its lease, which says nothing of whether it runs again: wait until

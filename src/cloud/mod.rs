@@ -1,24 +1,8 @@
 //! Cloud images: the download cache (`cache`, `checksum`, `source`), the base made from an
 //! image (`base`), and cloud-init seeds (`seed`).
 
-pub mod seed {
-    pub fn write_seed(
-        _path: &std::path::Path,
-        _lab: &crate::guest::identity::LabIdentity,
-        _vm: &crate::guest::identity::VmIdentity,
-        _base_user_data: Option<&str>,
-        _vm_user_data: Option<&str>,
-        _user: &str,
-    ) -> anyhow::Result<()> {
-        Ok(())
-    }
-    pub fn seed_path(dir: &std::path::Path, domain: &str) -> std::path::PathBuf {
-        dir.join(format!("{domain}.seed.iso"))
-    }
-    pub fn check_user_data(_text: &str) -> Result<(), String> {
-        Ok(())
-    }
-}
+pub mod iso;
+pub mod seed;
 
 pub mod base;
 pub mod cache;

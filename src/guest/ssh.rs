@@ -6,7 +6,9 @@
 //!   with (`[vars] ssh_keys` or `~/.ssh/*.pub`), or `[vars] ssh_identity`.
 //! - Host keys: each VM has a known_hosts file of its own beside the images
 //!   (`lab-PROFILE-VM.known_hosts`), with `StrictHostKeyChecking=accept-new`: the first key
-//!   a new clone shows is pinned, a changed key afterwards is refused. lab removes the file
+//!   a new clone shows is pinned, a changed key afterwards is refused. A VM whose identity
+//!   lab made (cloud-init) has the lab's host CA in that file instead, and ssh then accepts
+//!   only a host key the CA signed (`StrictHostKeyChecking=yes`). lab removes the file
 //!   whenever it makes the VM's disk anew (up, reset, down), so a re-created lab never
 //!   trips over the old VM's key, and nothing in `~/.ssh/known_hosts` is touched.
 
@@ -247,7 +249,11 @@ impl Target {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            .arg("-o")
+            .arg(format!(
+                "StrictHostKeyChecking={}",
+                self.host_key_checking()
+            ))
             .arg("-o")
             .arg(format!("HostKeyAlias={}", self.domain))
             .arg("-o")
@@ -276,6 +282,15 @@ impl Target {
         cmd.arg(format!("{USER}@{}", self.ip))
     }
 
+    /// `yes` when the VM's known_hosts file trusts the lab's host CA (a VM with an identity
+    /// lab made: its certified key is known before it answers, and nothing else is
+    /// accepted), else `accept-new` (the first key a new clone shows is pinned).
+    fn host_key_checking(&self) -> &'static str {
+        let certified = std::fs::read_to_string(&self.known_hosts)
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with("@cert-authority ")));
+        if certified { "yes" } else { "accept-new" }
+    }
+
     /// One quiet connection that runs `true`, ssh given `connect` to connect and the whole
     /// run `limit`: Ok when the VM answers.
     pub fn probe(&self, connect: Duration, limit: Duration) -> Result<(), Unanswered> {
@@ -285,6 +300,16 @@ impl Target {
         let err = format!("{e}");
         if !err.contains("Host key verification failed") {
             return Err(Unanswered::Other(err));
+        }
+        if self.host_key_checking() == "yes" {
+            return Err(Unanswered::HostKey(format!(
+                "{vm}: the SSH server at {ip} shows a host key the lab's CA did not sign (lab \
+                 trusts only the CA for {vm}, in {file}): another machine has its address, or \
+                 the VM's disk was changed outside lab; `lab reset` gives it a new identity",
+                vm = self.vm,
+                ip = self.ip,
+                file = self.known_hosts.display()
+            )));
         }
         Err(Unanswered::HostKey(format!(
             "{vm}: the SSH server at {ip} shows another host key than the one lab pinned for \
@@ -342,6 +367,18 @@ mod tests {
             assert!(line.contains(part), "{part} missing from {line}");
         }
         assert!(line.ends_with("root@10.213.166.10"), "{line}");
+        let dir = tempfile::tempdir().unwrap();
+        let certified = Target {
+            known_hosts: dir.path().join("known_hosts"),
+            ..target()
+        };
+        std::fs::write(
+            &certified.known_hosts,
+            "@cert-authority lab-demo-node1 ssh-ed25519 AAAA ca\n",
+        )
+        .unwrap();
+        let line = certified.command(true, Duration::from_secs(5)).cmdline();
+        assert!(line.contains("StrictHostKeyChecking=yes"), "{line}");
         let interactive = target().command(false, Duration::from_secs(5)).cmdline();
         assert!(!interactive.contains("BatchMode"), "{interactive}");
         assert!(!interactive.contains(" -T"), "{interactive}");
