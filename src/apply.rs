@@ -316,18 +316,10 @@ fn lab_identity(plan: &Plan, env: &Env<'_>) -> Result<Option<LabIdentity>> {
     if !writes_seed {
         return Ok(None);
     }
-    let p = env.profile;
-    let home = crate::dirs::user_home();
-    let mut login_keys = vec![crate::guest::ssh::lab_key(&env.dir, &p.name)?.public_line];
-    login_keys.extend(crate::kickstart::user_ssh_keys(p, home.as_deref())?.0);
-    let hosts: Vec<(String, std::net::Ipv4Addr)> =
-        plan.vms.iter().map(|v| (v.name.clone(), v.ip)).collect();
-    Ok(Some(crate::guest::identity::lab_identity(
+    Ok(Some(crate::guest::identity::of_lab(
         &env.dir,
-        &p.name,
-        &plan.network.domain,
-        &hosts,
-        login_keys,
+        env.profile,
+        plan,
     )?))
 }
 

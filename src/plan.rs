@@ -524,7 +524,7 @@ pub fn up(
     pool_step(profile, &storage, observed, &mut out);
     stale_base_warning(profile, observed, host.now, &mut out);
     let provision = if options.provision {
-        provision_step(profile, &vms)
+        provision_step(profile, &network, &vms)
     } else {
         Vec::new()
     };
@@ -672,27 +672,47 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
 }
 
 /// Each VM's provisioning steps, in profile order: a step with neither `role` nor `vm`
-/// runs everywhere (as [`crate::guest::steps::steps_for`] selects them).
-fn provision_step(profile: &Profile, vms: &[VmPlan]) -> Vec<Planned> {
+/// runs everywhere (as [`crate::guest::steps::steps_for`] selects them). A VM of a
+/// kickstart base takes the lab's identity first ([`crate::guest::identity::STEP`]), with
+/// or without steps of its own.
+fn provision_step(profile: &Profile, network: &NetworkPlan, vms: &[VmPlan]) -> Vec<Planned> {
+    let identity = crate::guest::identity::over_ssh(profile);
     vms.iter()
         .filter_map(|vm| {
-            let steps: Vec<String> = profile
+            let own: Vec<String> = profile
                 .provision
                 .iter()
                 .filter(|s| s.role.is_none() || s.role == vm.role)
                 .filter(|s| s.vm.as_deref().is_none_or(|v| v == vm.name))
                 .map(|s| s.name.clone())
                 .collect();
+            let mut steps = Vec::new();
+            let mut why = Vec::new();
+            if identity {
+                steps.push(crate::guest::identity::STEP.to_string());
+                why.push(format!(
+                    "{} first ({}.{}, /etc/hosts of the lab's {} VM{}, a fresh machine-id, a \
+                     host key signed by the lab's CA, root's lab peer key: a clone of the base \
+                     has none)",
+                    crate::guest::identity::STEP,
+                    vm.name,
+                    network.domain,
+                    vms.len(),
+                    if vms.len() == 1 { "" } else { "s" }
+                ));
+            }
+            if !own.is_empty() {
+                why.push(own.join(", "));
+            }
+            steps.extend(own);
             (!steps.is_empty()).then(|| {
+                why.push("a step done before with the same command is skipped".into());
                 Planned::new(
                     Action::Provision {
                         vm: vm.name.clone(),
-                        steps: steps.clone(),
+                        steps,
                     },
-                    format!(
-                        "{}; a step done before with the same command is skipped",
-                        steps.join(", ")
-                    ),
+                    why.join("; "),
                 )
             })
         })

@@ -502,6 +502,16 @@ impl Profile {
             if step.name.trim().is_empty() {
                 return Err((key("name"), "a provisioning step needs a name".into()));
             }
+            if step.name == crate::guest::identity::STEP {
+                return Err((
+                    key("name"),
+                    format!(
+                        "{:?} is lab's own step (the VM identity, recorded in {}/{0}):                          name this step otherwise",
+                        step.name,
+                        crate::guest::steps::DONE_DIR
+                    ),
+                ));
+            }
             if let Some(role) = &step.role
                 && !roles.contains(role.as_str())
             {

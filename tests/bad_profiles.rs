@@ -94,6 +94,12 @@ const CORPUS: &[(&str, u32, &str, &str)] = &[
         "provision[0].role",
         "no VM has role \"contoller\"",
     ),
+    (
+        "provision-identity-name.toml",
+        11,
+        "provision[0].name",
+        "\"identity\" is lab's own step",
+    ),
     ("no-vm.toml", 1, "vm", "at least one [[vm]]"),
     (
         "kernel-path.toml",

@@ -233,6 +233,9 @@ fn every_option_is_packstack_s_and_hosts_are_the_plan_s() {
             assert_eq!(options["CONFIG_NEUTRON_L2_AGENT"], "ovn");
             assert_eq!(options["CONFIG_CEILOMETER_INSTALL"], "n");
             assert_eq!(options["CONFIG_NTP_SERVERS"], "");
+            // The lab's peer key, which the identity step gives every VM: packstack logs
+            // in to each host as root with it.
+            assert_eq!(options["CONFIG_SSH_KEY"], "/root/.ssh/id_ed25519.pub");
         }
     }
     assert!(!packstack::is_packstack(&built_in("smoke")));

@@ -518,9 +518,10 @@ fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
             other => panic!("not provisioning: {other:?}"),
         })
         .collect();
-    // Every VM gets the RDO repositories (CRB first), SELinux permissive and the locale;
-    // packstack runs on the controller only.
-    let every_vm = ["rdo-release", "selinux-permissive", "locale"];
+    // Every VM takes the lab's identity first (a kickstart base), then the RDO
+    // repositories (CRB first), SELinux permissive and the locale; packstack runs on the
+    // controller only.
+    let every_vm = ["identity", "rdo-release", "selinux-permissive", "locale"];
     let mut controller: Vec<String> = every_vm.iter().map(|s| s.to_string()).collect();
     controller.push("packstack".into());
     let compute: Vec<String> = every_vm.iter().map(|s| s.to_string()).collect();
@@ -534,7 +535,12 @@ fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
     );
     let text = plan::render(&plan);
     assert!(
-        text.contains("Then in the VMs:\n  run     steps    controller  (rdo-release, selinux-permissive, locale, packstack;"),
+        text.contains(
+            "Then in the VMs:\n  run     steps    controller  (identity first \
+             (controller.packstack-multinode.lab, /etc/hosts of the lab's 3 VMs, a fresh \
+             machine-id, a host key signed by the lab's CA, root's lab peer key: a clone of \
+             the base has none); rdo-release, selinux-permissive, locale, packstack;"
+        ),
         "{text}"
     );
     let declined = plan::up(&p, &host, &observed, plan::UpOptions { provision: false }).unwrap();
@@ -817,5 +823,70 @@ fn cloud_init_vms_get_a_seed_with_every_new_disk() {
             format!("write seed {dir}/lab-cloudy-db.seed.iso"),
             "start domain lab-cloudy-db".into(),
         ]
+    );
+}
+
+/// The identity is the first provisioning step of every VM of a kickstart base, one with no
+/// steps of its own too; a cloud-init VM takes it from its seed only, never over SSH.
+#[test]
+fn the_identity_step_comes_first_for_kickstart_vms_only() {
+    let (host, observed) = fresh_host();
+    let steps = |p: &Profile| -> Vec<(String, Vec<String>)> {
+        plan::plan(p, &host, &observed)
+            .unwrap()
+            .provision
+            .iter()
+            .map(|a| match &a.action {
+                Action::Provision { vm, steps } => (vm.clone(), steps.clone()),
+                other => panic!("not provisioning: {other:?}"),
+            })
+            .collect()
+    };
+    let kickstart = Profile::parse(
+        "name = \"ks\"\n[base]\nos = \"centos-stream9\"\nkickstart = \"centos-stream9.ks.j2\"\n\
+         install = \"http://example.invalid/os/\"\n[network]\ndomain = \"demo.example\"\n\
+         [[vm]]\nname = \"a\"\n[[vm]]\nname = \"b\"\n\
+         [[provision]]\nname = \"only-a\"\nrun = \"true\"\nvm = \"a\"\n",
+        ProfileSource::BuiltIn,
+    )
+    .unwrap();
+    assert_eq!(
+        steps(&kickstart),
+        [
+            (
+                "a".to_string(),
+                vec!["identity".to_string(), "only-a".into()]
+            ),
+            ("b".to_string(), vec!["identity".to_string()]),
+        ]
+    );
+    let plan = plan::plan(&kickstart, &host, &observed).unwrap();
+    assert!(
+        plan.provision[1]
+            .why
+            .starts_with("identity first (b.demo.example, /etc/hosts of the lab's 2 VMs,"),
+        "{}",
+        plan.provision[1].why
+    );
+    let declined = plan::up(
+        &kickstart,
+        &host,
+        &observed,
+        plan::UpOptions { provision: false },
+    )
+    .unwrap();
+    assert!(declined.provision.is_empty());
+
+    let cloud = Profile::parse(
+        "name = \"cloudy\"\n[base]\nimage = \"https://cloud.example.org/debian-12-genericcloud-amd64.qcow2\"\n\
+         checksum_url = \"https://cloud.example.org/SHA512SUMS\"\ncloud_init = true\n\
+         [[vm]]\nname = \"web\"\n[[vm]]\nname = \"db\"\n\
+         [[provision]]\nname = \"app\"\nrun = \"true\"\nvm = \"web\"\n",
+        ProfileSource::BuiltIn,
+    )
+    .unwrap();
+    assert_eq!(
+        steps(&cloud),
+        [("web".to_string(), vec!["app".to_string()])]
     );
 }

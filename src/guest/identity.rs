@@ -44,6 +44,39 @@ pub const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 /// order, as sshd takes the first value it reads of most keywords.
 pub const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/10-lab.conf";
 
+/// The identity as a provisioning step: its name in the plan and its record on the VM
+/// (`/var/lib/lab/steps/identity`). No profile step may take it.
+pub const STEP: &str = "identity";
+
+/// How long applying the identity over SSH may take (files, sshd and journald restarted).
+pub const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether the VMs of `profile` take their identity over SSH, as the first provisioning
+/// step: the VMs of a kickstart base, whose clones all start as copies of the sealed base.
+/// A cloud-init VM takes it from its seed at first boot, never a second time over SSH.
+pub fn over_ssh(profile: &crate::profile::Profile) -> bool {
+    profile.base.kickstart.is_some() && !profile.base.cloud_init
+}
+
+/// The lab's shared identity for `profile` and the VMs of `plan`, kept in `dir` (the
+/// profile's image directory): the keys that log in to root are lab's key for the profile,
+/// then the user's.
+pub fn of_lab(
+    dir: &Path,
+    profile: &crate::profile::Profile,
+    plan: &crate::plan::Plan,
+) -> Result<LabIdentity> {
+    let home = crate::dirs::user_home();
+    let mut login_keys = vec![crate::guest::ssh::lab_key(dir, &profile.name)?.public_line];
+    login_keys.extend(crate::kickstart::user_ssh_keys(profile, home.as_deref())?.0);
+    let hosts: Vec<(String, Ipv4Addr)> = plan.vms.iter().map(|v| (v.name.clone(), v.ip)).collect();
+    lab_identity(dir, &profile.name, &plan.network.domain, &hosts, login_keys)
+}
+
+/// The lab-wide peer key pair on every VM: root's, where ssh looks for a key by default.
+pub const PEER_KEY: &str = "/root/.ssh/id_ed25519";
+pub const PEER_PUBLIC_KEY: &str = "/root/.ssh/id_ed25519.pub";
+
 /// What every VM of a lab shares.
 #[derive(Debug, Clone)]
 pub struct LabIdentity {
@@ -211,6 +244,39 @@ impl LabIdentity {
         )
     }
 
+    /// What the identity step of VM `vm` is recorded with on the VM: a digest of what the
+    /// lab gives every VM and of the VM's names, not of its host key or machine-id (new with
+    /// each application). So a later `lab up` skips a VM that has the lab's identity, and
+    /// gives it again when the lab's VMs, domain or keys changed; a new clone (`lab reset`)
+    /// has no record and takes it again.
+    pub fn step_digest(&self, vm: &str) -> String {
+        let recipe = format!(
+            "lab identity 1\n{vm}.{}\n{}{}{}\n{}\n",
+            self.domain,
+            self.etc_hosts(),
+            self.ssh_known_hosts(),
+            self.authorized_keys().join("\n"),
+            self.peer_public
+        );
+        format!("{:016x}", names::fnv1a(recipe.as_bytes()))
+    }
+
+    /// Make lab's known_hosts file for VM `vm`, which has the lab's identity already, trust
+    /// the lab's CA only (as [`VmIdentity::trust`] does), without a new identity.
+    pub fn trust_vm(&self, dir: &Path, vm: &str) -> Result<()> {
+        let Some(&(_, ip)) = self.hosts.iter().find(|(name, _)| name == vm) else {
+            bail!("{vm}: not a VM of the lab {}", self.profile);
+        };
+        let domain = names::domain(&self.profile, vm);
+        write_private(
+            &crate::guest::ssh::known_hosts_path(dir, &domain),
+            &format!(
+                "@cert-authority {domain},{vm},{vm}.{},{ip} {}\n",
+                self.domain, self.ca_public
+            ),
+        )
+    }
+
     /// root's `authorized_keys`: the login keys, then the peer key.
     pub fn authorized_keys(&self) -> Vec<String> {
         let mut keys = self.login_keys.clone();
@@ -227,10 +293,36 @@ impl VmIdentity {
     pub fn trust(&self, dir: &Path, lab: &LabIdentity) -> Result<()> {
         write_private(
             &crate::guest::ssh::known_hosts_path(dir, &self.domain),
-            &format!(
-                "@cert-authority {},{},{},{} {}\n",
-                self.domain, self.vm, self.fqdn, self.ip, lab.ca_public
-            ),
+            &self.ca_line(lab),
+        )
+    }
+
+    /// Make lab's known_hosts file for the VM trust the lab's CA as well as what is pinned
+    /// there already (the key the VM showed before its identity): called before the
+    /// identity is applied over SSH, so that lab reaches the VM by either key, whenever
+    /// the run stops, until [`VmIdentity::trust`] leaves the CA alone.
+    pub fn trust_also(&self, dir: &Path, lab: &LabIdentity) -> Result<()> {
+        let path = crate::guest::ssh::known_hosts_path(dir, &self.domain);
+        let mut text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let line = self.ca_line(lab);
+        if !text.lines().any(|l| format!("{l}\n") == line) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&line);
+        }
+        write_private(&path, &text)
+    }
+
+    /// The known_hosts line by which the lab's CA vouches for the VM's names and address.
+    fn ca_line(&self, lab: &LabIdentity) -> String {
+        format!(
+            "@cert-authority {},{},{},{} {}\n",
+            self.domain, self.vm, self.fqdn, self.ip, lab.ca_public
         )
     }
 
@@ -271,8 +363,8 @@ impl VmIdentity {
                 0o600,
                 lab.authorized_keys().join("\n"),
             ),
-            file("/root/.ssh/id_ed25519", 0o600, lab.peer_private.clone()),
-            file("/root/.ssh/id_ed25519.pub", 0o644, lab.peer_public.clone()),
+            file(PEER_KEY, 0o600, lab.peer_private.clone()),
+            file(PEER_PUBLIC_KEY, 0o644, lab.peer_public.clone()),
         ]
     }
 
@@ -584,6 +676,65 @@ mod tests {
             .filter(|p| p.to_string_lossy().ends_with(".lab-new"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// The identity step's record: the same for every application to a VM of the same lab
+    /// (its host key and machine-id are new each time), another for another VM, and
+    /// another when the lab's VMs or keys change.
+    #[test]
+    fn the_identity_step_is_recorded_by_what_the_lab_gives_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lab(dir.path());
+        let digest = l.step_digest("web");
+        assert_eq!(digest.len(), 16);
+        new_vm_identity(dir.path(), &l, "demo", "web").unwrap();
+        assert_eq!(lab(dir.path()).step_digest("web"), digest);
+        assert_ne!(l.step_digest("db"), digest);
+        let mut more = l.clone();
+        more.hosts
+            .push(("mail".into(), Ipv4Addr::new(10, 9, 8, 12)));
+        assert_ne!(more.step_digest("web"), digest);
+        let mut other_keys = l.clone();
+        other_keys
+            .login_keys
+            .push("ssh-ed25519 AAAAuser user@laptop".into());
+        assert_ne!(other_keys.step_digest("web"), digest);
+        let mut other_domain = l.clone();
+        other_domain.domain = "demo.example".into();
+        assert_ne!(other_domain.step_digest("web"), digest);
+    }
+
+    /// While the identity is applied over SSH, lab's known_hosts file for the VM holds the
+    /// key pinned before and the CA; afterwards the CA alone, by either way of saying so.
+    #[test]
+    fn known_hosts_trusts_the_pinned_key_and_the_ca_then_the_ca_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = lab(dir.path());
+        let id = new_vm_identity(dir.path(), &l, "demo", "web").unwrap();
+        let path = crate::guest::ssh::known_hosts_path(dir.path(), "lab-demo-web");
+        let pinned = "lab-demo-web ssh-ed25519 AAAAbase\n";
+        std::fs::write(&path, pinned).unwrap();
+        id.trust_also(dir.path(), &l).unwrap();
+        id.trust_also(dir.path(), &l).unwrap();
+        let ca = format!(
+            "@cert-authority lab-demo-web,web,web.demo.lab,10.9.8.10 {}\n",
+            l.ca_public
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{pinned}{ca}")
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        l.trust_vm(dir.path(), "web").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), ca);
+        std::fs::remove_file(&path).unwrap();
+        id.trust_also(dir.path(), &l).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), ca);
+        id.trust(dir.path(), &l).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), ca);
+        let err = l.trust_vm(dir.path(), "mail").unwrap_err();
+        assert!(format!("{err:#}").contains("mail: not a VM"), "{err:#}");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

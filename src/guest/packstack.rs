@@ -264,6 +264,12 @@ fn answer_file_inner(
     set("CONFIG_SWIFT_INSTALL", "n");
     set("CONFIG_CINDER_VOLUMES_CREATE", "y");
     set("CONFIG_NTP_SERVERS", "");
+    // packstack logs in to every host (controller included) as root with ssh's default
+    // keys, and first installs this public key in each root's authorized_keys over that
+    // same login. The lab's peer key pair, which the identity step gives every VM of a
+    // kickstart base, is both: named here rather than left to packstack's default (the
+    // first `~/.ssh/*.pub` it finds, else a new `id_rsa` no compute would accept).
+    set("CONFIG_SSH_KEY", crate::guest::identity::PEER_PUBLIC_KEY);
     set(ADMIN_PW_KEY, &passwords.admin);
     set(DEFAULT_PW_KEY, &passwords.default);
     set(VIRT_TYPE_KEY, &virt_type.to_string());
