@@ -14,8 +14,12 @@
 //!   guest agent answers `guest-ping` through libvirt;
 //! - `lab reset` gives the VM a new host key and machine-id, the same FQDN and address,
 //!   and lab's ssh trusts it at once (its known_hosts file is the same CA line);
-//! - the same identity applied over SSH (`VmIdentity::script`, the kickstart path) serves
-//!   a new certified host key at once.
+//! - the identity step of a kickstart VM, through the code `lab up` runs for it
+//!   (`provision::apply_identity`), on the VM made to look like a fresh kickstart clone
+//!   (the base's hostname, no lab hosts, no peer key, its first host key pinned): the FQDN,
+//!   `/etc/hosts`, a new machine-id, a new host key certified by the lab's CA (lab's
+//!   known_hosts then the CA alone), root's peer SSH to the VM by name, the step recorded;
+//!   a second run skips it and changes nothing.
 //!
 //! It prints boot-to-ready and cloud-init times. Run under `flock /work/heavy.lock`: one TCG
 //! Debian boot takes minutes on a shared 2-core machine.
@@ -314,9 +318,40 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
     );
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
 
-    // The same identity applied over SSH, as to a VM that has no seed (a kickstart base):
-    // a new host key, served at once and trusted through the same CA.
+    // The identity step of a kickstart VM, through the code `lab up` runs for it
+    // (`provision::apply_identity`, after `wait_ssh`): first the VM is made to look like a
+    // fresh clone of a kickstart base (the base's hostname, no lab hosts, no peer key, no
+    // step records), and lab's known_hosts file for it is gone, as for a new disk.
     let images = lab.images();
+    let before_key = must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let before_id = must(&lab, &ip, "cat /etc/machine-id");
+    must(
+        &lab,
+        &ip,
+        "hostnamectl set-hostname base && printf '127.0.0.1\\tlocalhost\\n' >/etc/hosts && \
+         rm -rf /root/.ssh/id_ed25519 /root/.ssh/id_ed25519.pub /etc/ssh/ssh_known_hosts \
+         /var/lib/lab/steps",
+    );
+    assert_eq!(must(&lab, &ip, "hostname"), "base");
+    std::fs::remove_file(&known_hosts).unwrap();
+    let target = lab::guest::ssh::Target {
+        vm: "web".into(),
+        domain: lab.domain(),
+        ip: ip.clone(),
+        key: images.join(format!("lab-{}-ssh-key", lab.name)),
+        known_hosts: known_hosts.clone(),
+    };
+    lab::guest::connect::wait_ssh(
+        &target,
+        Instant::now() + std::time::Duration::from_secs(120),
+        "",
+    )
+    .unwrap();
+    let first_seen = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(
+        !first_seen.contains("@cert-authority"),
+        "the first key is pinned, as for a kickstart clone: {first_seen}"
+    );
     let login =
         std::fs::read_to_string(images.join(format!("lab-{}-ssh-key.pub", lab.name))).unwrap();
     let shared = lab::guest::identity::lab_identity(
@@ -327,22 +362,72 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
         vec![login.trim().to_string()],
     )
     .unwrap();
-    let id = lab::guest::identity::new_vm_identity(&images, &shared, &lab.name, "web").unwrap();
-    let (ok, out) = ssh_with(&lab, &ip, "sh -s", &id.script(&shared));
-    assert!(ok, "the identity script: {out}");
-    id.trust(&images, &shared).unwrap();
-    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
-    let served = must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub");
-    assert_eq!(served, id.host_public);
-    assert_ne!(served, new_key);
+    let lines = std::sync::Mutex::new(Vec::new());
+    let on_line = |step: &str, line: &str| lines.lock().unwrap().push(format!("{step}: {line}"));
+    let t = Instant::now();
+    let applied =
+        lab::guest::provision::apply_identity(&target, &images, &shared, &on_line).unwrap();
+    eprintln!("identity over SSH: {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(
-        must(
-            &lab,
-            &ip,
-            &format!("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes root@{fqdn} hostname -f")
-        ),
-        fqdn
+        (applied.name.as_str(), applied.outcome.as_str()),
+        ("identity", "done"),
+        "{:?}",
+        lines.lock().unwrap()
     );
+    // Lab's known_hosts file now holds the CA alone, and every login below checks the
+    // VM's certificate against it.
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
+    assert_eq!(must(&lab, &ip, "hostname"), "web");
+    assert_eq!(must(&lab, &ip, "hostname -f"), fqdn);
+    let hosts = must(&lab, &ip, "cat /etc/hosts");
+    assert!(hosts.contains(&format!("{ip}\t{fqdn}\tweb")), "{hosts}");
+    let after_id = must(&lab, &ip, "cat /etc/machine-id");
+    assert!(
+        after_id.len() == 32 && after_id != before_id,
+        "{after_id} after {before_id}"
+    );
+    let after_key = must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub");
+    assert_ne!(after_key, before_key, "a new host key");
+    let mut made = lab::names::host_key(&images, &lab.domain()).into_os_string();
+    made.push(".pub");
+    let made = std::fs::read_to_string(made).unwrap();
+    assert_eq!(after_key, made.trim(), "the key lab made and the CA signed");
+    let cert = must(
+        &lab,
+        &ip,
+        "ssh-keygen -L -f /etc/ssh/lab_host_ed25519_key-cert.pub",
+    );
+    assert!(cert.contains("host certificate"), "{cert}");
+    for name in [lab.domain().as_str(), "web", fqdn.as_str(), ip.as_str()] {
+        assert!(cert.contains(name), "{name}: {cert}");
+    }
+    // VM to VM by name, as packstack's controller logs in to each compute: root's peer
+    // key, the host certificate checked against the lab's CA.
+    for name in ["web", fqdn.as_str()] {
+        assert_eq!(
+            must(
+                &lab,
+                &ip,
+                &format!(
+                    "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes root@{name} hostname -f"
+                )
+            ),
+            fqdn
+        );
+    }
+    assert_eq!(
+        must(&lab, &ip, "cat /var/lib/lab/steps/identity"),
+        shared.step_digest("web")
+    );
+    // A second `lab up`: recorded, so skipped; nothing on the VM changes.
+    let again = lab::guest::provision::apply_identity(&target, &images, &shared, &on_line).unwrap();
+    assert_eq!(again.outcome, "skipped");
+    assert_eq!(
+        must(&lab, &ip, "cat /etc/ssh/ssh_host_ed25519_key.pub"),
+        after_key
+    );
+    assert_eq!(must(&lab, &ip, "cat /etc/machine-id"), after_id);
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
 
     let (code, _, stderr) = lab.run(&["down", "--purge"]);
     assert_eq!(code, Some(0), "{stderr}");
