@@ -89,6 +89,12 @@ const CORPUS: &[(&str, u32, &str, &str)] = &[
         "CentOS-Stream-9-latest-x86_64-dvd1.iso does not exist",
     ),
     (
+        "user-data-not-yaml.toml",
+        7,
+        "base.user_data",
+        "not valid YAML, line 4 column 2",
+    ),
+    (
         "provision-unknown-role.toml",
         13,
         "provision[0].role",

@@ -9,7 +9,7 @@
 //! - `hostname -f` is the FQDN, `/etc/hosts` names the lab's VMs;
 //! - root logs in to its own FQDN with the lab's peer key, checking the host certificate
 //!   against `/etc/ssh/ssh_known_hosts`;
-//! - `/etc/machine-id` is the VM's own (not the base's empty one), the root filesystem fills
+//! - `/etc/machine-id` is the one lab chose (not the base's empty one), the root filesystem fills
 //!   the 4 GiB disk, the base's and the VM's user-data both ran (marker files), and the
 //!   guest agent answers `guest-ping` through libvirt;
 //! - `lab reset` gives the VM a new host key and machine-id, the same FQDN and address,
@@ -170,6 +170,15 @@ fn ssh_with(lab: &Lab, ip: &str, command: &str, stdin: &str) -> (bool, String) {
     )
 }
 
+/// The user-data of a seed, read back with lab's ISO reader.
+fn seed_user_data(seed: &Path) -> String {
+    let out = seed.with_extension("user-data");
+    lab::kickstart::iso9660::extract(seed, "user_data", &out).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    text
+}
+
 fn must(lab: &Lab, ip: &str, command: &str) -> String {
     let (ok, out) = ssh(lab, ip, command);
     assert!(ok, "ssh {command}: {out}");
@@ -240,6 +249,10 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
     assert!(
         machine_id.len() == 32 && machine_id.chars().all(|c| c.is_ascii_hexdigit()),
         "the VM's own machine-id, not the base's empty one: {machine_id:?}"
+    );
+    assert!(
+        seed_user_data(&seed).contains(&machine_id),
+        "the machine-id lab chose, in its seed"
     );
     let root_bytes: u64 = must(&lab, &ip, "df -B1 --output=size / | tail -n 1")
         .parse()
@@ -315,6 +328,13 @@ fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
     assert!(
         new_id.len() == 32 && new_id != machine_id,
         "{new_id} after {machine_id}"
+    );
+    assert!(seed_user_data(&seed).contains(&new_id), "from the new seed");
+    // journald went over to it.
+    must(
+        &lab,
+        &ip,
+        &format!("test -d /run/log/journal/{new_id} || test -d /var/log/journal/{new_id}"),
     );
     assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), pinned);
 
