@@ -413,6 +413,8 @@ fn bring_up(
     let mine = |a: &&Planned| phase(&a.action) == Phase::Vm(vm.name.as_str());
     let mut disk: Option<Volume> = None;
     let mut timings = VmTimings::default();
+    // Resumed from memory saved by `lab stop`: it does not boot, so no ready line comes.
+    let mut resumed = false;
     for a in plan.actions.iter().filter(mine) {
         step(a);
         bar.set_message(format!("{} {}", a.op(), a.object()));
@@ -459,6 +461,12 @@ fn bring_up(
                     // reboot; a qcow2 overlay is just found.
                     env.storage.clone_volume(&env.profile.name, &vm.name)?;
                 }
+                resumed = env.lv.domain_saved(name);
+                if !resumed {
+                    // A boot's console starts empty, so an earlier boot's ready line is
+                    // never read as this one's.
+                    crate::libvirt::console::empty(&console)?;
+                }
                 env.lv.start_domain(name)?;
                 timings.start = ms(t);
             }
@@ -473,6 +481,8 @@ fn bring_up(
                 ));
             }
             Action::RecloneDisk { .. } => {
+                // Memory saved by lab stop belongs to the old disk: never resumed on the new.
+                env.lv.discard_saved(&vm.domain)?;
                 env.storage
                     .remove_clone(&env.profile.name, &vm.name, in_use)?;
                 disk = Some(env.storage.clone_base_sized(
@@ -504,7 +514,11 @@ fn bring_up(
         done(a);
     }
     bar.set_message("waiting until ready");
-    ready_state(env, vm, boot.is_some(), timings)
+    let state = ready_state(env, vm, boot.is_some() && !resumed, timings)?;
+    if resumed && let Some(ip) = &state.ip {
+        wait_answering(env, vm, ip)?;
+    }
+    Ok(state)
 }
 
 /// A new identity for `vm` (machine-id, host key signed by the lab's CA, instance-id) and
@@ -534,6 +548,29 @@ fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Res
             path.display()
         )
     })
+}
+
+/// A resumed VM keeps its lease, which says nothing of whether it runs again: wait until
+/// it answers on the SSH port (its network back, its vCPUs going), at most the ready
+/// timeout.
+fn wait_answering(env: &Env<'_>, vm: &VmPlan, ip: &str) -> Result<()> {
+    let addr: std::net::SocketAddr = format!("{ip}:22")
+        .parse()
+        .with_context(|| format!("{}: address {ip}", vm.name))?;
+    let deadline = Instant::now() + env.ready_timeout;
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{}: resumed, but nothing answers on {addr} within {} s",
+                vm.name,
+                env.ready_timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.

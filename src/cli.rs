@@ -78,6 +78,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Put VMs back to pristine: stop, drop the clone, clone the base again, start
     Reset(ResetArgs),
+    /// Save VMs' memory to disk and stop them; lab start resumes them where they were
+    Stop(StopArgs),
+    /// Start a lab's network and VMs again, resuming the ones lab stop saved
+    Start(StartArgs),
     /// Remove what lab made for a profile, and nothing else
     Down(DownArgs),
     /// Log in to a lab VM over SSH, or run one command in it
@@ -169,6 +173,25 @@ pub struct ReadyArgs {
 pub struct StatusArgs {
     /// Only this profile (a name); all of lab's labs when omitted
     pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VMs to stop (all of the profile's when omitted)
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VMs to start (all of the profile's when omitted)
+    pub vms: Vec<String>,
+    /// Seconds each VM may take from start to ready
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

@@ -83,6 +83,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Profiles => commands::profiles::profiles(&cli.global),
         Command::Status(args) => commands::status::status(&cli.global, &args),
         Command::Reset(args) => commands::reset::reset(&cli.global, &args),
+        Command::Stop(args) => commands::stop::stop(&cli.global, &args),
+        Command::Start(args) => commands::start::start(&cli.global, &args),
         Command::Down(args) => commands::down::down(&cli.global, &args),
         Command::Pool(args) => commands::pool::pool(&cli.global, &args),
         Command::Base(args) => commands::base::base(&cli.global, &args),

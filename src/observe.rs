@@ -28,6 +28,9 @@ pub struct ObservedDomain {
     pub name: String,
     pub owner: Option<Owner>,
     pub running: bool,
+    /// Stopped with its memory saved to disk (`lab stop`): its next start resumes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub saved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,6 +56,7 @@ pub fn observe_domain(dom: &virt::domain::Domain) -> Result<Option<ObservedDomai
     Ok(Some(ObservedDomain {
         owner: def.owner,
         running: dom.is_active().unwrap_or(false),
+        saved: dom.has_managed_save(0).unwrap_or(false),
         name,
     }))
 }

@@ -1134,7 +1134,11 @@ fn vm_step(
                 vm: vm.clone(),
                 name: domain.clone(),
             },
-            "defined but shut off",
+            if d.saved {
+                "stopped with its memory saved (lab stop): resumed where it was"
+            } else {
+                "defined but shut off"
+            },
         ),
         Some(_) => {
             out.keep(Object::Domain, &domain, Some(name), "running");
@@ -1269,6 +1273,50 @@ fn base_source(profile: &Profile) -> String {
         "direct boot: {kernel} and {initrd}, with a {} data disk",
         b.disk
     )
+}
+
+/// The plan of `lab start`: the part of `up` that starts what is there (the network, the
+/// named VMs: all when `vms` is empty), resuming VMs `lab stop` saved. Anything more that
+/// `up` would do for them (a disk to clone, a domain to define, a base to build) is refused
+/// with what it is, naming `lab up`; no provisioning runs. Pure.
+pub fn start(up: Plan, vms: &[String]) -> Result<Plan, PlanError> {
+    let chosen = |vm: &str| vms.is_empty() || vms.iter().any(|v| v == vm);
+    for name in vms {
+        if !up.vms.iter().any(|v| &v.name == name) {
+            return Err(PlanError(format!(
+                "profile {} has no VM {name}",
+                up.profile
+            )));
+        }
+    }
+    let mut actions = Vec::new();
+    let mut missing = Vec::new();
+    for a in up.actions {
+        match (&a.action, a.action.vm()) {
+            (Action::StartNetwork { .. }, _) => actions.push(a),
+            (Action::StartDomain { .. } | Action::ReattachTap { .. }, Some(vm)) => {
+                if chosen(vm) {
+                    actions.push(a);
+                }
+            }
+            (_, Some(vm)) if !chosen(vm) => {}
+            _ => missing.push(format!("{} {} ({})", a.op(), a.name(), a.why)),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PlanError(format!(
+            "{}: not all there to start; `lab up {}` makes it:\n  {}",
+            up.profile,
+            up.profile,
+            missing.join("\n  ")
+        )));
+    }
+    Ok(Plan {
+        vms: up.vms.into_iter().filter(|v| chosen(&v.name)).collect(),
+        actions,
+        provision: Vec::new(),
+        ..up
+    })
 }
 
 /// The plan of `lab reset`: each target VM (all of the profile's when `vms` is empty)

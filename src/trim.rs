@@ -244,6 +244,17 @@ pub fn targets(
                     )),
                     (None, _) => Some(format!("domain {domain} has no disk: nothing to trim")),
                 };
+                // Its saved memory holds the guest's view of the disk (page cache,
+                // filesystem state): trimming under it would corrupt what resumes.
+                let refuse = refuse.or_else(|| {
+                    d.saved.then(|| {
+                        format!(
+                            "stopped with its memory saved (lab stop): left alone, as an \
+                             offline trim under the saved guest would corrupt it; lab start \
+                             {p} {vm} and trim it running"
+                        )
+                    })
+                });
                 out.push(Target {
                     name: vm.clone(),
                     kind: Kind::Clone,
@@ -546,7 +557,9 @@ fn trim_running(env: &TrimEnv<'_>, t: &Target, r: &mut ImageTrim) -> Result<()> 
         &stopped,
         r,
     );
-    let started = env.lv.start_domain(domain);
+    let console = crate::libvirt::console::console_log(&env.profile.storage.dir, domain);
+    let started =
+        crate::libvirt::console::empty(&console).and_then(|()| env.lv.start_domain(domain));
     r.restarted = started.is_ok();
     let note = format!(
         "shut down{} for an offline trim ({why}), {}",

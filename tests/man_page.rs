@@ -20,7 +20,7 @@ fn lab_man_writes_a_page_for_lab_and_one_per_command_with_its_flags() {
     let lab = page("lab.1");
     assert!(lab.contains("\n.TH lab 1 "), "{lab}");
     for command in [
-        "check", "up", "status", "reset", "down", "trim", "ssh", "ready",
+        "check", "up", "status", "reset", "stop", "start", "down", "trim", "ssh", "ready",
     ] {
         assert!(
             lab.contains(&format!("lab\\-{command}(1)")),

@@ -44,6 +44,7 @@ fn fresh_host() -> (HostFacts, Observed) {
             name: "win11".into(),
             owner: None,
             running: true,
+            saved: false,
         }],
         networks: vec![ObservedNetwork {
             name: "default".into(),
@@ -98,6 +99,7 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                 name: name.clone(),
                 owner: Some(owner(Some(vm))),
                 running: true,
+                saved: false,
             }),
             Action::StartDomain { name, .. } => {
                 for d in observed.domains.iter_mut().filter(|d| &d.name == name) {
@@ -275,6 +277,7 @@ fn foreign_objects_with_lab_s_names_are_refused_not_touched() {
         name: "lab-smoke-node2".into(),
         owner: None,
         running: false,
+        saved: false,
     });
     let err = plan::plan(&p, &host, &observed).unwrap_err();
     assert!(
@@ -313,6 +316,7 @@ fn vms_dropped_from_the_profile_are_left_alone_and_said() {
             vm: Some("node4".into()),
         }),
         running: true,
+        saved: false,
     });
     let plan = plan::plan(&p, &host, &up).unwrap();
     assert!(plan.is_empty());
@@ -642,6 +646,7 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
         name: "lab-smoke-node9".into(),
         owner: None,
         running: true,
+        saved: false,
     });
     up.domains.push(ObservedDomain {
         name: "lab-other-node1".into(),
@@ -650,6 +655,7 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
             vm: Some("node1".into()),
         }),
         running: true,
+        saved: false,
     });
     let dir = std::path::Path::new("/var/lib/lab/images");
     up.files = LabFiles {

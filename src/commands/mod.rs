@@ -10,7 +10,9 @@ pub mod profiles;
 pub mod ready;
 pub mod reset;
 pub mod ssh;
+pub mod start;
 pub mod status;
+pub mod stop;
 pub mod trim;
 pub mod up;
 

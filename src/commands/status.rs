@@ -69,7 +69,14 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             },
             disk_allocated: disk.as_deref().and_then(disk_allocated),
             disk,
-            state: if d.running { "running" } else { "shut off" }.into(),
+            state: if d.running {
+                "running"
+            } else if d.saved {
+                "saved"
+            } else {
+                "shut off"
+            }
+            .into(),
             domain: d.name.clone(),
             name: vm,
         });

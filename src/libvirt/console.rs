@@ -22,3 +22,19 @@ pub fn console_tail(console: &Path) -> String {
         tail.join("\n    ")
     )
 }
+
+/// Empty a VM's console log (one that is not there yet is fine).
+pub fn empty(console: &Path) -> anyhow::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(console)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("emptying console log {}", console.display())))
+        }
+    }
+}

@@ -154,7 +154,9 @@ pub fn domain_for(
                 kind: "file",
                 source: LogSource {
                     path: console_log.display().to_string(),
-                    append: "off",
+                    // Kept across a resume from saved memory (no boot prints its ready
+                    // line again); lab empties it before each boot instead.
+                    append: "on",
                 },
                 target: SerialTarget { port: 0 },
             },
@@ -220,7 +222,7 @@ mod tests {
             "<source file=\"/img/lab-smoke-node1.qcow2\"/>".into(),
             format!("<mac address=\"{}\"/>", vm.mac),
             "<source network=\"lab-smoke\"/>".into(),
-            "<source path=\"/img/c.log\" append=\"off\"/>".into(),
+            "<source path=\"/img/c.log\" append=\"on\"/>".into(),
             "name=\"org.qemu.guest_agent.0\"".into(),
         ] {
             assert!(dom.contains(&needle), "{needle} missing from\n{dom}");

@@ -200,6 +200,43 @@ impl Libvirt {
         Ok(())
     }
 
+    /// Save a running domain's memory and state to disk and stop it (libvirt's managed
+    /// save): the next start resumes it where it was, processes and all, even after the
+    /// host rebooted. A domain that is not running is left as it is.
+    pub fn save_domain(&self, name: &str) -> Result<()> {
+        let dom = self.domain(name)?;
+        if dom.is_active().unwrap_or(false) {
+            dom.managed_save(0)
+                .map_err(|e| anyhow::anyhow!("saving domain {name}: {}", e.message()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a domain has memory saved by [`Libvirt::save_domain`], which its next start
+    /// resumes from.
+    pub fn domain_saved(&self, name: &str) -> bool {
+        self.conn
+            .lookup_domain_by_name(name)
+            .is_ok_and(|d| d.has_managed_save(0).unwrap_or(false))
+    }
+
+    /// Throw away a domain's saved memory, so its next start boots afresh: what a VM
+    /// whose disk is replaced needs (its saved memory belongs to the old disk).
+    pub fn discard_saved(&self, name: &str) -> Result<()> {
+        let Ok(dom) = self.conn.lookup_domain_by_name(name) else {
+            return Ok(());
+        };
+        if dom.has_managed_save(0).unwrap_or(false) {
+            dom.managed_save_remove(0).map_err(|e| {
+                anyhow::anyhow!(
+                    "removing the saved memory of domain {name}: {}",
+                    e.message()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// Stop and undefine a domain; one that is already gone is no error.
     pub fn remove_domain(&self, name: &str) -> Result<()> {
         self.stop_domain(name)?;

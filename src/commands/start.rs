@@ -1,0 +1,60 @@
+//! `lab start PROFILE [VM...]`: the lab's network and VMs started again, VMs that `lab stop`
+//! saved resumed where they were; waits until each is ready. It starts what is there and
+//! makes nothing: a VM whose disk or domain is missing is `lab up`'s work.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::apply;
+use crate::cli::{GlobalArgs, StartArgs};
+use crate::error::{exit, usage};
+use crate::host::Sysroot;
+use crate::libvirt::Libvirt;
+use crate::lock::Lock;
+use crate::plan;
+use crate::profile::Profile;
+use crate::ui;
+
+use super::vm_table;
+
+pub fn start(global: &GlobalArgs, args: &StartArgs) -> Result<u8> {
+    let profile = Profile::load(&args.profile)?;
+    let lv = Libvirt::open(&global.connect)?;
+    let _lock = super::profile_lock(global, "start", &profile.name, false)?;
+    let sysroot = Sysroot::live();
+    let host = crate::observe::host_facts(&sysroot, &profile);
+    // The network may have to be started (the laptop rebooted): the subnet is looked at
+    // under the host-wide lock, as by lab up.
+    let host_lock = Lock::host(
+        &format!("lab start {}", profile.name),
+        &format!("to start network {}", crate::names::network(&profile.name)),
+        global.wait(),
+    )?;
+    let observed = crate::observe::lab(&lv, &profile, &sysroot)?;
+    let up = plan::up(
+        &profile,
+        &host,
+        &observed,
+        plan::UpOptions { provision: false },
+    )
+    .map_err(|e| usage(e.0))?;
+    let plan = plan::start(up, &args.vms).map_err(|e| usage(e.0))?;
+    if plan.is_empty() {
+        ui::info(format_args!("{}: nothing to start", profile.name));
+    }
+    let storage = apply::storage_for(&plan)?;
+    let env = apply::Env::new(
+        &lv,
+        storage.as_ref(),
+        &profile,
+        Duration::from_secs(args.timeout),
+    );
+    let (vms, _) = apply::apply(&plan, &env, Some(host_lock))?;
+    if global.json {
+        ui::print_json(&vms)?;
+    } else {
+        print!("{}", vm_table(&vms));
+    }
+    Ok(exit::OK)
+}
