@@ -33,6 +33,9 @@ pub struct Env<'a> {
     pub dir: PathBuf,
     /// How long a VM may take from start to ready.
     pub ready_timeout: Duration,
+    /// Whether to wait for another lab fetching the same image into the cache
+    /// (`--no-wait`: fail at once, naming it).
+    pub wait: crate::lock::Wait,
 }
 
 impl<'a> Env<'a> {
@@ -50,6 +53,7 @@ impl<'a> Env<'a> {
             profile,
             dir: profile.storage.dir.clone(),
             ready_timeout,
+            wait: crate::lock::Wait::Wait,
         }
     }
 }
@@ -373,7 +377,7 @@ fn build_base(env: &Env<'_>, kvm: bool) -> Result<Volume> {
     } else if p.base.image.is_some() {
         // Downloaded (or found) and verified in the image cache first: what is imported
         // is only ever a whole, verified image. Sealed and recorded there.
-        return Ok(crate::cloud::base::import(env.storage, p)?.0);
+        return Ok(crate::cloud::base::import_with(env.storage, p, env.wait)?.0);
     } else {
         // An installer run: it builds, trims, compacts and seals the base itself.
         crate::kickstart::build_base(
@@ -547,7 +551,8 @@ fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Res
             vm.name,
             path.display()
         )
-    })
+    })?;
+    id.trust(&env.dir, lab)
 }
 
 /// A resumed VM keeps its lease, which says nothing of whether it runs again: wait until

@@ -86,6 +86,8 @@ pub enum Command {
     Down(DownArgs),
     /// Log in to a lab VM over SSH, or run one command in it
     Ssh(SshArgs),
+    /// A VM's serial console, interactive (leave with Ctrl+]), for when its network is cut
+    Console(ConsoleArgs),
     /// Is the lab ready to show: SSH, nested KVM in the VMs, provisioning, endpoints
     Ready(ReadyArgs),
     /// Give the space guests freed back to the host: fstrim through the guest agent in
@@ -97,6 +99,8 @@ pub enum Command {
     Pool(PoolArgs),
     /// Base images: render a profile's kickstart, build, list and remove bases
     Base(BaseArgs),
+    /// The image cache, shared by all profiles: the cloud images lab downloaded
+    Cache(CacheArgs),
     /// Print a shell completion script
     Completions {
         /// The shell to complete for
@@ -173,6 +177,14 @@ pub struct ReadyArgs {
 pub struct StatusArgs {
     /// Only this profile (a name); all of lab's labs when omitted
     pub profile: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The VM
+    pub vm: String,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +286,34 @@ pub enum BaseCommand {
     Rm {
         /// The profile: a name or a path
         profile: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the cached images: file, where each came from, checksum, size, when fetched
+    /// and last used
+    List,
+    /// Remove cached images (bases made from them are copies and stay); a later `lab up`
+    /// downloads an image again when it needs it
+    Rm {
+        /// An image: its file name as published, its file in the cache, or its checksum
+        /// (or the first 8 or more hex digits of it)
+        #[arg(
+            required_unless_present = "all",
+            conflicts_with = "all",
+            value_name = "NAME"
+        )]
+        names: Vec<String>,
+        /// Every cached image, and what unfinished downloads left
+        #[arg(long)]
+        all: bool,
     },
 }
 

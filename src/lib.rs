@@ -11,7 +11,8 @@
 //! | `plan.rs` | pure: (profile, host facts, observed) -> typed actions, for up, reset, down |
 //! | `apply.rs` | carries out every action of a plan, with progress |
 //! | `profile.rs`, `dirs.rs` | the TOML profile: schema, validation, where it is found |
-//! | `guest/` | inside the VMs over SSH: connect, provisioning steps, packstack, readiness |
+//! | `guest/` | inside the VMs over SSH: connect, the VM's identity, provisioning steps, packstack, readiness |
+//! | `cloud/` | cloud images: the download cache, image bases, NoCloud seeds (`seed`) and the ISO writer (`iso`) |
 //! | `directboot/` | the smoke guest: the host's kernel and the initramfs lab makes |
 //! | `kickstart/` | templates (lookup in `templates.rs`), installer builds, sealing, sources |
 //! | `storage/` | one trait, backends `qcow2` and `lvm_thin`, the one offline fstrim engine |
@@ -88,8 +89,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Down(args) => commands::down::down(&cli.global, &args),
         Command::Pool(args) => commands::pool::pool(&cli.global, &args),
         Command::Base(args) => commands::base::base(&cli.global, &args),
+        Command::Cache(args) => commands::cache::cache(&cli.global, &args),
         Command::Trim(args) => commands::trim::trim(&cli.global, &args),
         Command::Ssh(args) => commands::ssh::ssh_command(&cli.global, &args),
+        Command::Console(args) => commands::console::console(&cli.global, &args),
         Command::Ready(args) => commands::ready::ready(&cli.global, &args),
         Command::Completions { shell } => commands::man::completions(shell),
         Command::Man { dir } => commands::man::man(dir.as_deref()),

@@ -143,6 +143,30 @@ pub fn packstack_password(dir: &std::path::Path, profile: &str) -> std::path::Pa
     dir.join(format!("{}-{profile}.packstack-password", PREFIX))
 }
 
+/// A VM's NoCloud seed (the `cidata` ISO on its CD-ROM), beside its disk.
+pub fn seed(dir: &std::path::Path, domain: &str) -> std::path::PathBuf {
+    dir.join(format!("{domain}.seed.iso"))
+}
+
+/// The lab's SSH host CA (private key; `.pub` beside it): it signs every VM's host key, so
+/// lab and the VMs trust a VM's new key at once, after a reset too. One per profile, kept
+/// until `lab down`.
+pub fn host_ca(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
+    dir.join(format!("{PREFIX}-{profile}-host-ca"))
+}
+
+/// The lab-wide key pair root of every VM logs in to the others with (private key; `.pub`
+/// beside it).
+pub fn peer_key(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
+    dir.join(format!("{PREFIX}-{profile}-peer-key"))
+}
+
+/// A VM's SSH host key as lab made it (private key; `.pub` and the CA's `-cert.pub`
+/// beside it, as ssh-keygen names them). Made anew with each seed.
+pub fn host_key(dir: &std::path::Path, domain: &str) -> std::path::PathBuf {
+    dir.join(format!("{domain}.host-key"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

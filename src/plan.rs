@@ -424,6 +424,9 @@ pub struct VmPlan {
     pub domain_type: String,
     /// libvirt CPU mode: host-passthrough, host-model or maximum.
     pub cpu_mode: String,
+    /// A display (`[[vm]] graphics`), on the host's loopback; none when headless.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graphics: Option<crate::profile::GraphicsKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -1158,6 +1161,7 @@ fn vm_step(
         nested: spec.nested,
         domain_type: domain_type.to_string(),
         cpu_mode: cpu_mode.to_string(),
+        graphics: spec.graphics,
     })
 }
 

@@ -276,6 +276,26 @@ pub struct VmSpec {
     /// cloud-config (YAML) merged into this VM's user-data, after `[base] user_data`.
     #[serde(default)]
     pub user_data: Option<String>,
+    /// A display for virt-viewer and virt-manager; headless when unset.
+    #[serde(default)]
+    pub graphics: Option<GraphicsKind>,
+}
+
+/// The display protocol of `[[vm]] graphics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphicsKind {
+    Spice,
+    Vnc,
+}
+
+impl GraphicsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphicsKind::Spice => "spice",
+            GraphicsKind::Vnc => "vnc",
+        }
+    }
 }
 
 fn one() -> u32 {

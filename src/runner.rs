@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use crate::ui;
 
-/// One external command: program, arguments, optional stdin and extra environment.
+/// One external command: program, arguments, optional stdin, extra environment and
+/// variables of lab's own environment it does not get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
 }
@@ -181,6 +183,7 @@ impl Cmd {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
             stdin: None,
             timeout: None,
         }
@@ -207,8 +210,25 @@ impl Cmd {
     }
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
+        let key = key.into();
+        self.env_remove.retain(|k| *k != key);
+        self.env.push((key, value.into()));
         self
+    }
+
+    /// Leave `key` out of the environment the command inherits from lab.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        if !self.env_remove.contains(&key) {
+            self.env_remove.push(key);
+        }
+        self
+    }
+
+    /// The variables the command does not inherit, in the order they were named.
+    pub fn removed_env(&self) -> &[OsString] {
+        &self.env_remove
     }
 
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
@@ -222,11 +242,20 @@ impl Cmd {
 
     /// The command as a line a person could paste into a shell.
     pub fn cmdline(&self) -> String {
-        let mut words: Vec<String> = self
-            .env
-            .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy())))
-            .collect();
+        // `env -u NAME` pastes as the same removal the command had.
+        let mut words: Vec<String> = Vec::new();
+        if !self.env_remove.is_empty() {
+            words.push("env".into());
+            for k in &self.env_remove {
+                words.push("-u".into());
+                words.push(quote(&k.to_string_lossy()));
+            }
+        }
+        words.extend(
+            self.env
+                .iter()
+                .map(|(k, v)| format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy()))),
+        );
         words.push(quote(&self.program.to_string_lossy()));
         words.extend(self.args.iter().map(|a| quote(&a.to_string_lossy())));
         words.join(" ")
@@ -238,6 +267,9 @@ impl Cmd {
         ui::debug(format_args!("$ {}", self.cmdline()));
         let mut cmd = std::process::Command::new(&self.program);
         cmd.args(&self.args);
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -249,6 +281,9 @@ impl Cmd {
             .stdout_capture()
             .stderr_capture()
             .unchecked();
+        for k in &self.env_remove {
+            expr = expr.env_remove(k);
+        }
         for (k, v) in &self.env {
             expr = expr.env(k, v);
         }
@@ -504,6 +539,28 @@ mod tests {
             cmd.cmdline(),
             "LVM_SYSTEM_DIR='/tmp/a b' lvs -o lv_name,vg_name 'vg 0/it'\\''s'"
         );
+    }
+
+    /// HOME is in every test's environment: a command told to leave it out runs without
+    /// it, through both ways of running (captured and as a std Command), and its line
+    /// pastes as the same removal.
+    #[test]
+    fn a_removed_variable_is_not_inherited() {
+        assert!(std::env::var_os("HOME").is_some());
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo \"${HOME-unset}\""])
+            .env_remove("HOME");
+        assert_eq!(cmd.run().unwrap().stdout.trim(), "unset");
+        let out = cmd.std_command().output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unset");
+        assert!(
+            cmd.cmdline().starts_with("env -u HOME sh -c"),
+            "{}",
+            cmd.cmdline()
+        );
+        // A value given after the removal is the one the command gets.
+        let given = cmd.env("HOME", "/elsewhere");
+        assert_eq!(given.run().unwrap().stdout.trim(), "/elsewhere");
     }
 
     #[test]

@@ -102,6 +102,24 @@ const CORPUS: &[(&str, u32, &str, &str)] = &[
         "direct boot takes \"host\" only",
     ),
     (
+        "image-url-unverified.toml",
+        4,
+        "base.image",
+        "a downloaded image must be verifiable",
+    ),
+    (
+        "image-two-checksums.toml",
+        4,
+        "base.image",
+        "give checksum or checksum_url, not both",
+    ),
+    (
+        "image-checksum-short.toml",
+        5,
+        "base.checksum",
+        "a sha512 checksum is 128 hex digits (this is 64)",
+    ),
+    (
         "lvm-thin-without-pool.toml",
         4,
         "storage.backend",

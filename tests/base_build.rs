@@ -14,8 +14,6 @@
 
 #[path = "support/guest.rs"]
 mod guest;
-#[path = "support/iso_writer.rs"]
-mod iso_writer;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -561,14 +559,15 @@ fn a_base_is_built_from_an_iso() {
     let initrd = fs::read(&case.tree.initrd).unwrap();
     fs::write(
         &iso,
-        iso_writer::iso_image(
+        lab::cloud::iso::image(
             "LABTEST",
             &[
                 ("images/pxeboot/vmlinuz", &kernel),
                 ("images/pxeboot/initrd.img", &initrd),
                 ("readme", b"lab test ISO\n"),
             ],
-        ),
+        )
+        .unwrap(),
     )
     .unwrap();
     // lab reads the files back byte for byte.
@@ -621,7 +620,7 @@ fn a_base_is_built_from_an_iso() {
     let other = case.dir.path().join("other.iso");
     fs::write(
         &other,
-        iso_writer::iso_image("OTHER", &[("readme", b"not an installer\n")]),
+        lab::cloud::iso::image("OTHER", &[("readme", b"not an installer\n")]).unwrap(),
     )
     .unwrap();
     let profile = case.profile(&other.display().to_string(), "", "greeting = \"hello\"");

@@ -351,3 +351,115 @@ fn quiet_shows_only_what_failed_and_the_table_otherwise() {
     );
     assert!(full.lines().last().unwrap().contains("failed"), "{full}");
 }
+
+/// packstack-aio against two recorded laptops. laptop-small: 8GiB of RAM, 4 CPUs, 40GiB
+/// free on / (a recorded `df -P -B1`), no volume group, nested KVM off. laptop-big: 64GiB,
+/// 16 CPUs, the lab's volume group with 250GiB unallocated and a half-full 100GiB thin pool
+/// (recorded vgs/lvs), nested KVM on.
+#[test]
+fn packstack_aio_does_not_fit_a_small_laptop_and_says_by_how_much() {
+    let (code, report, _) = check(&[
+        "--sysroot",
+        &sysroot("laptop-small"),
+        "--profile",
+        "packstack-aio",
+        "--no-throughput",
+    ]);
+    assert_well_formed(code, &report);
+    assert_eq!(code, 3);
+    assert_eq!(status(&report, "resources.memory"), "fail");
+    assert_eq!(
+        summary(&report, "resources.memory"),
+        "packstack-aio needs 16GiB for 1 VM plus 1GiB for the host; the host has 7.6GiB: short by 9.4GiB"
+    );
+    assert_eq!(status(&report, "resources.disk"), "fail");
+    assert_eq!(
+        summary(&report, "resources.disk"),
+        "/ has 40.3GiB free; the base image alone may grow to 60GiB: short by 19.7GiB"
+    );
+    assert_eq!(status(&report, "resources.nested"), "fail");
+    assert!(
+        summary(&report, "resources.nested")
+            .starts_with("aio of packstack-aio needs nested KVM, and it does not work here"),
+        "{}",
+        summary(&report, "resources.nested")
+    );
+    assert!(fix(&report, "resources.nested").contains("lab check --fix"));
+    // 4 vCPUs on 4 CPUs fits.
+    assert_eq!(status(&report, "resources.cpu"), "pass");
+}
+
+#[test]
+fn packstack_fits_a_big_laptop_in_its_volume_group() {
+    for profile in ["packstack-aio", "packstack-multinode"] {
+        let (code, report, _) = check(&[
+            "--sysroot",
+            &sysroot("laptop-big"),
+            "--profile",
+            profile,
+            "--no-throughput",
+        ]);
+        assert_well_formed(code, &report);
+        for id in [
+            "resources.memory",
+            "resources.cpu",
+            "resources.disk",
+            "resources.nested",
+        ] {
+            assert_eq!(
+                status(&report, id),
+                "pass",
+                "{profile} {id}: {}",
+                summary(&report, id)
+            );
+        }
+        assert!(
+            summary(&report, "resources.disk").starts_with(
+                "volume group vg_lab (250GiB unallocated, thin pool lab-pool 50.0GiB unused) has 300.0GiB free"
+            ),
+            "{}",
+            summary(&report, "resources.disk")
+        );
+    }
+    // The pool is 50.02% full in the recorded lvs: 49.98% of 100GiB is unused.
+    // The multinode computes are the nested ones.
+    let (_, report, _) = check(&[
+        "--sysroot",
+        &sysroot("laptop-big"),
+        "--profile",
+        "packstack-multinode",
+        "--no-throughput",
+    ]);
+    assert!(
+        summary(&report, "resources.nested")
+            .starts_with("compute1, compute2 of packstack-multinode need nested KVM;"),
+        "{}",
+        summary(&report, "resources.nested")
+    );
+}
+
+/// A volume group without the profile's thin pool is not where the lab goes (the plan then
+/// uses qcow2 images in the directory): its room is the directory's filesystem.
+#[test]
+fn without_its_thin_pool_the_lab_is_measured_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("profiles/packstack-aio.toml"),
+    )
+    .unwrap()
+    .replace("pool = \"lab-pool\"", "pool = \"no-such-pool\"");
+    let profile = dir.path().join("packstack-aio.toml");
+    std::fs::write(&profile, text).unwrap();
+    let (code, report, _) = check(&[
+        "--sysroot",
+        &sysroot("laptop-big"),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--no-throughput",
+    ]);
+    assert_well_formed(code, &report);
+    assert_eq!(
+        summary(&report, "resources.disk"),
+        "/var/lib/lab has 460.4GiB free; base and 1 VM fully written take 120GiB"
+    );
+}

@@ -31,7 +31,7 @@ use serde_json::Value;
 mod http_server;
 #[path = "support/lab_cli.rs"]
 mod lab_cli;
-use http_server::HttpServer;
+use http_server::Server;
 use lab_cli::Lab;
 
 const MIB: u64 = 1024 * 1024;
@@ -159,9 +159,9 @@ fn step_outcomes(up: &Value, vm: &str) -> Vec<(String, String)> {
 
 fn steps_of(vm: &str) -> Vec<&'static str> {
     match vm {
-        "web" => vec!["apt-sources", "nginx"],
-        "app" => vec!["apt-sources", "python-app"],
-        _ => vec!["apt-sources", "postgresql", "seed-table"],
+        "web" => vec!["apt-sources", "guest-agent", "nginx"],
+        "app" => vec!["apt-sources", "guest-agent", "python-app"],
+        _ => vec!["apt-sources", "guest-agent", "postgresql", "seed-table"],
     }
 }
 
@@ -172,14 +172,16 @@ fn debian_stack_from_a_cloud_image_end_to_end() {
     let image_dir = image.parent().unwrap().to_path_buf();
     let image_file = image.file_name().unwrap().to_str().unwrap().to_string();
     let repo = support("debian-repo.sh", &[image_dir.to_str().unwrap()]);
-    let server = HttpServer::serve(&[("image", &image_dir), ("repo", &repo)]);
+    let server = Server::start_public();
+    server.serve_dir("image", &image_dir);
+    server.serve_dir("repo", &repo);
 
     let mut lab = Lab::new("ds", |_, _| String::new());
     let cache = lab.dir.path().join("image-cache");
     lab.env
         .push(("LAB_IMAGE_CACHE".into(), cache.display().to_string()));
-    let image_url = server.url("127.0.0.1", &format!("image/{image_file}"));
-    let sums_url = server.url("127.0.0.1", "image/SHA512SUMS");
+    let image_url = server.url(&format!("/image/{image_file}"));
+    let sums_url = server.url("/image/SHA512SUMS");
     // The gateway the VMs reach the host at: the subnet lab picks for this profile.
     std::fs::write(
         &lab.profile,
@@ -190,7 +192,7 @@ fn debian_stack_from_a_cloud_image_end_to_end() {
     let gateway = dry["network"]["gateway"].as_str().unwrap().to_string();
     let subnet: ipnet::Ipv4Net = dry["network"]["subnet"].as_str().unwrap().parse().unwrap();
     let domain = dry["network"]["domain"].as_str().unwrap().to_string();
-    let apt = format!("deb [trusted=yes] {} ./", server.url(&gateway, "repo/"));
+    let apt = format!("deb [trusted=yes] {} ./", server.url_at(&gateway, "/repo/"));
     std::fs::write(
         &lab.profile,
         test_copy(&lab.name, &lab.images(), &image_url, &sums_url, &apt),
@@ -238,10 +240,8 @@ fn debian_stack_from_a_cloud_image_end_to_end() {
     }
     for (vm, ip) in &ips {
         assert!(
-            served.iter().any(
-                |r| r.peer.ip().to_string() == *ip && r.path.ends_with(".deb")
-                    || r.peer.ip().to_string() == *ip && r.path.contains("Packages")
-            ),
+            served.iter().any(|r| r.peer.to_string() == *ip
+                && (r.path.ends_with(".deb") || r.path.contains("Packages"))),
             "{vm} ({ip}) read nothing from the repository: {served:#?}"
         );
     }

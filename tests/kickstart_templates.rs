@@ -227,3 +227,59 @@ fn lab_base_kickstart_prints_the_rendered_kickstart() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("without a kickstart"), "{stderr}");
 }
+
+/// The end of each template's %post seals the base: the lines from its `# Seal` comment to
+/// `%end`, run by sh against a directory standing in for the installed system's root, leave
+/// /etc/machine-id empty (not missing: systemd then writes a new one at first boot) and no
+/// SSH host key, and nothing else of /etc/ssh touched.
+#[test]
+fn the_kickstart_post_seals_machine_id_and_host_keys() {
+    let fedora = Profile::parse(
+        "name = \"fedora-demo\"\n[base]\nos = \"fedora40\"\nkickstart = \"fedora.ks.j2\"\n\
+         install = \"https://dl.fedoraproject.org/pub/fedora/linux/releases/40/Everything/x86_64/os/\"\n\
+         [[vm]]\nname = \"a\"\n",
+        ProfileSource::BuiltIn,
+    )
+    .unwrap();
+    let mut profiles = kickstart_profiles();
+    profiles.push(fedora);
+    for p in profiles {
+        let text = kickstart::render_full(&p, &inputs()).unwrap().text;
+        let post = &text[text.rfind("%post").unwrap()..];
+        let seal = &post[post
+            .find("# Seal")
+            .unwrap_or_else(|| panic!("{}: no seal in %post:\n{post}", p.name))..];
+        let seal = &seal[..seal.find("%end").unwrap()];
+        // Nothing after the seal in %post could undo it.
+        assert!(
+            post[post.find("# Seal").unwrap()..]
+                .trim_end()
+                .ends_with("%end"),
+            "{post}"
+        );
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir_all(etc.join("ssh")).unwrap();
+        std::fs::write(etc.join("machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
+        for kind in ["rsa", "ecdsa", "ed25519"] {
+            std::fs::write(etc.join(format!("ssh/ssh_host_{kind}_key")), "private").unwrap();
+            std::fs::write(etc.join(format!("ssh/ssh_host_{kind}_key.pub")), "public").unwrap();
+        }
+        std::fs::write(etc.join("ssh/sshd_config"), "PermitRootLogin yes\n").unwrap();
+        std::fs::write(etc.join("ssh/moduli"), "moduli\n").unwrap();
+        let script = seal.replace(" /etc/", &format!(" {}/etc/", root.path().display()));
+        assert!(!script.contains(" /etc/"), "{script}");
+        Cmd::new("sh")
+            .args(["-e", "-c", &script])
+            .run()
+            .unwrap_or_else(|e| panic!("{}: {e}\n{script}", p.name));
+        let id = std::fs::read(etc.join("machine-id")).unwrap();
+        assert!(id.is_empty(), "{}: machine-id {id:?}", p.name);
+        let mut left: Vec<String> = std::fs::read_dir(etc.join("ssh"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["moduli", "sshd_config"], "{}", p.name);
+    }
+}

@@ -51,6 +51,8 @@ fn lab_man_writes_a_page_for_lab_and_one_per_command_with_its_flags() {
     // Nested commands get their own page; the hidden `man` command gets none.
     assert!(page("lab-base-build.1").contains("\\-\\-force"));
     assert!(page("lab-pool-create.1").contains("\\-\\-size"));
+    assert!(page("lab-cache-rm.1").contains("\\-\\-all"));
+    assert!(page("lab-cache-list.1").contains(".TH lab-cache-list 1 "));
     assert!(!dir.path().join("lab-man.1").exists());
 }
 

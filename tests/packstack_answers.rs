@@ -31,10 +31,26 @@ fn packstack_options() -> Vec<PackstackOption> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/packstack/options.tsv");
     let text = std::fs::read_to_string(path).unwrap();
+    // The header says where and when: packstack's own repository (redhat-openstack since
+    // packstack left OpenStack's namespace), the branch, its commit and that commit's date,
+    // and the day of the extraction.
     assert!(
-        text.contains("# source: https://github.com/openstack/packstack, packstack/plugins/*.py"),
+        text.contains(
+            "# source: https://github.com/redhat-openstack/packstack, packstack/plugins/*.py"
+        ),
         "the fixture says where it came from"
     );
+    let commit = text
+        .lines()
+        .find_map(|l| l.split_once(" at commit ").map(|(_, c)| c))
+        .expect("the fixture names its commit");
+    let (hash, date) = commit.split_once(" (committed ").unwrap();
+    assert!(
+        hash.len() == 40 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{hash}"
+    );
+    assert_eq!(date.len(), "2025-04-25)".len(), "{date}");
+    assert!(text.contains("\n# extracted: 20"), "the fixture says when");
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {

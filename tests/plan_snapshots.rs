@@ -523,17 +523,23 @@ fn provisioning_is_planned_per_vm_with_its_steps_unless_declined() {
             other => panic!("not provisioning: {other:?}"),
         })
         .collect();
+    // Every VM gets the RDO repositories (CRB first), SELinux permissive and the locale;
+    // packstack runs on the controller only.
+    let every_vm = ["rdo-release", "selinux-permissive", "locale"];
+    let mut controller: Vec<String> = every_vm.iter().map(|s| s.to_string()).collect();
+    controller.push("packstack".into());
+    let compute: Vec<String> = every_vm.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         steps,
         [
-            ("controller", vec!["rdo-release".into(), "packstack".into()]),
-            ("compute1", vec!["rdo-release".into()]),
-            ("compute2", vec!["rdo-release".into()]),
+            ("controller", controller),
+            ("compute1", compute.clone()),
+            ("compute2", compute),
         ]
     );
     let text = plan::render(&plan);
     assert!(
-        text.contains("Then in the VMs:\n  run     steps    controller  (rdo-release, packstack;"),
+        text.contains("Then in the VMs:\n  run     steps    controller  (rdo-release, selinux-permissive, locale, packstack;"),
         "{text}"
     );
     let declined = plan::up(&p, &host, &observed, plan::UpOptions { provision: false }).unwrap();

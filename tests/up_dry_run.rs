@@ -322,3 +322,60 @@ fn under_a_sysroot_lab_s_lvs_come_from_its_recorded_report_not_the_live_lvm() {
     let actions = plan["actions"].as_array().unwrap();
     assert!(!actions.iter().any(|a| a["op"] == "build"), "{actions:?}");
 }
+
+/// `lab up --dry-run` tells what the laptop is short of, with the numbers, before a run of
+/// hours: the same findings `lab check --profile` fails on (tests/check_cli.rs), as
+/// warnings of the plan; a laptop with room has none of them.
+#[test]
+fn a_dry_run_warns_when_the_laptop_is_short_for_packstack() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = shipped(dir.path(), "packstack-aio");
+    let run = |host: &str| -> Vec<String> {
+        let out = lab(&[
+            "up",
+            &profile,
+            "--dry-run",
+            "--json",
+            "--sysroot",
+            &fixture(&format!("hosts/{host}")),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .filter(|w| w.starts_with("resources."))
+            .collect()
+    };
+    let small = run("laptop-small");
+    let find = |id: &str| {
+        small
+            .iter()
+            .find(|w| w.starts_with(&format!("{id}: ")))
+            .unwrap_or_else(|| panic!("no {id} in {small:#?}"))
+            .clone()
+    };
+    assert!(
+        find("resources.memory").contains(
+            "needs 16GiB for 1 VM plus 1GiB for the host; the host has 7.6GiB: short by 9.4GiB"
+        ),
+        "{small:#?}"
+    );
+    // The profile's images are in a temporary directory: on / of the recorded df.
+    assert!(
+        find("resources.disk").contains(
+            "/ has 40.3GiB free; the base image alone may grow to 60GiB: short by 19.7GiB"
+        ),
+        "{small:#?}"
+    );
+    assert!(find("resources.nested").contains("aio of packstack-aio needs nested KVM"));
+    assert_eq!(small.len(), 3, "{small:#?}");
+    assert_eq!(run("laptop-big"), Vec::<String>::new());
+}

@@ -172,6 +172,25 @@ pub enum StorageTarget {
     },
 }
 
+/// Where a profile's lab is stored: its volume group when it names one (a thin pool's
+/// home; `fallback` the directory used when that VG does not exist), else its directory.
+pub fn storage_of_profile(p: &Profile) -> StorageTarget {
+    let s = &p.storage;
+    let origin = format!("profile {} [storage]", p.name);
+    match (s.backend, &s.vg) {
+        (crate::profile::StorageBackend::LvmThin, Some(vg))
+        | (crate::profile::StorageBackend::Auto, Some(vg)) => StorageTarget::VolumeGroup {
+            vg: vg.clone(),
+            fallback: s.dir.clone(),
+            origin,
+        },
+        _ => StorageTarget::Path {
+            path: s.dir.clone(),
+            origin,
+        },
+    }
+}
+
 /// What every check area is handed.
 pub struct CheckContext<'a> {
     pub sysroot: &'a Sysroot,
@@ -220,6 +239,20 @@ pub fn run_all(ctx: &CheckContext<'_>) -> Report {
     for part in parts {
         report.checks.extend(part.checks);
         report.facts.extend(part.facts);
+    }
+    // The profile's nested VMs against the KVM area's own nesting finding, so that the
+    // host is probed once.
+    if let Some(profile) = ctx.profile {
+        let nesting = report
+            .get("kvm.nested")
+            .filter(|c| c.status != Status::Skip)
+            .map(|c| resources::Nesting {
+                works: c.status == Status::Pass,
+                why: c.summary.clone(),
+            });
+        if let Some(c) = resources::judge_nesting(profile, nesting.as_ref()) {
+            report.push(c);
+        }
     }
     report
 }

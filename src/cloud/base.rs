@@ -5,7 +5,8 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cloud::{CachedImage, cache_dir, ensure};
+use crate::cloud::{CachedImage, cache_dir, ensure_with};
+use crate::lock::Wait;
 use crate::profile::Profile;
 use crate::storage::{Storage, Volume};
 
@@ -30,17 +31,28 @@ impl ImageRecord {
 }
 
 /// Fetch or find the profile's image, verified, and import it as the profile's base,
-/// sealed and recorded. What was fetched, for the caller's timings.
+/// sealed and recorded. What was fetched, for the caller's timings. Waits for another lab
+/// that is fetching the same image.
 pub fn import(storage: &dyn Storage, profile: &Profile) -> Result<(Volume, CachedImage)> {
+    import_with(storage, profile, Wait::Wait)
+}
+
+/// `import`, waiting for another lab fetching the same image or not (`--no-wait`).
+pub fn import_with(
+    storage: &dyn Storage,
+    profile: &Profile,
+    wait: Wait,
+) -> Result<(Volume, CachedImage)> {
     let source = profile
         .image_source()
         .with_context(|| format!("profile {} has no [base] image", profile.name))?;
-    let cached = ensure(&source, &cache_dir())?;
-    let volume = storage.import_base(&profile.name, &cached.path)?;
+    let cached = ensure_with(&source, &cache_dir(), wait)?;
+    let volume =
+        storage.import_base_as(&profile.name, &cached.path, Some(cached.format.as_str()))?;
     storage.seal_base(&profile.name)?;
     let record = ImageRecord {
         image: source.location.clone(),
-        checksum: Some(cached.checksum.to_string()).filter(|c| !c.is_empty()),
+        checksum: cached.checksum.as_ref().map(ToString::to_string),
         built_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

@@ -130,7 +130,7 @@ fn build(global: &GlobalArgs, arg: &str, force: bool, timeout: Duration) -> Resu
             ui::info(format_args!("{}: building the base: {why}", profile.name));
             if from_image {
                 // The checksum file is fetched again: a newer `latest` image comes in.
-                crate::cloud::base::import(&storage, &profile)?;
+                crate::cloud::base::import_with(&storage, &profile, global.wait())?;
             } else {
                 let lv = Libvirt::open(&global.connect)?;
                 let kvm = crate::check::kvm::verdict_cached(&crate::host::Sysroot::live()).usable;

@@ -7,7 +7,7 @@ use crate::check::{self, CheckContext, StorageTarget};
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::exit;
 use crate::host::Sysroot;
-use crate::profile::{self, Profile, StorageBackend};
+use crate::profile::{self, Profile};
 use crate::ui::{self, Stream};
 
 pub fn check(global: &GlobalArgs, args: &CheckArgs) -> Result<u8> {
@@ -60,23 +60,7 @@ fn storage_target(
         });
     }
     if let Some(p) = profile {
-        let s = &p.storage;
-        let origin = format!("profile {} [storage]", p.name);
-        match (s.backend, &s.vg) {
-            (StorageBackend::LvmThin, Some(vg)) | (StorageBackend::Auto, Some(vg)) => {
-                return Ok(StorageTarget::VolumeGroup {
-                    vg: vg.clone(),
-                    fallback: s.dir.clone(),
-                    origin,
-                });
-            }
-            _ => {
-                return Ok(StorageTarget::Path {
-                    path: s.dir.clone(),
-                    origin,
-                });
-            }
-        }
+        return Ok(check::storage_of_profile(p));
     }
     Ok(StorageTarget::Path {
         path: profile::DEFAULT_IMAGE_DIR.into(),

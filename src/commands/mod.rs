@@ -2,7 +2,9 @@
 //! through the library, and prints: human status on stderr, data on stdout.
 
 pub mod base;
+pub mod cache;
 pub mod check;
+pub mod console;
 pub mod down;
 pub mod man;
 pub mod pool;

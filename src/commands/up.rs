@@ -71,7 +71,27 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let options = plan::UpOptions {
         provision: !args.no_provision,
     };
-    let plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
+    let mut plan = plan::up(&profile, &host, &observed, options).map_err(|e| usage(e.0))?;
+    // What the laptop is short of for this profile, told before a run that may take hours
+    // (packstack): the same judgement `lab check --profile` fails on.
+    let nesting = crate::check::resources::Nesting {
+        works: host.kvm.usable && host.kvm.nested,
+        why: if !host.kvm.usable {
+            format!("KVM itself does not: {}", host.kvm.reason)
+        } else if host.kvm.nested {
+            "nested KVM works here".to_string()
+        } else {
+            "the KVM module's nested parameter is off; lab check says more".to_string()
+        },
+    };
+    for c in crate::check::resources::shortfalls(&profile, &sysroot, &nesting) {
+        plan.warnings.push(format!(
+            "{}: {} (lab check --profile fails on this; fix: {})",
+            c.id,
+            c.summary,
+            c.fix.unwrap_or_default()
+        ));
+    }
     let planned = started.elapsed();
     if args.dry_run {
         super::show_plan(global, &plan, plan::render)?;
@@ -94,12 +114,15 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         ));
     }
     let storage = apply::storage_for(&plan)?;
-    let env = apply::Env::new(
-        &lv,
-        storage.as_ref(),
-        &profile,
-        Duration::from_secs(args.timeout),
-    );
+    let env = apply::Env {
+        wait: global.wait(),
+        ..apply::Env::new(
+            &lv,
+            storage.as_ref(),
+            &profile,
+            Duration::from_secs(args.timeout),
+        )
+    };
     let (vms, lab_timings) = apply::apply(&plan, &env, host_lock)?;
     let t = Instant::now();
     let provision = if plan.provision.is_empty() {

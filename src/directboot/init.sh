@@ -153,6 +153,10 @@ fi
 
 echo "LAB-READY vm=${vm:-?} ip=$addr disk=$disk"
 
+# A root shell on the serial console, as a machine's own console gives one: what
+# `lab console` reaches when the network is cut. cttyhack makes the console the shell's
+# controlling terminal (Ctrl+C works); a shell that exits is started again.
 while :; do
-    sleep 86400
+    setsid cttyhack sh -l
+    sleep 1
 done

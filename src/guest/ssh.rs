@@ -6,7 +6,9 @@
 //!   with (`[vars] ssh_keys` or `~/.ssh/*.pub`), or `[vars] ssh_identity`.
 //! - Host keys: each VM has a known_hosts file of its own beside the images
 //!   (`lab-PROFILE-VM.known_hosts`), with `StrictHostKeyChecking=accept-new`: the first key
-//!   a new clone shows is pinned, a changed key afterwards is refused. lab removes the file
+//!   a new clone shows is pinned, a changed key afterwards is refused. A VM whose identity
+//!   lab made (cloud-init) has the lab's host CA in that file instead, and ssh then accepts
+//!   only a host key the CA signed (`StrictHostKeyChecking=yes`). lab removes the file
 //!   whenever it makes the VM's disk anew (up, reset, down), so a re-created lab never
 //!   trips over the old VM's key, and nothing in `~/.ssh/known_hosts` is touched.
 
@@ -199,6 +201,21 @@ pub fn key_for(profile: &Profile, dir: &Path, home: Option<&Path>) -> Result<Key
     )))
 }
 
+/// The locale variables among `names`: LANG, LANGUAGE and LC_*, always with LANG and
+/// LC_ALL (removing an unset one costs nothing, and keeps the command line the same).
+pub fn locale_vars(names: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut found: Vec<std::ffi::OsString> = vec!["LANG".into(), "LC_ALL".into()];
+    for name in names {
+        let is_locale = name
+            .to_str()
+            .is_some_and(|n| n == "LANGUAGE" || n.starts_with("LC_"));
+        if is_locale && !found.contains(&name) {
+            found.push(name);
+        }
+    }
+    found
+}
+
 /// Why a VM did not answer [`Target::probe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unanswered {
@@ -232,7 +249,11 @@ impl Target {
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            .arg("-o")
+            .arg(format!(
+                "StrictHostKeyChecking={}",
+                self.host_key_checking()
+            ))
             .arg("-o")
             .arg(format!("HostKeyAlias={}", self.domain))
             .arg("-o")
@@ -250,7 +271,24 @@ impl Target {
         if batch {
             cmd = cmd.args(["-o", "BatchMode=yes", "-T"]);
         }
+        // The laptop's locale stays on the laptop: the system ssh_config of most
+        // distributions sends LANG and LC_* (`SendEnv`), and a locale the VM lacks (RDO warns
+        // about this for packstack) breaks its tools. `SendEnv -NAME` in ssh_config cannot
+        // undo that, as the first value given for an option wins and the system file's
+        // `SendEnv LANG LC_*` comes first; so ssh is not given them at all.
+        for name in locale_vars(std::env::vars_os().map(|(k, _)| k)) {
+            cmd = cmd.env_remove(name);
+        }
         cmd.arg(format!("{USER}@{}", self.ip))
+    }
+
+    /// `yes` when the VM's known_hosts file trusts the lab's host CA (a VM with an identity
+    /// lab made: its certified key is known before it answers, and nothing else is
+    /// accepted), else `accept-new` (the first key a new clone shows is pinned).
+    fn host_key_checking(&self) -> &'static str {
+        let certified = std::fs::read_to_string(&self.known_hosts)
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with("@cert-authority ")));
+        if certified { "yes" } else { "accept-new" }
     }
 
     /// One quiet connection that runs `true`, ssh given `connect` to connect and the whole
@@ -262,6 +300,16 @@ impl Target {
         let err = format!("{e}");
         if !err.contains("Host key verification failed") {
             return Err(Unanswered::Other(err));
+        }
+        if self.host_key_checking() == "yes" {
+            return Err(Unanswered::HostKey(format!(
+                "{vm}: the SSH server at {ip} shows a host key the lab's CA did not sign (lab \
+                 trusts only the CA for {vm}, in {file}): another machine has its address, or \
+                 the VM's disk was changed outside lab; `lab reset` gives it a new identity",
+                vm = self.vm,
+                ip = self.ip,
+                file = self.known_hosts.display()
+            )));
         }
         Err(Unanswered::HostKey(format!(
             "{vm}: the SSH server at {ip} shows another host key than the one lab pinned for \
@@ -319,9 +367,62 @@ mod tests {
             assert!(line.contains(part), "{part} missing from {line}");
         }
         assert!(line.ends_with("root@10.213.166.10"), "{line}");
+        let dir = tempfile::tempdir().unwrap();
+        let certified = Target {
+            known_hosts: dir.path().join("known_hosts"),
+            ..target()
+        };
+        std::fs::write(
+            &certified.known_hosts,
+            "@cert-authority lab-demo-node1 ssh-ed25519 AAAA ca\n",
+        )
+        .unwrap();
+        let line = certified.command(true, Duration::from_secs(5)).cmdline();
+        assert!(line.contains("StrictHostKeyChecking=yes"), "{line}");
         let interactive = target().command(false, Duration::from_secs(5)).cmdline();
         assert!(!interactive.contains("BatchMode"), "{interactive}");
         assert!(!interactive.contains(" -T"), "{interactive}");
+    }
+
+    #[test]
+    fn the_laptops_locale_is_not_passed_to_the_vm() {
+        let names = [
+            "PATH", "LC_TIME", "LANGUAGE", "LC_ALL", "LANGX", "HOME", "LC_CTYPE",
+        ];
+        let found = locale_vars(names.iter().map(std::ffi::OsString::from));
+        assert_eq!(
+            found,
+            ["LANG", "LC_ALL", "LC_TIME", "LANGUAGE", "LC_CTYPE"].map(std::ffi::OsString::from)
+        );
+        // Whatever lab's own environment holds, ssh gets no LANG and no LC_ALL.
+        let cmd = target().command(true, Duration::from_secs(5));
+        for name in ["LANG", "LC_ALL"] {
+            assert!(
+                cmd.removed_env().contains(&name.into()),
+                "{:?}",
+                cmd.removed_env()
+            );
+        }
+        assert!(
+            cmd.cmdline().starts_with("env -u LANG -u LC_ALL "),
+            "{}",
+            cmd.cmdline()
+        );
+        // The process lab starts (the interactive `lab ssh` one) has them removed too.
+        let std = cmd.std_command();
+        let removed: Vec<&std::ffi::OsStr> = std
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            removed.contains(&std::ffi::OsStr::new("LANG")),
+            "{removed:?}"
+        );
+        assert!(
+            removed.contains(&std::ffi::OsStr::new("LC_ALL")),
+            "{removed:?}"
+        );
     }
 
     #[test]

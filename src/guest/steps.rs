@@ -135,11 +135,14 @@ pub struct StepResult {
 /// The script a VM's shell runs for a step: skip when recorded, run under `timeout`,
 /// record on success. The step's writes reach the disk before its record and the record
 /// before lab hears of it, so a VM powered off hard afterwards neither repeats the step
-/// nor skips one that did not last. Everything the step prints goes to stdout.
+/// nor skips one that did not last. Everything the step prints goes to stdout. The step
+/// runs in the C.UTF-8 locale, which every distribution lab installs has, whatever the
+/// VM's own default (RDO's packstack wants a UTF-8 locale; lab ssh passes none).
 pub fn step_script(step: &Step, done_dir: &str) -> String {
     let record = format!("{done_dir}/{}", step.name);
     format!(
         "exec 2>&1\n\
+         export LANG=C.UTF-8 LC_ALL=C.UTF-8\n\
          if [ \"$(cat {record} 2>/dev/null)\" = {digest} ]; then echo {SKIPPED}; exit 0; fi\n\
          if command -v timeout >/dev/null 2>&1; then\n\
          \x20   timeout -s KILL {secs} sh -c {run} </dev/null\n\
@@ -431,6 +434,38 @@ mod tests {
             rec,
             [("first".to_string(), false), ("zzz".to_string(), false)]
         );
+    }
+
+    /// The step's shell is started with a locale of its own (as an ssh that passed the
+    /// laptop's would): the step still runs in C.UTF-8.
+    #[test]
+    fn a_step_runs_in_the_c_utf8_locale() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("steps");
+        let shell = || {
+            Cmd::new("sh")
+                .arg("-s")
+                .env("LANG", "de_DE.ISO-8859-1")
+                .env("LC_ALL", "de_DE.ISO-8859-1")
+                .env("LC_TIME", "de_DE.ISO-8859-1")
+        };
+        let seen = Mutex::new(Vec::new());
+        let locale = step(
+            "locale",
+            "echo \"$LANG $LC_ALL\"; locale | grep LC_TIME",
+            30,
+        );
+        run_steps(
+            "node1",
+            &[locale],
+            &shell,
+            done.to_str().unwrap(),
+            &|_, l| seen.lock().unwrap().push(l.to_string()),
+        )
+        .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], "C.UTF-8 C.UTF-8", "{seen:?}");
+        assert_eq!(seen[1], "LC_TIME=\"C.UTF-8\"", "{seen:?}");
     }
 
     #[test]

@@ -91,9 +91,105 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// One filesystem of `df -P -B1`: where it is mounted and the bytes free for an
+/// unprivileged writer (df's "Available").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DfRow {
+    pub mount: PathBuf,
+    pub available: u64,
+}
+
+/// `df -P -B1` output: the POSIX format, one filesystem a line (a long device name does not
+/// wrap under -P), sizes in bytes. The mount point is the last field and may hold spaces,
+/// so the line is split from the left: device, size, used, available, capacity, mount.
+pub fn parse_df(text: &str) -> Vec<DfRow> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Filesystem"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut rest = l.trim_start();
+            let mut fields = Vec::new();
+            for _ in 0..5 {
+                let end = rest.find(char::is_whitespace)?;
+                fields.push(&rest[..end]);
+                rest = rest[end..].trim_start();
+            }
+            let available = fields[3].parse().ok()?;
+            (!rest.is_empty()).then(|| DfRow {
+                mount: PathBuf::from(rest),
+                available,
+            })
+        })
+        .collect()
+}
+
+/// Under a sysroot, free space comes from the output of `df -P -B1` recorded in this file
+/// (beside the recorded LVM reports): the host's filesystems cannot be measured from files.
+pub const RECORDED_DF: &str = "/.lab-recorded/df";
+
+/// The free space for `path` on the host the sysroot describes: the filesystem holding
+/// its nearest existing directory (live: statvfs), or the recorded df row with the longest
+/// mount point above it. Returns the directory or mount point measured, and its free bytes.
+pub fn disk_free(root: &Sysroot, path: &Path) -> Option<(PathBuf, u64)> {
+    if root.is_live() {
+        let at = nearest_existing(path);
+        let free = free_bytes(&at).ok()?;
+        return Some((at, free));
+    }
+    let rows = parse_df(&root.read_opt(RECORDED_DF)?);
+    rows.into_iter()
+        .filter(|r| path.starts_with(&r.mount))
+        .max_by_key(|r| r.mount.components().count())
+        .map(|r| (r.mount, r.available))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Real `df -P -B1` output of a Debian 12 laptop (a long device name, a mount point
+    /// with a space).
+    const DF: &str =
+        "Filesystem                      1-blocks        Used   Available Capacity Mounted on
+udev                         16693612544           0 16693612544       0% /dev
+tmpfs                         3343699968     2191360  3341508608       1% /run
+/dev/mapper/vg_laptop-root  105089261568 41243004928 58462707712      42% /
+/dev/nvme0n1p2                 493201408   121692160   345812992      27% /boot
+/dev/mapper/vg_laptop-lab   536608768000 15011758080 494301204480      3% /var/lib/lab
+/dev/sdb1                    31000000000  1000000000 30000000000       4% /media/usb stick
+";
+
+    #[test]
+    fn df_output_is_read_by_mount_point() {
+        let rows = parse_df(DF);
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[2].mount, PathBuf::from("/"));
+        assert_eq!(rows[2].available, 58462707712);
+        assert_eq!(rows[5].mount, PathBuf::from("/media/usb stick"));
+        assert_eq!(rows[5].available, 30000000000);
+        assert!(parse_df("df: /nowhere: No such file or directory\n").is_empty());
+    }
+
+    #[test]
+    fn recorded_free_space_is_the_deepest_mount_holding_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".lab-recorded")).unwrap();
+        std::fs::write(dir.path().join(".lab-recorded/df"), DF).unwrap();
+        let root = Sysroot::at(dir.path()).unwrap();
+        assert_eq!(
+            disk_free(&root, Path::new("/var/lib/lab/images")),
+            Some((PathBuf::from("/var/lib/lab"), 494301204480))
+        );
+        assert_eq!(
+            disk_free(&root, Path::new("/srv/lab")),
+            Some((PathBuf::from("/"), 58462707712))
+        );
+        let bare = tempfile::tempdir().unwrap();
+        assert_eq!(
+            disk_free(&Sysroot::at(bare.path()).unwrap(), Path::new("/")),
+            None
+        );
+    }
 
     #[test]
     fn meminfo_is_read_in_bytes() {

@@ -150,15 +150,17 @@ pub fn domain_for(
                 }),
                 model: Model { kind: "virtio" },
             }],
+            // A pty `lab console` attaches to, its output logged all the same.
             serial: Serial {
-                kind: "file",
-                source: LogSource {
-                    path: console_log.display().to_string(),
+                kind: "pty",
+                source: None,
+                target: SerialTarget { port: 0 },
+                log: Some(SerialLog {
+                    file: console_log.display().to_string(),
                     // Kept across a resume from saved memory (no boot prints its ready
                     // line again); lab empties it before each boot instead.
                     append: "on",
-                },
-                target: SerialTarget { port: 0 },
+                }),
             },
             channel: Some(Channel {
                 kind: "unix",
@@ -166,6 +168,11 @@ pub fn domain_for(
                     kind: "virtio",
                     name: "org.qemu.guest_agent.0",
                 },
+            }),
+            graphics: vm.graphics.map(|g| Graphics {
+                kind: g.as_str(),
+                autoport: "yes",
+                listen: "127.0.0.1",
             }),
             rng: Rng {
                 model: "virtio",
@@ -222,7 +229,7 @@ mod tests {
             "<source file=\"/img/lab-smoke-node1.qcow2\"/>".into(),
             format!("<mac address=\"{}\"/>", vm.mac),
             "<source network=\"lab-smoke\"/>".into(),
-            "<source path=\"/img/c.log\" append=\"on\"/>".into(),
+            "<log file=\"/img/c.log\" append=\"on\"/>".into(),
             "name=\"org.qemu.guest_agent.0\"".into(),
         ] {
             assert!(dom.contains(&needle), "{needle} missing from\n{dom}");

@@ -131,13 +131,15 @@ pub fn installer_xml(spec: &InstallerSpec<'_>) -> DomainXml {
             }],
             serial: Serial {
                 kind: "file",
-                source: LogSource {
+                source: Some(LogSource {
                     path: spec.console.display().to_string(),
                     append: "off",
-                },
+                }),
                 target: SerialTarget { port: 0 },
+                log: None,
             },
             channel: None,
+            graphics: None,
             rng: Rng {
                 model: "virtio",
                 backend: RngBackend {

@@ -212,6 +212,8 @@ pub struct Devices {
     /// The guest agent's; an installer has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graphics: Option<Graphics>,
     pub rng: Rng,
 }
 
@@ -291,10 +293,36 @@ pub struct Model {
 /// The serial console, logged to a file lab reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Serial {
+    /// "file" (a log only: an installer's), or "pty" (a console `lab console` attaches
+    /// to, with its log written all the same).
     #[serde(rename = "@type")]
     pub kind: &'static str,
-    pub source: LogSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<LogSource>,
     pub target: SerialTarget,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<SerialLog>,
+}
+
+/// The file a pty console's output is also written to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SerialLog {
+    #[serde(rename = "@file")]
+    pub file: String,
+    #[serde(rename = "@append")]
+    pub append: &'static str,
+}
+
+/// A display for virt-viewer and virt-manager (`[[vm]] graphics`), on the host's loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Graphics {
+    /// "spice" or "vnc".
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@autoport")]
+    pub autoport: &'static str,
+    #[serde(rename = "@listen")]
+    pub listen: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -560,11 +560,11 @@ impl Storage for LvmThinStorage {
 
     /// A new thin base holding a copy of `image` (any format qemu-img reads). Only the
     /// image's data is written: a new thin volume reads as zeros already.
-    fn import_base(&self, profile: &str, image: &Path) -> Result<Volume> {
+    fn import_base_as(&self, profile: &str, image: &Path, format: Option<&str>) -> Result<Volume> {
         if !image.exists() {
             bail!("base image {} does not exist", image.display());
         }
-        let info = super::qcow2::info(image)?;
+        let info = super::qcow2::info_as(image, format)?;
         if info.format == "qcow2" {
             super::qcow2::check(image)?;
         }

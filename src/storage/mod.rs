@@ -52,8 +52,21 @@ pub trait Storage: Send + Sync {
     /// new clones get: clones of the old base keep it until they are removed.
     fn create_base(&self, profile: &str, size: ByteSize) -> Result<Volume>;
 
-    /// A base made from an existing image (converted, never used in place).
-    fn import_base(&self, profile: &str, image: &std::path::Path) -> Result<Volume>;
+    /// A base made from an existing image (converted, never used in place), its format
+    /// probed by qemu-img.
+    fn import_base(&self, profile: &str, image: &std::path::Path) -> Result<Volume> {
+        self.import_base_as(profile, image, None)
+    }
+
+    /// `import_base` of an image whose format (`qcow2`, `raw`) is known: it is passed to
+    /// qemu-img rather than probed, so a raw image that happens to begin like another
+    /// format is still read as the raw disk it is.
+    fn import_base_as(
+        &self,
+        profile: &str,
+        image: &std::path::Path,
+        format: Option<&str>,
+    ) -> Result<Volume>;
 
     /// Make the base read-only: from now on only clones change. After a rebuild, the
     /// newly built base becomes the one new clones are made from.

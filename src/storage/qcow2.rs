@@ -52,8 +52,14 @@ pub fn parse_info(json: &str) -> Result<ImageInfo> {
 
 /// `qemu-img info` of one image.
 pub fn info(path: &Path) -> Result<ImageInfo> {
+    info_as(path, None)
+}
+
+/// `qemu-img info` of one image read as `format` (probed when None).
+pub fn info_as(path: &Path, format: Option<&str>) -> Result<ImageInfo> {
     let out = Cmd::new("qemu-img")
         .args(["info", "--output=json", "-U"])
+        .args(format.map(|f| ["-f", f]).into_iter().flatten())
         .arg(path)
         .run()
         .with_context(|| format!("reading image {}", path.display()))?;
@@ -452,7 +458,7 @@ impl Storage for Qcow2Storage {
     /// to it once sealed): when the base is made again (its link removed by hand, say), the
     /// clones made from the old one keep reading the old one, never a new base under the
     /// same name.
-    fn import_base(&self, profile: &str, image: &Path) -> Result<Volume> {
+    fn import_base_as(&self, profile: &str, image: &Path, format: Option<&str>) -> Result<Volume> {
         let stable = self.base_path(profile);
         self.clear_unfinished(profile)?;
         let stable_is_link =
@@ -469,7 +475,7 @@ impl Storage for Qcow2Storage {
         }
         // A current base stays until the new generation is sealed (a newer image, or
         // another one the profile now names): its clones keep reading it.
-        let src = info(image)?;
+        let src = info_as(image, format)?;
         self.ensure_dir()?;
         self.ensure_space(
             src.actual_size.unwrap_or(src.virtual_size),

@@ -38,9 +38,9 @@ keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 name=debian-12-repo
 
 # What the steps of profiles/debian-stack.toml install (apt-get install
-# --no-install-recommends): db's postgresql, app's python3 and python3-psycopg2, web's nginx
-# and curl (the readiness probe's).
-packages=(postgresql python3 python3-psycopg2 nginx curl)
+# --no-install-recommends): every VM's qemu-guest-agent, db's postgresql, app's python3 and
+# python3-psycopg2, web's nginx and curl (the readiness probe's).
+packages=(qemu-guest-agent postgresql python3 python3-psycopg2 nginx curl)
 
 log() { echo "debian-repo: $*" >&2; }
 

@@ -1,165 +1,268 @@
-//! A small HTTP/1.1 file server for the tests: directories served under URL prefixes, on
-//! every address of the host (VMs reach it at their network's gateway), with GET, HEAD and
-//! byte ranges (a resumed download asks for one), so lab's image download and the guests'
-//! apt meet a real web server's answers. Every request is logged for the test to read.
-//! It stops when dropped.
+//! A real HTTP/1.1 server for the tests: serves files from memory, or directories from disk
+//! under a prefix, honours `Range: bytes=N-` (and `N-M`), counts and records requests, and
+//! can misbehave the way real servers and networks do: cut a transfer mid-way, ignore Range,
+//! send no length, answer with an error status or an HTML page. On 127.0.0.1, or on every
+//! address of the host ([`Server::start_public`]) for VMs that reach it at their gateway.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::thread;
 
-/// One request, as answered.
 #[derive(Debug, Clone)]
-pub struct Served {
-    pub method: String,
+pub struct Request {
     pub path: String,
+    /// The Range header, as sent.
+    pub range: Option<String>,
+    /// Who asked (a VM, or lab on the host).
+    pub peer: IpAddr,
+    /// The status answered.
     pub status: u16,
-    /// Body bytes sent.
-    pub bytes: u64,
-    pub peer: SocketAddr,
 }
 
-pub struct HttpServer {
+#[derive(Clone)]
+enum Route {
+    File {
+        body: Arc<Vec<u8>>,
+        content_type: String,
+    },
+    Status(u16),
+    /// Files under a directory, read when asked for.
+    Dir(PathBuf),
+}
+
+#[derive(Default)]
+struct State {
+    routes: HashMap<String, Route>,
+    requests: Vec<Request>,
+    /// The next file responses are cut after this many body bytes, one entry each.
+    cuts: Vec<usize>,
+    ignore_range: bool,
+    no_length: bool,
+}
+
+pub struct Server {
     port: u16,
+    state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Served>>>,
-    accept: Option<JoinHandle<()>>,
+    accept: Option<thread::JoinHandle<()>>,
 }
 
-type Routes = Arc<Vec<(String, PathBuf)>>;
+impl Server {
+    pub fn start() -> Server {
+        Server::start_on(Ipv4Addr::LOCALHOST)
+    }
 
-impl HttpServer {
-    /// Serve each `(prefix, dir)`: `GET /prefix/a/b` reads `dir/a/b`. Binds 0.0.0.0 on a
-    /// port the kernel picks.
-    pub fn serve(routes: &[(&str, &Path)]) -> HttpServer {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("binding 0.0.0.0");
+    /// On every address of the host (0.0.0.0): the lab's VMs reach it at their gateway.
+    pub fn start_public() -> Server {
+        Server::start_on(Ipv4Addr::UNSPECIFIED)
+    }
+
+    fn start_on(addr: Ipv4Addr) -> Server {
+        let listener = TcpListener::bind((addr, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let routes: Routes = Arc::new(
-            routes
-                .iter()
-                .map(|(p, d)| (format!("/{}/", p.trim_matches('/')), d.to_path_buf()))
-                .collect(),
-        );
+        let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let accept = {
-            let (stop, log) = (stop.clone(), log.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (routes, log) = (routes.clone(), log.clone());
-                    std::thread::spawn(move || {
-                        let _ = handle(conn, &routes, &log);
-                    });
+        let (s, st) = (state.clone(), stop.clone());
+        let accept = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
                 }
-            })
-        };
-        HttpServer {
+                let Ok(conn) = conn else { continue };
+                let s = s.clone();
+                thread::spawn(move || handle(conn, &s));
+            }
+        });
+        Server {
             port,
+            state,
             stop,
-            log,
             accept: Some(accept),
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// `http://HOST:PORT/PATH`.
-    pub fn url(&self, host: &str, path: &str) -> String {
-        format!(
-            "http://{host}:{}/{}",
-            self.port,
-            path.trim_start_matches('/')
-        )
+    /// The URL of `path` at another address of the host (a lab network's gateway).
+    pub fn url_at(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
     }
 
-    /// Every request so far.
-    pub fn requests(&self) -> Vec<Served> {
-        self.log.lock().unwrap().clone()
+    /// Serve the files under `dir` at `prefix` (`/repo/` serves `dir/Packages` as
+    /// `/repo/Packages`), read from disk when asked for.
+    pub fn serve_dir(&self, prefix: &str, dir: &Path) {
+        let prefix = format!("/{}/", prefix.trim_matches('/'));
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(prefix, Route::Dir(dir.to_path_buf()));
+    }
+
+    /// Serve `body` at `path` as application/octet-stream.
+    pub fn serve(&self, path: &str, body: Vec<u8>) {
+        self.serve_as(path, body, "application/octet-stream");
+    }
+
+    pub fn serve_as(&self, path: &str, body: Vec<u8>, content_type: &str) {
+        self.state.lock().unwrap().routes.insert(
+            path.into(),
+            Route::File {
+                body: Arc::new(body),
+                content_type: content_type.into(),
+            },
+        );
+    }
+
+    /// Answer `path` with `status` and a short text body.
+    pub fn status(&self, path: &str, status: u16) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.into(), Route::Status(status));
+    }
+
+    /// Cut the next file response after `bytes` of its body (the connection is closed).
+    pub fn cut_next_after(&self, bytes: usize) {
+        self.state.lock().unwrap().cuts.push(bytes);
+    }
+
+    /// Answer every request with the whole file, Range or not (as some servers do).
+    pub fn ignore_range(&self, yes: bool) {
+        self.state.lock().unwrap().ignore_range = yes;
+    }
+
+    /// Send no Content-Length: the body ends when the connection closes.
+    pub fn no_length(&self, yes: bool) {
+        self.state.lock().unwrap().no_length = yes;
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests for `path` so far.
+    pub fn count(&self, path: &str) -> usize {
+        self.requests().iter().filter(|r| r.path == path).count()
     }
 }
 
-impl Drop for HttpServer {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
-            Duration::from_secs(1),
-        );
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
+        // Wake the accept loop so it sees the flag; once it is joined the port is closed,
+        // and a request to it is refused (a server gone away).
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
         }
     }
 }
 
-/// Answer the requests of one connection (kept alive while the client asks for it).
-fn handle(conn: TcpStream, routes: &Routes, log: &Mutex<Vec<Served>>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let peer = conn.peer_addr()?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut out = conn;
+fn handle(mut conn: TcpStream, state: &Mutex<State>) {
+    let peer = conn
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut range = None;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+            break;
         }
-        let mut parts = line.split_whitespace();
-        let (method, target, version) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("HTTP/1.0").to_string(),
-        );
-        let mut range = None;
-        let mut close = version == "HTTP/1.0";
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                if k == "range" {
-                    range = Some(v.to_string());
-                } else if k == "connection" {
-                    close = v.eq_ignore_ascii_case("close");
-                }
-            }
-        }
-        let (status, bytes) = respond(&mut out, &method, &target, range.as_deref(), routes)?;
-        log.lock().unwrap().push(Served {
-            method,
-            path: target,
-            status,
-            bytes,
-            peer,
-        });
-        if close {
-            return Ok(());
+        if let Some((k, v)) = h.split_once(':')
+            && k.trim().eq_ignore_ascii_case("range")
+        {
+            range = Some(v.trim().to_string());
         }
     }
+    let (route, cut, ignore_range, no_length) = {
+        let mut s = state.lock().unwrap();
+        let route = s
+            .routes
+            .get(&path)
+            .cloned()
+            .or_else(|| from_dir(&s.routes, &path));
+        let status = match &route {
+            None => 404,
+            Some(Route::Status(code)) => *code,
+            Some(_) if range.is_some() && !s.ignore_range => 206,
+            Some(_) => 200,
+        };
+        s.requests.push(Request {
+            path: path.clone(),
+            range: range.clone(),
+            peer,
+            status,
+        });
+        let cut = match route {
+            Some(Route::File { .. }) if !s.cuts.is_empty() => Some(s.cuts.remove(0)),
+            _ => None,
+        };
+        (route, cut, s.ignore_range, s.no_length)
+    };
+    let (body, content_type) = match route {
+        None => return respond_status(&mut conn, 404),
+        Some(Route::Status(code)) => return respond_status(&mut conn, code),
+        Some(Route::File { body, content_type }) => (body, content_type),
+        Some(Route::Dir(_)) => unreachable!("a directory's file is read by from_dir"),
+    };
+    let start = range
+        .as_deref()
+        .filter(|_| !ignore_range)
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<usize>().ok());
+    let len = body.len();
+    let mut head = match start {
+        Some(s) if s >= len => {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return;
+        }
+        Some(s) => format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{}/{len}\r\n",
+            len - 1
+        ),
+        None => "HTTP/1.1 200 OK\r\nAccept-Ranges: bytes\r\n".to_string(),
+    };
+    let from = start.unwrap_or(0);
+    head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    if !no_length {
+        head.push_str(&format!("Content-Length: {}\r\n", len - from));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let end = cut.map_or(len, |c| (from + c).min(len));
+    let _ = conn.write_all(&body[from..end]);
+    let _ = conn.flush();
+    let _ = conn.shutdown(Shutdown::Both);
 }
 
-/// The file a request path names, if a route holds it. `.` segments are dropped (a flat
-/// apt repository is asked for `/repo/./Packages`), `..` is refused; the path is taken
-/// percent-decoded, else as sent (apt escapes the `%` in `1%3a14_amd64.deb` or not).
-fn resolve(target: &str, routes: &Routes) -> Option<PathBuf> {
-    let path = target.split('?').next().unwrap_or("");
+/// The file a directory route holds for `path`, as a file route. `.` segments are dropped
+/// (a flat apt repository is asked for `/repo/./Packages`), `..` finds nothing; the name is
+/// taken percent-decoded, else as sent (apt escapes the `%` of `1%3a14_amd64.deb`, or not).
+fn from_dir(routes: &HashMap<String, Route>, path: &str) -> Option<Route> {
+    let path = path.split('?').next().unwrap_or("");
     let segments: Vec<&str> = path
         .split('/')
         .filter(|s| !s.is_empty() && *s != ".")
@@ -168,17 +271,19 @@ fn resolve(target: &str, routes: &Routes) -> Option<PathBuf> {
         return None;
     }
     let clean = format!("/{}", segments.join("/"));
-    for (prefix, dir) in routes.iter() {
-        if let Some(rest) = clean.strip_prefix(prefix.as_str()) {
-            for name in [percent_decode(rest), rest.to_string()] {
-                let file = dir.join(&name);
-                if file.is_file() {
-                    return Some(file);
-                }
-            }
-        }
-    }
-    None
+    routes.iter().find_map(|(prefix, route)| {
+        let Route::Dir(dir) = route else { return None };
+        let rest = clean.strip_prefix(prefix.as_str())?;
+        [percent_decode(rest), rest.to_string()]
+            .into_iter()
+            .map(|name| dir.join(name))
+            .find(|file| file.is_file())
+            .and_then(|file| std::fs::read(file).ok())
+            .map(|body| Route::File {
+                body: Arc::new(body),
+                content_type: "application/octet-stream".into(),
+            })
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -202,87 +307,20 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `bytes=START-` or `bytes=START-END` of a file of `len` bytes: the inclusive range.
-fn parse_range(range: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = range.strip_prefix("bytes=")?;
-    let (start, end) = spec.split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end = match end.trim() {
-        "" => len.checked_sub(1)?,
-        e => e.parse::<u64>().ok()?.min(len.checked_sub(1)?),
+fn respond_status(conn: &mut TcpStream, code: u16) {
+    let reason = match code {
+        404 => "Not Found",
+        403 => "Forbidden",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
     };
-    (start <= end).then_some((start, end))
-}
-
-fn respond(
-    out: &mut TcpStream,
-    method: &str,
-    target: &str,
-    range: Option<&str>,
-    routes: &Routes,
-) -> std::io::Result<(u16, u64)> {
-    let head = |out: &mut TcpStream, status: &str, extra: &str, len: u64| {
-        write!(
-            out,
-            "HTTP/1.1 {status}\r\nServer: lab-test\r\nContent-Length: {len}\r\n\
-             Content-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\n{extra}\r\n"
-        )
-    };
-    if method != "GET" && method != "HEAD" {
-        head(out, "405 Method Not Allowed", "", 0)?;
-        return Ok((405, 0));
-    }
-    let Some(path) = resolve(target, routes) else {
-        head(out, "404 Not Found", "", 0)?;
-        return Ok((404, 0));
-    };
-    let mut file = std::fs::File::open(&path)?;
-    let len = file.metadata()?.len();
-    let (status, start, count) = match range.map(|r| parse_range(r, len)) {
-        None => (200, 0, len),
-        Some(Some((s, e))) => (206, s, e - s + 1),
-        Some(None) => {
-            head(
-                out,
-                "416 Range Not Satisfiable",
-                &format!("Content-Range: bytes */{len}\r\n"),
-                0,
-            )?;
-            return Ok((416, 0));
-        }
-    };
-    if status == 206 {
-        head(
-            out,
-            "206 Partial Content",
-            &format!(
-                "Content-Range: bytes {start}-{}/{len}\r\n",
-                start + count - 1
-            ),
-            count,
-        )?;
-    } else {
-        head(out, "200 OK", "", count)?;
-    }
-    if method == "HEAD" {
-        return Ok((status, 0));
-    }
-    file.seek(SeekFrom::Start(start))?;
-    let sent = std::io::copy(&mut file.take(count), out)?;
-    out.flush()?;
-    Ok((status, sent))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-", 10), Some((0, 9)));
-        assert_eq!(parse_range("bytes=4-6", 10), Some((4, 6)));
-        assert_eq!(parse_range("bytes=4-60", 10), Some((4, 9)));
-        assert_eq!(parse_range("bytes=10-", 10), None);
-        assert_eq!(percent_decode("1%3a14.deb"), "1:14.deb");
-    }
+    let body = format!("<html><body><h1>{code} {reason}</h1></body></html>\n");
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.shutdown(Shutdown::Write);
 }

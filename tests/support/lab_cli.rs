@@ -77,6 +77,9 @@ impl Lab {
             .env("LAB_CONNECT", "qemu:///system")
             .env("LAB_LOCK", self.dir.path().join("lab.lock"))
             .env("LAB_RUNTIME_DIR", self.dir.path().join("run"))
+            // Images a test's profile downloads stay in its own directory, never in the
+            // host's cache (a test may set another with `env`).
+            .env("LAB_IMAGE_CACHE", self.dir.path().join("image-cache"))
             .current_dir(self.dir.path());
         for (key, value) in &self.env {
             c.env(key, value);

@@ -3,8 +3,11 @@
 
 Usage: tests/support/packstack_options.py GITDIR [REV] > tests/fixtures/packstack/options.tsv
 
-GITDIR is a git directory of https://github.com/openstack/packstack (a bare clone
-works: files are read with `git show REV:PATH`, REV defaults to HEAD). Every
+GITDIR is a git directory of packstack: https://github.com/redhat-openstack/packstack,
+where packstack lives since it left OpenStack's own namespace (the GitHub copy at
+openstack/packstack stops in January 2021). A bare clone works: files are read with
+`git show REV:PATH`; REV defaults to HEAD. The header names the repository (from the
+clone's origin remote, else the URL above), the REV and its commit. Every
 packstack/plugins/*.py is parsed with Python's `ast`; packstack's code is never
 imported or run.
 
@@ -247,10 +250,15 @@ def main():
         seen.add(row[0])
     today = subprocess.run(["date", "-u", "+%Y-%m-%d"], capture_output=True, text=True).stdout.strip()
     print("# packstack's answer-file options, extracted from its own source.")
-    print("# source: https://github.com/openstack/packstack, packstack/plugins/*.py,")
-    print(f"#   commit {commit} (committed {date})")
+    try:
+        url = git(gitdir, "config", "--get", "remote.origin.url").decode().strip()
+    except subprocess.CalledProcessError:
+        url = ""
+    url = url or "https://github.com/redhat-openstack/packstack"
+    print(f"# source: {url}, packstack/plugins/*.py,")
+    print(f"#   {rev} at commit {commit} (committed {date})")
     print(f"# extracted: {today}, by tests/support/packstack_options.py (ast only; packstack not run)")
-    print("# regenerate: tests/support/packstack_options.py PACKSTACK_GITDIR > tests/fixtures/packstack/options.tsv")
+    print(f"# regenerate: tests/support/packstack_options.py PACKSTACK_GITDIR {rev} > tests/fixtures/packstack/options.tsv")
     print("# columns (tab-separated): CONF_NAME PLUGIN GROUP CONDITION DEFAULT REQUIRED;")
     print("#   see tests/support/packstack_options.py for what each means.")
     print(f"# {len(rows)} options, {sum(r[5] == 'yes' for r in rows)} required without a default.")
