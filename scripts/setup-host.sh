@@ -41,6 +41,8 @@ fi
 # them while they run, and dropbear (dropbear-bin), their SSH server for `lab ssh`,
 # provisioning steps and `lab ready`. lab runs without them (and says what the smoke VMs
 # lack), but the tests need both.
+# The debian-stack test's package repository (tests/support/debian-repo.sh) is made with
+# apt-ftparchive (apt-utils) from Debian's packages, checked against debian-archive-keyring.
 packages=(
     gcc libc6-dev libvirt-dev pkg-config
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -50,6 +52,7 @@ packages=(
     iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
     curl
     qemu-guest-agent dropbear-bin
+    apt-utils debian-archive-keyring python3
 )
 
 # A package mirror that does not answer once is tried again.

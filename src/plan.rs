@@ -906,11 +906,7 @@ fn network_step(
         subnet,
         gateway: subnet::gateway(subnet),
         mode: profile.network.mode,
-        domain: profile
-            .network
-            .domain
-            .clone()
-            .unwrap_or_else(|| format!("{p}.lab")),
+        domain: profile.domain(),
         dhcp_range,
         why_subnet,
     })

@@ -361,6 +361,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "packstack-multinode",
         include_str!("../profiles/packstack-multinode.toml"),
     ),
+    (
+        "debian-stack",
+        include_str!("../profiles/debian-stack.toml"),
+    ),
 ];
 
 /// The directories searched for a profile name, in order, before the built-in ones.
@@ -377,6 +381,14 @@ impl Profile {
     /// Whether the profile boots its VMs straight from a kernel and initrd lab makes.
     pub fn direct_boot(&self) -> bool {
         self.base.kernel.is_some()
+    }
+
+    /// The lab's DNS domain: `[network] domain`, else `PROFILE.lab`.
+    pub fn domain(&self) -> String {
+        self.network
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("{}.lab", self.name))
     }
 
     /// Find and load a profile by name (searched) or path (taken as is).

@@ -134,7 +134,12 @@ fn changes(plan: &Plan) -> Vec<&Planned> {
     plan.actions.iter().collect()
 }
 
-const PROFILES: [&str; 3] = ["smoke", "packstack-aio", "packstack-multinode"];
+const PROFILES: [&str; 4] = [
+    "smoke",
+    "packstack-aio",
+    "packstack-multinode",
+    "debian-stack",
+];
 
 #[test]
 fn a_fresh_host_gets_everything_created() {
@@ -180,15 +185,15 @@ fn one_vm_missing_brings_back_that_vm_alone() {
         up.volumes.retain(|v| v.name != gone.disk_volume);
         let plan = plan::plan(&p, &host, &up).unwrap();
         let touched: Vec<(Op, &str)> = plan.actions.iter().map(|a| (a.op(), a.name())).collect();
-        assert_eq!(
-            touched,
-            vec![
-                (Op::Clone, gone.disk_volume.as_str()),
-                (Op::Define, gone.domain.as_str()),
-                (Op::Start, gone.domain.as_str()),
-            ],
-            "{name}"
-        );
+        // A cloud-init VM's new disk gets a new seed before its domain.
+        let seed = format!("{}/{}.seed.iso", p.storage.dir.display(), gone.domain);
+        let mut want = vec![(Op::Clone, gone.disk_volume.as_str())];
+        if p.base.cloud_init {
+            want.push((Op::Write, seed.as_str()));
+        }
+        want.push((Op::Define, gone.domain.as_str()));
+        want.push((Op::Start, gone.domain.as_str()));
+        assert_eq!(touched, want, "{name}");
         insta::assert_json_snapshot!(format!("{name}__one_vm_missing"), plan);
     }
 }

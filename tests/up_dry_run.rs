@@ -235,6 +235,7 @@ fn profiles_lists_shipped_and_local_profiles_with_their_origin() {
                 false,
                 false
             ),
+            ("debian-stack".into(), "built-in".into(), false, false),
         ]
     );
     // And the local one wins when asked for by name.

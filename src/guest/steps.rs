@@ -85,7 +85,9 @@ pub fn probes_for(profile: &Profile, vm: &str, role: Option<&str>) -> Result<Vec
     Ok(probes)
 }
 
-/// What `{{ }}` in a step or probe may name: the profile's `[vars]`, and `vm`, `profile`.
+/// What `{{ }}` in a step or probe may name: the profile's `[vars]`, and `vm`, `profile`,
+/// `domain` (the lab's DNS domain, `PROFILE.lab` unless `[network] domain` says otherwise,
+/// so that a step names another VM as `db.{{ domain }}` in a copy of the profile too).
 fn context(profile: &Profile, vm: &str) -> BTreeMap<String, minijinja::Value> {
     let mut context: BTreeMap<String, minijinja::Value> = profile
         .vars
@@ -99,6 +101,7 @@ fn context(profile: &Profile, vm: &str) -> BTreeMap<String, minijinja::Value> {
         .collect();
     context.insert("vm".into(), vm.into());
     context.insert("profile".into(), profile.name.as_str().into());
+    context.insert("domain".into(), profile.domain().into());
     context
 }
 
@@ -299,6 +302,54 @@ mod tests {
             s[0].digest,
             steps_for(&p, "compute2", Some("compute")).unwrap()[0].digest
         );
+        // The lab's domain, for naming another VM.
+        let p =
+            profile("[[provision]]\nname = \"peer\"\nrun = \"ping -c1 controller.{{ domain }}\"\n");
+        let s = steps_for(&p, "compute1", Some("compute")).unwrap();
+        assert_eq!(s[0].run, "ping -c1 controller.p.lab");
+    }
+
+    /// The shipped debian-stack: every VM's steps and probes render, name the other VMs
+    /// in the lab's domain, and are shell that `sh -n` reads.
+    #[test]
+    fn the_debian_stack_steps_render_to_valid_shell() {
+        let (_, text) = crate::profile::BUILT_IN
+            .iter()
+            .find(|(n, _)| *n == "debian-stack")
+            .unwrap();
+        let p = Profile::parse(text, ProfileSource::BuiltIn).unwrap();
+        let mut all = String::new();
+        for (vm, spec) in p.instances() {
+            let role = spec.role.as_deref();
+            let steps = steps_for(&p, &vm, role).unwrap();
+            assert_eq!(steps[0].name, "apt-sources", "{vm}");
+            for s in steps.iter().chain(&probes_for(&p, &vm, role).unwrap()) {
+                let checked = Cmd::new("sh").args(["-n", "-c", &s.run]).capture().unwrap();
+                assert!(checked.success(), "{vm} {}: {}", s.name, checked.stderr);
+                all.push_str(&s.run);
+            }
+        }
+        for wired in [
+            "deb http://deb.debian.org/debian bookworm main",
+            "proxy_pass http://app.debian-stack.lab:8000;",
+            "getent ahostsv4 app.debian-stack.lab",
+            "host=db.debian-stack.lab dbname=demo",
+            "This row was read from PostgreSQL on db",
+        ] {
+            assert!(all.contains(wired), "{wired}");
+        }
+        // The app the python-app step writes is Python that parses.
+        let app = all
+            .split_once("<<'PY'\n")
+            .and_then(|(_, rest)| rest.split_once("\nPY\n"))
+            .unwrap()
+            .0;
+        let parsed = Cmd::new("python3")
+            .args(["-c", "import ast, sys; ast.parse(sys.stdin.read())"])
+            .stdin(app.as_bytes().to_vec())
+            .capture()
+            .unwrap();
+        assert!(parsed.success(), "{}", parsed.stderr);
     }
 
     #[test]

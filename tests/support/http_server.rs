@@ -1,13 +1,15 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for the image cache's tests: serves files from
-//! memory, honours `Range: bytes=N-`, counts and records requests, and can misbehave the way
-//! real servers and networks do: cut a transfer mid-way, ignore Range, send no length,
-//! answer with an error status or an HTML page.
+//! A real HTTP/1.1 server for the tests: serves files from memory, or directories from disk
+//! under a prefix, honours `Range: bytes=N-` (and `N-M`), counts and records requests, and
+//! can misbehave the way real servers and networks do: cut a transfer mid-way, ignore Range,
+//! send no length, answer with an error status or an HTML page. On 127.0.0.1, or on every
+//! address of the host ([`Server::start_public`]) for VMs that reach it at their gateway.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,6 +19,10 @@ pub struct Request {
     pub path: String,
     /// The Range header, as sent.
     pub range: Option<String>,
+    /// Who asked (a VM, or lab on the host).
+    pub peer: IpAddr,
+    /// The status answered.
+    pub status: u16,
 }
 
 #[derive(Clone)]
@@ -26,6 +32,8 @@ enum Route {
         content_type: String,
     },
     Status(u16),
+    /// Files under a directory, read when asked for.
+    Dir(PathBuf),
 }
 
 #[derive(Default)]
@@ -47,7 +55,16 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Server::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// On every address of the host (0.0.0.0): the lab's VMs reach it at their gateway.
+    pub fn start_public() -> Server {
+        Server::start_on(Ipv4Addr::UNSPECIFIED)
+    }
+
+    fn start_on(addr: Ipv4Addr) -> Server {
+        let listener = TcpListener::bind((addr, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -72,6 +89,22 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The URL of `path` at another address of the host (a lab network's gateway).
+    pub fn url_at(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
+    }
+
+    /// Serve the files under `dir` at `prefix` (`/repo/` serves `dir/Packages` as
+    /// `/repo/Packages`), read from disk when asked for.
+    pub fn serve_dir(&self, prefix: &str, dir: &Path) {
+        let prefix = format!("/{}/", prefix.trim_matches('/'));
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(prefix, Route::Dir(dir.to_path_buf()));
     }
 
     /// Serve `body` at `path` as application/octet-stream.
@@ -136,6 +169,9 @@ impl Drop for Server {
 }
 
 fn handle(mut conn: TcpStream, state: &Mutex<State>) {
+    let peer = conn
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -156,11 +192,23 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     }
     let (route, cut, ignore_range, no_length) = {
         let mut s = state.lock().unwrap();
+        let route = s
+            .routes
+            .get(&path)
+            .cloned()
+            .or_else(|| from_dir(&s.routes, &path));
+        let status = match &route {
+            None => 404,
+            Some(Route::Status(code)) => *code,
+            Some(_) if range.is_some() && !s.ignore_range => 206,
+            Some(_) => 200,
+        };
         s.requests.push(Request {
             path: path.clone(),
             range: range.clone(),
+            peer,
+            status,
         });
-        let route = s.routes.get(&path).cloned();
         let cut = match route {
             Some(Route::File { .. }) if !s.cuts.is_empty() => Some(s.cuts.remove(0)),
             _ => None,
@@ -171,6 +219,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
         None => return respond_status(&mut conn, 404),
         Some(Route::Status(code)) => return respond_status(&mut conn, code),
         Some(Route::File { body, content_type }) => (body, content_type),
+        Some(Route::Dir(_)) => unreachable!("a directory's file is read by from_dir"),
     };
     let start = range
         .as_deref()
@@ -207,6 +256,55 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     let _ = conn.write_all(&body[from..end]);
     let _ = conn.flush();
     let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// The file a directory route holds for `path`, as a file route. `.` segments are dropped
+/// (a flat apt repository is asked for `/repo/./Packages`), `..` finds nothing; the name is
+/// taken percent-decoded, else as sent (apt escapes the `%` of `1%3a14_amd64.deb`, or not).
+fn from_dir(routes: &HashMap<String, Route>, path: &str) -> Option<Route> {
+    let path = path.split('?').next().unwrap_or("");
+    let segments: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if segments.contains(&"..") {
+        return None;
+    }
+    let clean = format!("/{}", segments.join("/"));
+    routes.iter().find_map(|(prefix, route)| {
+        let Route::Dir(dir) = route else { return None };
+        let rest = clean.strip_prefix(prefix.as_str())?;
+        [percent_decode(rest), rest.to_string()]
+            .into_iter()
+            .map(|name| dir.join(name))
+            .find(|file| file.is_file())
+            .and_then(|file| std::fs::read(file).ok())
+            .map(|body| Route::File {
+                body: Arc::new(body),
+                content_type: "application/octet-stream".into(),
+            })
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond_status(conn: &mut TcpStream, code: u16) {
