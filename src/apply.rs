@@ -644,8 +644,16 @@ fn wait_ready(env: &Env<'_>, vm: &VmPlan, console: &Path, needs_line: bool) -> R
                 (None, _) => format!("a DHCP lease for {} on {}", vm.mac, vm.ip),
                 (Some(_), _) => "its ready line on the console".to_string(),
             };
+            // A cloud image renders its network from the seed: without cloud-init (or
+            // with one that ignores a NoCloud seed) it never asks for a lease.
+            let hint = if lease.is_none() && env.profile.base.cloud_init {
+                " (cloud_init = true: an image without cloud-init, or whose cloud-init \
+                 ignores a NoCloud seed, never configures its network)"
+            } else {
+                ""
+            };
             bail!(
-                "{}: not ready after {} s: waited for {waited}{}",
+                "{}: not ready after {} s: waited for {waited}{hint}{}",
                 vm.name,
                 env.ready_timeout.as_secs(),
                 console_tail(console)

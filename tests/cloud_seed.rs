@@ -473,3 +473,88 @@ fn user_data_that_is_not_yaml_is_refused_at_its_profile_line() {
     assert!(stderr.contains("not valid YAML, line "), "{stderr}");
     assert!(!Path::new(&lab.images()).exists(), "nothing made");
 }
+
+#[test]
+fn a_cloud_init_that_ends_in_error_fails_lab_up_naming_the_vm_and_its_log() {
+    let image = debian_image();
+    let lab = Lab::new(
+        "ce",
+        &format!("image = \"{image}\""),
+        "user_data = \"\"\"\nruncmd:\n  - echo lab-broken-step; exit 3\n\"\"\"",
+    );
+    let (code, stdout, stderr) = lab.run(&["up", "--timeout", "900"]);
+    assert_eq!(code, Some(1), "lab up:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("web: cloud-init ended in error"),
+        "the VM and what happened are named:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("cloud-init-output.log") && stderr.contains("lab-broken-step"),
+        "the tail of its cloud-init log is shown:\n{stderr}"
+    );
+    // lab ready says the same, and is not ready.
+    let (code, stdout, stderr) = lab.run(&["ready", "--json"]);
+    assert_eq!(code, Some(3), "lab ready:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "cloud-init")
+        .unwrap_or_else(|| panic!("no cloud-init finding: {report}"));
+    assert_eq!(finding["ok"], false, "{report}");
+    assert!(
+        finding["detail"].as_str().unwrap().contains("error"),
+        "{report}"
+    );
+}
+
+/// The test image with cloud-init turned off (`/etc/cloud/cloud-init.disabled`, as an
+/// image without cloud-init behaves: nothing reads the seed), made in `dir` through a loop
+/// mount of its root partition (1 MiB in, as debian-image.sh makes it).
+fn image_without_cloud_init(image: &str, dir: &Path) -> PathBuf {
+    let raw = dir.join("no-cloud-init.raw");
+    let out = dir.join("no-cloud-init.qcow2");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let run = |cmd: &mut Command| {
+        let o = cmd.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw", image])
+        .arg(&raw));
+    run(Command::new("mount")
+        .args(["-o", "loop,offset=1048576"])
+        .arg(&raw)
+        .arg(&mnt));
+    let touched = std::fs::write(mnt.join("etc/cloud/cloud-init.disabled"), "");
+    run(Command::new("umount").arg(&mnt));
+    touched.unwrap();
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&out));
+    std::fs::remove_file(&raw).unwrap();
+    out
+}
+
+#[test]
+fn an_image_without_cloud_init_is_named_as_such() {
+    let image = debian_image();
+    let scratch = tempfile::tempdir().unwrap();
+    let bare = image_without_cloud_init(&image, scratch.path());
+    let lab = Lab::new("cn", &format!("image = \"{}\"", bare.display()), "");
+    let t = Instant::now();
+    let (code, stdout, stderr) = lab.run(&["up", "--timeout", "150"]);
+    assert_eq!(code, Some(1), "lab up:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("web: not ready") && stderr.contains("an image without cloud-init"),
+        "the VM is named, and why it may never answer:\n{stderr}"
+    );
+    eprintln!("refused after {:.0} s", t.elapsed().as_secs_f64());
+}
