@@ -163,6 +163,16 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 crate::profile::NetMode::Nat => "NAT",
             }
         );
+        for f in profile.forwards() {
+            println!(
+                "published {}:{} -> {}:{} ({})",
+                f.host_address,
+                f.host_port,
+                f.vm,
+                f.port,
+                f.proto.as_str()
+            );
+        }
         let ssh = crate::guest::ssh::key_for(
             &profile,
             &profile.storage.dir,
