@@ -48,8 +48,8 @@ fn get(port: u16) -> Result<String, String> {
     Ok(out)
 }
 
-/// Every rule comment in lab's tables of `profile` (`nft list ruleset`, as a person reads
-/// it).
+/// The lines of `nft list ruleset` (as a person reads it) that are lab's for `profile`:
+/// its rules (by their comment) and its table.
 fn lab_rules(profile: &str) -> Vec<String> {
     let out = Command::new("nft")
         .args(["list", "ruleset"])
@@ -58,11 +58,20 @@ fn lab_rules(profile: &str) -> Vec<String> {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| {
-            l.contains(&format!("lab {profile}/")) || l.contains(&format!("lab-{profile} "))
-        })
+        .filter(|l| l.contains(&format!("comment \"lab {profile}/")))
         .map(|l| l.trim().to_string())
         .collect()
+}
+
+/// Whether lab's table of `profile` exists.
+fn lab_table(profile: &str) -> bool {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == format!("table ip lab-{profile}"))
 }
 
 #[test]
@@ -107,6 +116,7 @@ fn a_forward_answers_with_what_the_vm_serves_and_is_gone_after_down() {
     // lab up again changes nothing: the forward is kept, its rules the same ones.
     let before = lab_rules(&lab.name);
     assert_eq!(before.len(), 2, "{before:?}");
+    assert!(lab_table(&lab.name));
     let again = lab.json(&["up", lab.profile(), "--dry-run"], 0);
     assert_eq!(again["actions"].as_array().unwrap().len(), 0, "{again}");
     assert!(
@@ -196,6 +206,7 @@ fn a_forward_to_a_port_someone_holds_is_refused_naming_them() {
     assert!(err.contains("nothing was made"), "{err}");
     lab.assert_nothing_made();
     assert_eq!(lab_rules(&lab.name), Vec::<String>::new());
+    assert!(!lab_table(&lab.name));
     println!("refused in {} ms", t.elapsed().as_millis());
     drop(held);
 }
