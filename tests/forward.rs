@@ -146,6 +146,7 @@ fn a_forward_answers_with_what_the_vm_serves_and_is_gone_after_down() {
     let listing = String::from_utf8_lossy(&handle.stdout).into_owned();
     let handle = listing
         .lines()
+        .filter(|l| l.contains("masquerade"))
         .find_map(|l| l.split("# handle ").nth(1))
         .unwrap_or_else(|| panic!("{listing}"))
         .trim()
