@@ -49,7 +49,7 @@ packages=(
     qemu-system-x86 dnsmasq-base iptables
     lvm2 thin-provisioning-tools
     busybox-static linux-image-amd64 openssh-client
-    iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd
+    iproute2 kmod util-linux e2fsprogs cpio xz-utils zstd nftables
     curl
     qemu-guest-agent dropbear-bin
     apt-utils debian-archive-keyring python3

@@ -141,6 +141,8 @@ enum Phase<'a> {
     Vm(&'a str),
     /// Once every VM is ready.
     Pool,
+    /// Published ports, once their VMs are ready.
+    Forward,
     /// After `apply`, by the provisioning of `lab up`.
     Provision,
     /// `lab down`'s removals, by [`down`].
@@ -162,6 +164,7 @@ fn phase(a: &Action) -> Phase<'_> {
         | Action::RecloneDisk { vm, .. } => Phase::Vm(vm),
         Action::StopDomain { .. } => Phase::Stop,
         Action::DefinePool { .. } | Action::RefreshPool { .. } => Phase::Pool,
+        Action::MakeForward { .. } | Action::RemoveForward { .. } => Phase::Forward,
         Action::Provision { .. } => Phase::Provision,
         Action::RemoveDomain { .. }
         | Action::RemoveNetwork { .. }
@@ -217,6 +220,16 @@ fn run_lab_action(
             }
         }
         Action::StopDomain { name, .. } => env.lv.stop_domain(name)?,
+        Action::MakeForward {
+            mark,
+            table,
+            bridge,
+            stale,
+            ..
+        } => crate::forward::make(table, bridge, mark, stale)?,
+        Action::RemoveForward {
+            rules, drop_table, ..
+        } => crate::forward::remove(rules, drop_table.as_deref())?,
         Action::RemoveDomain { .. }
         | Action::RemoveNetwork { .. }
         | Action::RemoveClone { .. }
@@ -265,6 +278,7 @@ pub fn apply(
     )?;
     timings.vms = ms(t);
     lab_phase(plan, env, Phase::Pool, &mut None)?;
+    lab_phase(plan, env, Phase::Forward, &mut None)?;
     Ok((states, timings))
 }
 
@@ -503,6 +517,8 @@ fn bring_up(
             | Action::RemoveClone { .. }
             | Action::RemoveBase { .. }
             | Action::RemoveFile { .. }
+            | Action::MakeForward { .. }
+            | Action::RemoveForward { .. }
             | Action::Keep { .. } => {
                 bail!("{} {}: not an action of VM {}", a.op(), a.name(), vm.name)
             }
@@ -729,7 +745,17 @@ pub fn down(plan: &DownPlan, lv: &Libvirt, profile: &Profile) -> Result<Vec<Stri
                 Some(format!("base {location}"))
             }
             Action::RemoveFile { kind, path } => remove_file(*kind, Path::new(path))?,
+            Action::RemoveForward {
+                rules,
+                drop_table,
+                name,
+                ..
+            } => {
+                crate::forward::remove(rules, drop_table.as_deref())?;
+                Some(format!("forward {name}"))
+            }
             Action::CreateNetwork { .. }
+            | Action::MakeForward { .. }
             | Action::StartNetwork { .. }
             | Action::WriteBootFiles { .. }
             | Action::WriteSeed { .. }

@@ -36,6 +36,7 @@ pub mod directboot;
 pub mod dirs;
 pub mod error;
 pub mod fanout;
+pub mod forward;
 pub mod guest;
 pub mod host;
 pub mod kickstart;

@@ -26,6 +26,12 @@ pub fn runtime_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/lab"))
 }
 
+/// The nftables table (family `ip`) that holds the profile's published ports: one per
+/// profile, so `lab down` removes its own table whole and never touches another lab's rules.
+pub fn forward_table(profile: &str) -> String {
+    format!("{PREFIX}-{profile}")
+}
+
 /// Linux limits a network interface name to 15 bytes (IFNAMSIZ - 1).
 pub const BRIDGE_MAX: usize = 15;
 

@@ -92,6 +92,13 @@ pub struct Observed {
     /// The VMs of a cloud-init profile whose NoCloud seed exists.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub seeded: Vec<String>,
+    /// The rules of lab's forward tables, every profile's (a host port is the host's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<crate::forward::ObservedRule>,
+    /// Whether the lab's bridge routes loopback addresses (a forward from 127.0.0.1 needs
+    /// it; a bridge made again has it off).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub route_localnet: bool,
 }
 
 /// Files of one profile that lab wrote beside its images, as found.
@@ -268,6 +275,13 @@ pub fn lab(lv: &Libvirt, profile: &Profile, sysroot: &Sysroot) -> Result<Observe
             });
         }
     }
+    // Published ports: read when the profile has some, or lab's table of it exists.
+    match crate::forward::observe() {
+        Ok(rules) => observed.forwards = rules,
+        Err(e) if profile.forwards.is_empty() => ui::debug(format_args!("nftables rules: {e:#}")),
+        Err(e) => return Err(e),
+    }
+    observed.route_localnet = crate::forward::route_localnet(sysroot, &crate::names::bridge(p));
     if profile.direct_boot() {
         observed.boot_files_current =
             crate::directboot::boot_files_current(&profile.storage.dir, &profile.name, sysroot);
@@ -376,6 +390,14 @@ pub fn host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         thin_pools,
         now: now_secs(),
         interfaces: net.ifaces.iter().map(|i| i.name.clone()).collect(),
+        listeners: crate::host::ports::listeners_on(
+            sysroot,
+            &profile
+                .forwards()
+                .iter()
+                .map(|f| f.host_port)
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -401,6 +423,9 @@ pub struct HostFacts {
     pub now: u64,
     /// The host's network interfaces, by name (a lab bridge without its network is one).
     pub interfaces: Vec<String>,
+    /// Listening TCP sockets on the host ports the profile publishes, with their holders.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<crate::host::ports::Listener>,
 }
 
 /// The host's clock, in seconds since the epoch (0 if it is before 1970).

@@ -83,6 +83,8 @@ pub enum Object {
     File,
     /// A VM's cloud-init seed (NoCloud `cidata` ISO).
     Seed,
+    /// A published port (`[[forward]]`): lab's nftables rules.
+    Forward,
 }
 
 impl fmt::Display for Object {
@@ -98,6 +100,7 @@ impl fmt::Display for Object {
             Object::Steps => "steps",
             Object::File => "file",
             Object::Seed => "seed",
+            Object::Forward => "forward",
         })
     }
 }
@@ -153,6 +156,24 @@ pub enum Action {
     RemoveBase { name: String, location: String },
     /// Remove a file lab wrote (with its sidecars, for a boot file).
     RemoveFile { kind: FileKind, path: String },
+    /// Publish VM `vm`'s port on the host: `name` is `HOST:PORT->VM:PORT`. The rules of
+    /// an earlier half (`stale`) go in the same transaction.
+    MakeForward {
+        vm: String,
+        name: String,
+        mark: crate::forward::ForwardMark,
+        table: String,
+        bridge: String,
+        stale: Vec<crate::forward::RuleRef>,
+    },
+    /// Remove a forward's rules (`vm`: the VM its mark names), and with the last, the
+    /// profile's table `drop_table`.
+    RemoveForward {
+        vm: String,
+        name: String,
+        rules: Vec<crate::forward::RuleRef>,
+        drop_table: Option<String>,
+    },
     /// Nothing to do: the object is as it should be, or is left alone on purpose.
     Keep {
         object: Object,
@@ -164,7 +185,7 @@ pub enum Action {
 impl Action {
     pub fn op(&self) -> Op {
         match self {
-            Action::CreateNetwork { .. } => Op::Create,
+            Action::CreateNetwork { .. } | Action::MakeForward { .. } => Op::Create,
             Action::StartNetwork { .. } | Action::StartDomain { .. } => Op::Start,
             Action::BuildBase { .. } => Op::Build,
             Action::CloneDisk { .. } => Op::Clone,
@@ -179,7 +200,8 @@ impl Action {
             | Action::RemoveNetwork { .. }
             | Action::RemoveClone { .. }
             | Action::RemoveBase { .. }
-            | Action::RemoveFile { .. } => Op::Remove,
+            | Action::RemoveFile { .. }
+            | Action::RemoveForward { .. } => Op::Remove,
             Action::Keep { .. } => Op::Keep,
         }
     }
@@ -202,6 +224,7 @@ impl Action {
             Action::ReattachTap { .. } => Object::Tap,
             Action::DefinePool { .. } | Action::RefreshPool { .. } => Object::Pool,
             Action::Provision { .. } => Object::Steps,
+            Action::MakeForward { .. } | Action::RemoveForward { .. } => Object::Forward,
             Action::Keep { object, .. } => *object,
         }
     }
@@ -221,6 +244,8 @@ impl Action {
             | Action::RecloneDisk { name, .. }
             | Action::RemoveDomain { name, .. }
             | Action::RemoveNetwork { name }
+            | Action::MakeForward { name, .. }
+            | Action::RemoveForward { name, .. }
             | Action::Keep { name, .. } => name,
             Action::RemoveClone { location, .. } | Action::RemoveBase { location, .. } => location,
             Action::RemoveFile { path, .. } | Action::WriteSeed { path, .. } => path,
@@ -250,6 +275,8 @@ impl Action {
             | Action::Provision { vm, .. }
             | Action::StopDomain { vm, .. }
             | Action::RecloneDisk { vm, .. }
+            | Action::MakeForward { vm, .. }
+            | Action::RemoveForward { vm, .. }
             | Action::RemoveClone { vm, .. } => Some(vm),
             Action::RemoveDomain { vm, .. } => vm.as_deref(),
             Action::Keep { vm, .. } => vm.as_deref(),
@@ -360,6 +387,8 @@ impl Serialize for Planned {
             | Action::RemoveClone { .. }
             | Action::RemoveBase { .. }
             | Action::RemoveFile { .. }
+            | Action::MakeForward { .. }
+            | Action::RemoveForward { .. }
             | Action::Keep { .. } => None,
         };
         let mut st = s.serialize_struct("Action", 6)?;
@@ -522,6 +551,7 @@ pub fn up(
     }
     dropped_vms_step(profile, observed, &vms, &mut out);
     pool_step(profile, &storage, observed, &mut out);
+    forward_step(profile, host, observed, &network, &vms, &mut out)?;
     stale_base_warning(profile, observed, host.now, &mut out);
     let provision = if options.provision {
         provision_step(profile, &network, &vms)
@@ -538,6 +568,188 @@ pub fn up(
         provision,
         warnings: out.warnings,
     })
+}
+
+/// Published ports: each `[[forward]]` kept when lab's two rules for it are there with the
+/// VM's address (and the bridge routes loopback), else made once the VM is ready; refused
+/// when the host port is someone else's. lab's rules the profile no longer asks for go.
+fn forward_step(
+    profile: &Profile,
+    host: &HostFacts,
+    observed: &Observed,
+    network: &NetworkPlan,
+    vms: &[VmPlan],
+    out: &mut Lists,
+) -> Result<(), PlanError> {
+    use crate::forward::{CHAIN_DNAT, CHAIN_MASQ, ForwardMark, RuleRef};
+    let p = profile.name.as_str();
+    let table = names::forward_table(p);
+    let mine = |r: &&crate::forward::ObservedRule| r.table == table;
+    let mut wanted = Vec::new();
+    for f in profile.forwards() {
+        let Some(vm) = vms.iter().find(|v| v.name == f.vm) else {
+            continue;
+        };
+        let mark = ForwardMark {
+            profile: p.to_string(),
+            vm: f.vm.clone(),
+            port: f.port,
+            target: vm.ip,
+            host_address: f.host_address,
+            host_port: f.host_port,
+            proto: f.proto,
+        };
+        let name = mark.name();
+        // Another lab's forward on the same host address and port.
+        if let Some(other) = observed.forwards.iter().filter(|r| !mine(r)).find_map(|r| {
+            r.mark
+                .as_ref()
+                .filter(|m| m.host_port == f.host_port && m.host_address == f.host_address)
+        }) {
+            return Err(PlanError(format!(
+                "{}: forward {name}: {}:{} is published by lab profile {} (to its VM {});                  nothing was made",
+                profile.locate(&forward_key(profile, &f)),
+                f.host_address,
+                f.host_port,
+                other.profile,
+                other.vm
+            )));
+        }
+        // This profile's rules for the same published port (whatever VM address they send to).
+        let same_port: Vec<&crate::forward::ObservedRule> = observed
+            .forwards
+            .iter()
+            .filter(mine)
+            .filter(|r| {
+                r.mark.as_ref().is_some_and(|m| {
+                    m.host_port == f.host_port
+                        && m.host_address == f.host_address
+                        && m.vm == f.vm
+                        && m.port == f.port
+                })
+            })
+            .collect();
+        let exact = |chain: &str| {
+            same_port
+                .iter()
+                .filter(|r| r.chain == chain && r.mark.as_ref() == Some(&mark))
+                .count()
+                == 1
+        };
+        wanted.push(mark.comment());
+        let whole = exact(CHAIN_DNAT) && exact(CHAIN_MASQ) && same_port.len() == 2;
+        if whole && observed.route_localnet {
+            out.keep(Object::Forward, &name, Some(&f.vm), "published");
+            continue;
+        }
+        // Not there: taken by someone else is refused before anything is made.
+        if same_port.is_empty()
+            && let Some(l) = host
+                .listeners
+                .iter()
+                .find(|l| l.catches(f.host_address, f.host_port))
+        {
+            return Err(PlanError(format!(
+                "{}: forward {name}: port {}:{} is taken by {l}; nothing was made: stop it                  or publish another host_port",
+                profile.locate(&forward_key(profile, &f)),
+                f.host_address,
+                f.host_port
+            )));
+        }
+        let why = if whole {
+            "the lab's bridge does not route loopback (its network was made again)".to_string()
+        } else if same_port.is_empty() {
+            format!(
+                "{}:{} on the host reaches {}:{} ({}), once the VM is ready",
+                f.host_address, f.host_port, f.vm, f.port, vm.ip
+            )
+        } else {
+            "half made (an interrupted run) or to another address: made again".to_string()
+        };
+        out.act(
+            Action::MakeForward {
+                vm: f.vm.clone(),
+                name,
+                mark,
+                table: table.clone(),
+                bridge: network.bridge.clone(),
+                stale: same_port.iter().map(|r| RuleRef::from(*r)).collect(),
+            },
+            why,
+        );
+    }
+    // lab's rules of this profile that no forward of it asks for (and were not replaced
+    // above): dropped VMs, edited forwards.
+    let replaced: Vec<RuleRef> = out
+        .actions
+        .iter()
+        .filter_map(|a| match &a.action {
+            Action::MakeForward { stale, .. } => Some(stale.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let unwanted: Vec<&crate::forward::ObservedRule> = observed
+        .forwards
+        .iter()
+        .filter(mine)
+        .filter(|r| !replaced.contains(&RuleRef::from(*r)))
+        .filter(|r| {
+            r.mark
+                .as_ref()
+                .is_some_and(|m| !wanted.contains(&m.comment()))
+        })
+        .collect();
+    remove_forwards(
+        &unwanted,
+        None,
+        "no [[forward]] of the profile asks for it",
+        out,
+    );
+    Ok(())
+}
+
+/// The key path of a forward in the profile, for its line.
+fn forward_key(profile: &Profile, f: &crate::profile::Forward) -> String {
+    let i = profile
+        .forwards
+        .iter()
+        .position(|s| s.vm == f.vm && s.host_port == i64::from(f.host_port))
+        .unwrap_or(0);
+    format!("forward[{i}].host_port")
+}
+
+/// RemoveForward actions for `rules`, one per mark (rules without lab's comment in lab's
+/// table together); `drop_table` on the last.
+fn remove_forwards(
+    rules: &[&crate::forward::ObservedRule],
+    drop_table: Option<String>,
+    why: &str,
+    out: &mut Lists,
+) {
+    let mut groups: Vec<(String, String, Vec<crate::forward::RuleRef>)> = Vec::new();
+    for r in rules {
+        let (name, vm) = match &r.mark {
+            Some(m) => (m.name(), m.vm.clone()),
+            None => (format!("{} (unmarked)", r.table), String::new()),
+        };
+        match groups.iter_mut().find(|g| g.0 == name) {
+            Some(g) => g.2.push((*r).into()),
+            None => groups.push((name, vm, vec![(*r).into()])),
+        }
+    }
+    let n = groups.len();
+    for (i, (name, vm, rules)) in groups.into_iter().enumerate() {
+        out.act(
+            Action::RemoveForward {
+                vm,
+                name,
+                rules,
+                drop_table: if i + 1 == n { drop_table.clone() } else { None },
+            },
+            why,
+        );
+    }
 }
 
 /// A base older than this many days is due for a rebuild that patches it.
@@ -641,6 +853,8 @@ fn pool_step(profile: &Profile, storage: &StoragePlan, observed: &Observed, out:
         | Action::RemoveClone { .. }
         | Action::RemoveBase { .. }
         | Action::RemoveFile { .. }
+        | Action::MakeForward { .. }
+        | Action::RemoveForward { .. }
         | Action::Keep { .. } => false,
     });
     if !observed.storage_pools.contains(&name) {
@@ -1318,7 +1532,13 @@ pub fn start(up: Plan, vms: &[String]) -> Result<Plan, PlanError> {
     for a in up.actions {
         match (&a.action, a.action.vm()) {
             (Action::StartNetwork { .. }, _) => actions.push(a),
-            (Action::StartDomain { .. } | Action::ReattachTap { .. }, Some(vm)) => {
+            (
+                Action::StartDomain { .. }
+                | Action::ReattachTap { .. }
+                | Action::MakeForward { .. }
+                | Action::RemoveForward { .. },
+                Some(vm),
+            ) => {
                 if chosen(vm) {
                     actions.push(a);
                 }
@@ -1469,6 +1689,7 @@ impl DownPlan {
 /// cannot be refused: whatever the profile says now, lab's own objects can go.
 pub fn down(profile: &Profile, observed: &Observed, purge: bool) -> DownPlan {
     let mut out = Lists::default();
+    down_forwards_step(profile, observed, &mut out);
     down_libvirt_step(profile, observed, &mut out);
     down_volumes_step(profile, observed, purge, &mut out);
     down_files_step(observed, purge, &mut out);
@@ -1478,6 +1699,31 @@ pub fn down(profile: &Profile, observed: &Observed, purge: bool) -> DownPlan {
         actions: out.actions,
         unchanged: out.unchanged,
     }
+}
+
+/// The profile's published ports first (their rules send to the VMs about to go), with
+/// lab's table of the profile.
+fn down_forwards_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
+    let table = names::forward_table(&profile.name);
+    let rules: Vec<&crate::forward::ObservedRule> = observed
+        .forwards
+        .iter()
+        .filter(|r| r.table == table)
+        .collect();
+    if rules.is_empty() {
+        return;
+    }
+    // A table named like lab's whose rules do not all carry lab's mark is not lab's.
+    if rules.iter().any(|r| r.mark.is_none()) {
+        out.keep(
+            Object::Forward,
+            &table,
+            None,
+            "nftables table with rules not lab's: left alone",
+        );
+        return;
+    }
+    remove_forwards(&rules, Some(table.clone()), "lab's published port", out);
 }
 
 /// lab's domains of the profile (also those it no longer names), then its network.

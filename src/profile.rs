@@ -39,6 +39,10 @@ pub struct Profile {
     /// succeed (`lab ready`).
     #[serde(rename = "ready", default)]
     pub ready: Vec<ReadyProbe>,
+    /// Published ports: a VM's service reachable on a port of the host (`lab up` makes
+    /// them, `lab down` removes them).
+    #[serde(rename = "forward", default)]
+    pub forwards: Vec<ForwardSpec>,
     /// Where this profile was read from (not part of the file).
     #[serde(skip)]
     pub source: ProfileSource,
@@ -279,6 +283,51 @@ pub struct VmSpec {
     /// A display for virt-viewer and virt-manager; headless when unset.
     #[serde(default)]
     pub graphics: Option<GraphicsKind>,
+}
+
+/// One `[[forward]]`: `host_address:host_port` on the host reaches `vm:port`. Ports are
+/// read as plain integers so that one out of range is refused by lab, naming the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSpec {
+    pub vm: String,
+    pub port: i64,
+    pub host_port: i64,
+    #[serde(default = "default_host_address")]
+    pub host_address: String,
+    #[serde(default)]
+    pub proto: ForwardProto,
+}
+
+fn default_host_address() -> String {
+    "127.0.0.1".into()
+}
+
+/// The transport of a `[[forward]]`: TCP only, the services a demo shows (a web UI, an
+/// API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardProto {
+    #[default]
+    Tcp,
+}
+
+impl ForwardProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardProto::Tcp => "tcp",
+        }
+    }
+}
+
+/// A `[[forward]]` once validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Forward {
+    pub vm: String,
+    pub port: u16,
+    pub host_address: std::net::Ipv4Addr,
+    pub host_port: u16,
+    pub proto: ForwardProto,
 }
 
 /// The display protocol of `[[vm]] graphics`.
@@ -560,6 +609,7 @@ impl Profile {
                 return Err((key("timeout"), "timeout must be 1 second or more".into()));
             }
         }
+        self.validate_forwards(&seen)?;
         if let Some(domain) = &self.network.domain
             && !valid_dns_name(domain)
         {
@@ -592,6 +642,75 @@ impl Profile {
             ));
         }
         self.validate_base()
+    }
+
+    /// `[[forward]]`: a VM of the profile, ports in range, a loopback host address (what
+    /// lab can publish without opening the host's firewall: docs/design.md), each host
+    /// address and port once.
+    fn validate_forwards(&self, vms: &BTreeSet<String>) -> Result<(), (String, String)> {
+        let mut taken: BTreeMap<(std::net::Ipv4Addr, u16), usize> = BTreeMap::new();
+        for (i, f) in self.forwards.iter().enumerate() {
+            let key = |field: &str| format!("forward[{i}].{field}");
+            if !vms.contains(&f.vm) {
+                return Err((
+                    key("vm"),
+                    format!(
+                        "no VM is named {:?}: the profile's VMs are {}",
+                        f.vm,
+                        vms.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            for (field, value) in [("port", f.port), ("host_port", f.host_port)] {
+                if !(1..=65535).contains(&value) {
+                    return Err((
+                        key(field),
+                        format!("{field} {value} is not a port (1 to 65535)"),
+                    ));
+                }
+            }
+            let addr: std::net::Ipv4Addr = f.host_address.parse().map_err(|_| {
+                (
+                    key("host_address"),
+                    format!("{:?} is not an IPv4 address", f.host_address),
+                )
+            })?;
+            if !addr.is_loopback() {
+                return Err((
+                    key("host_address"),
+                    format!(
+                        "{addr} is not a loopback address: lab publishes ports on the host's \
+                         loopback (127.0.0.0/8) only, where libvirt's firewall rules for the \
+                         lab's network do not refuse them (docs/design.md)"
+                    ),
+                ));
+            }
+            let host_port = f.host_port as u16;
+            if let Some(first) = taken.insert((addr, host_port), i) {
+                return Err((
+                    key("host_port"),
+                    format!("{addr}:{host_port} is published twice (forward[{first}] has it too)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile's `[[forward]]` entries, validated.
+    pub fn forwards(&self) -> Vec<Forward> {
+        self.forwards
+            .iter()
+            .map(|f| Forward {
+                vm: f.vm.clone(),
+                port: f.port as u16,
+                host_address: f
+                    .host_address
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+                host_port: f.host_port as u16,
+                proto: f.proto,
+            })
+            .collect()
     }
 
     fn validate_base(&mut self) -> Result<(), (String, String)> {

@@ -15,6 +15,30 @@ fn bad(name: &str) -> PathBuf {
 const CORPUS: &[(&str, u32, &str, &str)] = &[
     ("syntax-error.toml", 1, "", "invalid basic string"),
     (
+        "forward-unknown-vm.toml",
+        10,
+        "forward[0].vm",
+        "no VM is named \"db\": the profile's VMs are web",
+    ),
+    (
+        "forward-port-range.toml",
+        12,
+        "forward[0].host_port",
+        "host_port 70000 is not a port (1 to 65535)",
+    ),
+    (
+        "forward-duplicate.toml",
+        17,
+        "forward[1].host_port",
+        "127.0.0.1:8080 is published twice (forward[0] has it too)",
+    ),
+    (
+        "forward-not-loopback.toml",
+        13,
+        "forward[0].host_address",
+        "0.0.0.0 is not a loopback address",
+    ),
+    (
         "unknown-key.toml",
         8,
         "vm[0].colour",

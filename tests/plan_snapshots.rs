@@ -38,6 +38,7 @@ fn fresh_host() -> (HostFacts, Observed) {
         thin_pools: vec![],
         now: NOW,
         interfaces: vec!["lo".into(), "wlan0".into(), "virbr0".into()],
+        listeners: vec![],
     };
     let observed = Observed {
         domains: vec![ObservedDomain {
@@ -115,6 +116,35 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                     d.running = false;
                 }
             }
+            Action::MakeForward {
+                mark, table, stale, ..
+            } => {
+                observed.forwards.retain(|r| {
+                    !stale
+                        .iter()
+                        .any(|s| s.handle == r.handle && s.chain == r.chain)
+                });
+                let next = observed
+                    .forwards
+                    .iter()
+                    .map(|r| r.handle)
+                    .max()
+                    .unwrap_or(0);
+                for (i, chain) in ["output", "postrouting"].into_iter().enumerate() {
+                    observed.forwards.push(lab::forward::ObservedRule {
+                        table: table.clone(),
+                        chain: chain.into(),
+                        handle: next + 1 + i as u64,
+                        mark: Some(mark.clone()),
+                    });
+                }
+                observed.route_localnet = true;
+            }
+            Action::RemoveForward { rules, .. } => observed.forwards.retain(|r| {
+                !rules
+                    .iter()
+                    .any(|x| x.handle == r.handle && x.table == r.table)
+            }),
             Action::RemoveDomain { name, .. } => observed.domains.retain(|d| &d.name != name),
             Action::RemoveNetwork { name } => observed.networks.retain(|n| &n.name != name),
             Action::RemoveClone { name, .. } | Action::RemoveBase { name, .. } => {
@@ -893,5 +923,117 @@ fn the_identity_step_comes_first_for_kickstart_vms_only() {
     assert_eq!(
         steps(&cloud),
         [("web".to_string(), vec!["app".to_string()])]
+    );
+}
+
+fn forwarding(extra: &str) -> Profile {
+    Profile::parse(
+        &format!(
+            "name = \"fwd\"\n[base]\nkernel = \"host\"\n[[vm]]\nname = \"web\"\n\
+             [[forward]]\nvm = \"web\"\nport = 80\nhost_port = 8080\n{extra}"
+        ),
+        ProfileSource::BuiltIn,
+    )
+    .unwrap()
+}
+
+fn forward_actions(plan: &Plan) -> Vec<&Planned> {
+    plan.actions
+        .iter()
+        .filter(|a| a.object() == Object::Forward)
+        .collect()
+}
+
+#[test]
+fn a_forward_is_made_once_and_then_kept() {
+    let p = forwarding("");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let made = forward_actions(&first);
+    assert_eq!(made.len(), 1, "{:#?}", first.actions);
+    assert_eq!(made[0].op(), Op::Create);
+    assert_eq!(made[0].name(), "127.0.0.1:8080->web:80");
+    // After the VM is ready: the last action of the plan.
+    assert_eq!(first.actions.last().unwrap().object(), Object::Forward);
+    let after = observed_after(&first, observed);
+    let again = plan::plan(&p, &host, &after).unwrap();
+    assert!(again.actions.is_empty(), "{:#?}", again.actions);
+    assert!(
+        again
+            .unchanged
+            .iter()
+            .any(|a| a.object() == Object::Forward && a.name() == "127.0.0.1:8080->web:80")
+    );
+    // The bridge made again (route_localnet off): made again, and said why.
+    let mut bridge_new = after.clone();
+    bridge_new.route_localnet = false;
+    let plan = plan::plan(&p, &host, &bridge_new).unwrap();
+    assert!(forward_actions(&plan)[0].why.contains("route loopback"));
+    // Half of it (an interrupted hand): made again, its half deleted in the same step.
+    let mut half = after.clone();
+    half.forwards.retain(|r| r.chain == "output");
+    let plan = plan::plan(&p, &host, &half).unwrap();
+    let a = forward_actions(&plan);
+    assert_eq!(a.len(), 1);
+    assert!(a[0].why.contains("half made"), "{}", a[0].why);
+    match &a[0].action {
+        Action::MakeForward { stale, .. } => assert_eq!(stale.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    // Dropped from the profile: removed by lab up.
+    let mut without = forwarding("");
+    without.forwards.clear();
+    let plan = plan::plan(&without, &host, &after).unwrap();
+    let a = forward_actions(&plan);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].op(), Op::Remove);
+    // lab down: the forward before the domains, with the profile's table.
+    let down = plan::down(&p, &after, false);
+    assert_eq!(down.actions[0].object(), Object::Forward);
+    match &down.actions[0].action {
+        Action::RemoveForward {
+            rules, drop_table, ..
+        } => {
+            assert_eq!(rules.len(), 2);
+            assert_eq!(drop_table.as_deref(), Some("lab-fwd"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_host_port_someone_holds_is_refused_naming_them() {
+    let p = forwarding("");
+    let (mut host, observed) = fresh_host();
+    host.listeners.push(lab::host::ports::Listener {
+        addr: "0.0.0.0".parse().unwrap(),
+        port: 8080,
+        inode: 4242,
+        holder: Some("process 981 (python3)".into()),
+    });
+    let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "port 127.0.0.1:8080 is taken by process 981 (python3), listening on 0.0.0.0:8080"
+        ),
+        "{err}"
+    );
+    assert!(err.starts_with("built-in profile fwd:"), "{err}");
+    // Another lab's forward on it.
+    let (host, mut observed) = fresh_host();
+    for chain in ["output", "postrouting"] {
+        observed.forwards.push(lab::forward::ObservedRule {
+            table: "lab-other".into(),
+            chain: chain.into(),
+            handle: 3,
+            mark: lab::forward::ForwardMark::parse(
+                "lab other/api:80 10.213.4.11 127.0.0.1:8080 tcp",
+            ),
+        });
+    }
+    let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
+    assert!(
+        err.contains("is published by lab profile other (to its VM api)"),
+        "{err}"
     );
 }

@@ -22,12 +22,37 @@ struct StatusVm {
     disk_allocated: Option<u64>,
 }
 
+/// A published port: `host` on the host reaches `vm:port` at `target`.
+#[derive(Serialize)]
+struct StatusForward {
+    name: String,
+    vm: String,
+    port: u16,
+    host: String,
+    target: String,
+    proto: &'static str,
+    /// Both of its rules are there (else an interrupted `lab up` left half: the next
+    /// `lab up` or `lab down` finishes it).
+    whole: bool,
+}
+
 #[derive(Serialize)]
 struct StatusLab {
     profile: String,
     network: Option<String>,
     network_active: bool,
     vms: Vec<StatusVm>,
+    forwards: Vec<StatusForward>,
+}
+
+fn new_lab(profile: &str) -> StatusLab {
+    StatusLab {
+        profile: profile.to_string(),
+        network: None,
+        network_active: false,
+        vms: vec![],
+        forwards: vec![],
+    }
 }
 
 /// `lab status [PROFILE]`: what lab owns, grouped by profile.
@@ -38,12 +63,9 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
     let wanted = |p: &str| args.profile.as_deref().is_none_or(|w| w == p);
     for n in &observed.networks {
         if let Some(o) = n.owner.as_ref().filter(|o| wanted(&o.profile)) {
-            let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
-                profile: o.profile.clone(),
-                network: None,
-                network_active: false,
-                vms: vec![],
-            });
+            let lab = labs
+                .entry(o.profile.clone())
+                .or_insert_with(|| new_lab(&o.profile));
             lab.network = Some(n.name.clone());
             lab.network_active = n.active;
         }
@@ -52,12 +74,9 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
         let Some(o) = d.owner.as_ref().filter(|o| wanted(&o.profile)) else {
             continue;
         };
-        let lab = labs.entry(o.profile.clone()).or_insert_with(|| StatusLab {
-            profile: o.profile.clone(),
-            network: None,
-            network_active: false,
-            vms: vec![],
-        });
+        let lab = labs
+            .entry(o.profile.clone())
+            .or_insert_with(|| new_lab(&o.profile));
         let vm = o.vm.clone().unwrap_or_else(|| d.name.clone());
         let disk = lv.domain_disks(&d.name).into_iter().next();
         let mac = crate::names::mac(&o.profile, &vm);
@@ -79,6 +98,32 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             .into(),
             domain: d.name.clone(),
             name: vm,
+        });
+    }
+    let rules = crate::forward::observe().unwrap_or_else(|e| {
+        ui::warn(format_args!("published ports not read: {e:#}"));
+        Vec::new()
+    });
+    for r in &rules {
+        let Some(m) = r.mark.as_ref().filter(|m| wanted(&m.profile)) else {
+            continue;
+        };
+        let lab = labs
+            .entry(m.profile.clone())
+            .or_insert_with(|| new_lab(&m.profile));
+        let name = m.name();
+        if lab.forwards.iter().any(|f| f.name == name) {
+            continue;
+        }
+        let halves = rules.iter().filter(|o| o.mark.as_ref() == Some(m)).count();
+        lab.forwards.push(StatusForward {
+            whole: halves == 2,
+            vm: m.vm.clone(),
+            port: m.port,
+            host: format!("{}:{}", m.host_address, m.host_port),
+            target: format!("{}:{}", m.target, m.port),
+            proto: m.proto.as_str(),
+            name,
         });
     }
     let mut labs: Vec<StatusLab> = labs.into_values().collect();
@@ -134,6 +179,21 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             ]);
         }
         print!("{}", t.render(Stream::Stdout));
+        for f in &lab.forwards {
+            println!(
+                "forward {} -> {}:{} ({}, {}){}",
+                f.host,
+                f.vm,
+                f.port,
+                f.target,
+                f.proto,
+                if f.whole {
+                    ""
+                } else {
+                    ": half made, lab up completes it"
+                }
+            );
+        }
     }
     Ok(exit::OK)
 }

@@ -24,6 +24,8 @@ struct UpReport<'a> {
     vms: Vec<apply::VmState>,
     /// Each VM's provisioning steps: done now, or skipped (done before).
     provision: std::collections::BTreeMap<String, Vec<crate::guest::steps::StepResult>>,
+    /// The ports published on the host (`[[forward]]`).
+    forwards: Vec<crate::profile::Forward>,
     warnings: &'a [String],
     timings_ms: Timings,
 }
@@ -141,6 +143,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         network: &plan.network,
         vms,
         provision,
+        forwards: profile.forwards(),
         warnings: &plan.warnings,
         timings_ms: Timings {
             observe_and_plan: planned.as_millis() as u64,
@@ -163,6 +166,16 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
                 crate::profile::NetMode::Nat => "NAT",
             }
         );
+        for f in &report.forwards {
+            println!(
+                "published {}:{} -> {}:{} ({})",
+                f.host_address,
+                f.host_port,
+                f.vm,
+                f.port,
+                f.proto.as_str()
+            );
+        }
         let ssh = crate::guest::ssh::key_for(
             &profile,
             &profile.storage.dir,

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod kvm;
 pub mod lvm;
 pub mod net;
+pub mod ports;
 pub mod resources;
 pub mod throughput;
 pub mod tools;
