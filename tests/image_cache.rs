@@ -872,3 +872,112 @@ fn a_downloaded_qcow2_that_reads_another_file_is_refused() {
         assert!(files(&cache).is_empty(), "{:?}", files(&cache));
     }
 }
+
+/// `lab base build` killed (SIGKILL) in the middle of a download: nothing of it is taken
+/// for an image (no cache entry, no base), and the next run resumes the part where it
+/// stopped (a Range request from there) and finishes the base.
+#[test]
+fn a_download_killed_midway_is_resumed_by_the_next_run_and_never_used_half() {
+    let work = tempfile::tempdir().unwrap();
+    let raw = noise(4 << 20, 53);
+    let server = Server::start();
+    server.serve("/cloud/disk.raw", raw.clone());
+    server.serve_as(
+        "/cloud/SHA256SUMS",
+        format!("{}  disk.raw\n", sha256(&raw).hex()).into_bytes(),
+        "text/plain",
+    );
+    let images = work.path().join("images");
+    let cache_dir = work.path().join("cache");
+    let profile = work.path().join("killed.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "name = \"killed{}\"\n[storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n[base]\n\
+             image = \"{}\"\nchecksum_url = \"{}\"\n[[vm]]\nname = \"a\"\n",
+            std::process::id() % 100_000,
+            images.display(),
+            server.url("/cloud/disk.raw"),
+            server.url("/cloud/SHA256SUMS"),
+        ),
+    )
+    .unwrap();
+    let p = profile.to_str().unwrap();
+    let lab = || {
+        let mut c = Command::new(lab_cli::LAB);
+        c.args(["base", "build", p])
+            .env("LAB_IMAGE_CACHE", &cache_dir)
+            .env("LAB_LOCK", work.path().join("lab.lock"))
+            .env("LAB_RUNTIME_DIR", work.path().join("run"));
+        c
+    };
+    // A transfer that hangs after 1 MiB; lab is killed while it waits for the rest.
+    let stalled = 1 << 20;
+    server.stall_next_after("/cloud/disk.raw", stalled);
+    let mut child = lab()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let part_size = || -> u64 {
+        walk(&cache_dir)
+            .iter()
+            .filter(|f| f.to_string_lossy().ends_with(".part"))
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while part_size() < stalled as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lab never wrote the first MiB: {:?}",
+            walk(&cache_dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nothing half-downloaded is an image: no cache entry, no base.
+    assert!(cache::entries(&cache_dir).unwrap().is_empty());
+    assert!(
+        !walk(&images)
+            .iter()
+            .any(|f| f.to_string_lossy().contains("base")),
+        "{:?}",
+        walk(&images)
+    );
+    // The next run resumes where the killed one stopped, and finishes.
+    let out = lab().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ranges: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/cloud/disk.raw")
+        .filter_map(|r| r.range.clone())
+        .collect();
+    assert_eq!(ranges, [format!("bytes={stalled}-")], "{ranges:?}");
+    let entries = cache::entries(&cache_dir).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].size, raw.len() as u64);
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

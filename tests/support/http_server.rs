@@ -44,6 +44,9 @@ struct State {
     cuts: Vec<usize>,
     ignore_range: bool,
     no_length: bool,
+    /// The next response for this path stops after this many body bytes and holds the
+    /// connection open (a transfer in progress) until the client goes away.
+    stall: Option<(String, usize)>,
 }
 
 pub struct Server {
@@ -137,6 +140,11 @@ impl Server {
     }
 
     /// Answer every request with the whole file, Range or not (as some servers do).
+    /// The next response for `path` sends `bytes` of its body, then hangs, connection open.
+    pub fn stall_next_after(&self, path: &str, bytes: usize) {
+        self.state.lock().unwrap().stall = Some((path.to_string(), bytes));
+    }
+
     pub fn ignore_range(&self, yes: bool) {
         self.state.lock().unwrap().ignore_range = yes;
     }
@@ -190,7 +198,7 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
             range = Some(v.trim().to_string());
         }
     }
-    let (route, cut, ignore_range, no_length) = {
+    let (route, cut, ignore_range, no_length, stall) = {
         let mut s = state.lock().unwrap();
         let route = s
             .routes
@@ -213,7 +221,15 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
             Some(Route::File { .. }) if !s.cuts.is_empty() => Some(s.cuts.remove(0)),
             _ => None,
         };
-        (route, cut, s.ignore_range, s.no_length)
+        let stall = match (&route, &s.stall) {
+            (Some(Route::File { .. }), Some((p, n))) if *p == path => {
+                let n = *n;
+                s.stall = None;
+                Some(n)
+            }
+            _ => None,
+        };
+        (route, cut, s.ignore_range, s.no_length, stall)
     };
     let (body, content_type) = match route {
         None => return respond_status(&mut conn, 404),
@@ -250,6 +266,15 @@ fn handle(mut conn: TcpStream, state: &Mutex<State>) {
     }
     head.push_str("Connection: close\r\n\r\n");
     if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    if let Some(n) = stall {
+        let _ = conn.write_all(&body[from..(from + n).min(len)]);
+        let _ = conn.flush();
+        // Hang like a slow mirror; the client goes away first.
+        let mut buf = [0u8; 1];
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(120)));
+        let _ = std::io::Read::read(&mut conn, &mut buf);
         return;
     }
     let end = cut.map_or(len, |c| (from + c).min(len));
