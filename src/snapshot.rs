@@ -636,7 +636,8 @@ impl<'a> Snapshots<'a> {
     /// Removals carried as far as they go: what no image is backed by any more goes.
     pub fn prune(&self) -> Result<()> {
         let in_use = self.lv.disks_in_use()?;
-        for r in self.records() {
+        // Newest first: a layer removed with the one under it is not merged into it first.
+        for r in self.records().into_iter().rev() {
             if r.state != State::Removing {
                 continue;
             }
