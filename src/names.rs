@@ -188,6 +188,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_snapshot_name_is_a_plain_word() {
+        for good in ["provisioned", "before-demo", "take_2", "7"] {
+            assert!(snapshot_name_ok(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../up",
+            "a/b",
+            ".hidden",
+            "-flag",
+            "with space",
+            "é",
+            &"x".repeat(41),
+        ] {
+            assert!(!snapshot_name_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_domain_uuid_is_stable_per_vm_and_differs_between_vms() {
         let a = domain_uuid("demo", "web1");
         assert_eq!(a, domain_uuid("demo", "web1"));
