@@ -43,7 +43,7 @@ import json, sys
 t = json.load(open(sys.argv[1]))["timings_ms"]
 first = sys.argv[2]
 print(f"  {first} {t['pause']} ms, memory written {t['save']} ms, disks {t['disks']} ms, "
-      f"memory read back {t['restore']} ms, resumed {t['resume']} ms; total {t['total']} ms "
+      f"memory read back {t['restore']} ms, resumed {t['resume']} ms, answering on SSH {t['answer']} ms; total {t['total']} ms "
       f"(without reading memory back: {t['total'] - t['restore']} ms)")
 PY
 }

@@ -85,6 +85,8 @@ pub struct Timings {
     pub restore: u64,
     /// Every VM running again.
     pub resume: u64,
+    /// Until every VM answers on its SSH port again.
+    pub answer: u64,
     pub total: u64,
 }
 
@@ -383,6 +385,9 @@ impl<'a> Snapshots<'a> {
         let at = Instant::now();
         self.resume_all(vms)?;
         t.resume = ms(at);
+        let at = Instant::now();
+        self.wait_answering(vms)?;
+        t.answer = ms(at);
         let mut record = self.record(name).context("the snapshot's record is gone")?;
         record.state = State::Complete;
         write_record(&dir, &record)
@@ -440,6 +445,41 @@ impl<'a> Snapshots<'a> {
             },
         );
         fanout::all_or_errors(resumed).map(|_| ())
+    }
+
+    /// A resumed VM keeps its lease, which says nothing of whether it runs again (an
+    /// emulated guest catches up on its timers first): wait until each answers on the SSH
+    /// port, as `lab start` does, at most two minutes.
+    fn wait_answering(&self, vms: &[String]) -> Result<()> {
+        let p = &self.profile.name;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        fanout::all(
+            vms.iter(),
+            |vm| vm.to_string(),
+            |vm| {
+                let domain = names::domain(p, vm);
+                let mac = names::mac(p, vm);
+                loop {
+                    if let Some(ip) = self.lv.lease(&domain, &mac)
+                        && std::net::TcpStream::connect_timeout(
+                            &std::net::SocketAddr::from((ip, 22)),
+                            Duration::from_secs(2),
+                        )
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        bail!(
+                            "{vm}: resumed, but nothing answers on its SSH port within 120 s: see \
+                         its console log"
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            },
+        )?;
+        Ok(())
     }
 
     /// `lab restore PROFILE NAME` (all VMs) or `lab reset` to a snapshot (`vms`): each VM
@@ -516,6 +556,9 @@ impl<'a> Snapshots<'a> {
         let at = Instant::now();
         self.resume_all(vms)?;
         t.resume = ms(at);
+        let at = Instant::now();
+        self.wait_answering(vms)?;
+        t.answer = ms(at);
         remove_if_there(&dir.join(RESTORING))?;
         t.total = ms(total);
         Ok(t)
@@ -740,12 +783,14 @@ impl<'a> Snapshots<'a> {
 pub fn render_timings(t: &Timings, stopped: &str) -> String {
     let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
     format!(
-        "{stopped} {}, memory saved {}, disks {}, memory read back {}, resumed {}; total {}",
+        "{stopped} {}, memory saved {}, disks {}, memory read back {}, resumed {}, answering {}; \
+         total {}",
         s(t.pause),
         s(t.save),
         s(t.disks),
         s(t.restore),
         s(t.resume),
+        s(t.answer),
         s(t.total)
     )
 }
