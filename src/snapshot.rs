@@ -647,9 +647,9 @@ impl<'a> Snapshots<'a> {
 
     /// `lab snapshot PROFILE NAME --rm`: its memory goes; each disk layer is merged into
     /// the images backed by it (`qemu-img rebase` onto the layer's own backing file, which
-    /// copies what the layer held) and then removed. A layer a running VM's disk sits on
-    /// cannot be merged under it: it stays (the record says `removing`) until that disk
-    /// is replaced.
+    /// copies what the layer held) and then removed. A layer under a running VM's disk
+    /// (anywhere in its backing chain) cannot be merged under it: it stays (the record
+    /// says `removing`) until that disk is replaced.
     pub fn remove(&self, name: &str) -> Result<()> {
         self.recover()?;
         let Some(mut record) = self.record(name).filter(|r| r.state == State::Complete) else {
@@ -727,9 +727,22 @@ impl<'a> Snapshots<'a> {
             .into_iter()
             .filter(|i| backing_of(i).as_deref() == Some(canonical.as_path()))
             .collect();
+        // QEMU holds a running disk's whole backing chain open: an image anywhere in it
+        // cannot be rebased under it.
+        let mut open: Vec<crate::storage::InUse> = Vec::new();
+        for u in in_use {
+            let mut at = Some(u.path.canonicalize().unwrap_or_else(|_| u.path.clone()));
+            while let Some(path) = at {
+                at = backing_of(&path);
+                open.push(crate::storage::InUse {
+                    domain: u.domain.clone(),
+                    path,
+                });
+            }
+        }
         if let Some(held) = children
             .iter()
-            .find_map(|c| crate::storage::user_of(c, in_use))
+            .find_map(|c| crate::storage::user_of(c, &open))
         {
             crate::ui::debug(format_args!(
                 "{} stays: running domain {} has {} open on it",

@@ -103,7 +103,8 @@ fn a_whole_lab_goes_back_to_its_snapshot_processes_and_all() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(count(&lab) > after_restore, "the counter stopped");
 
-    // A layer others sit on is merged into them when removed: `two` under `three`.
+    // A layer others sit on is merged into them when removed: `two` under `three`; while
+    // the running disks sit on `three`, and so on `two`, its layers wait for them to move.
     sh(&lab, "node2", "echo x > /data/x; sync");
     lab.run(&["snapshot", lab.profile(), "two"], 0);
     sh(&lab, "node2", "echo y > /data/y; sync");
@@ -111,7 +112,7 @@ fn a_whole_lab_goes_back_to_its_snapshot_processes_and_all() {
     sh(&lab, "node2", "echo z > /data/z; sync");
     lab.run(&["snapshot", lab.profile(), "two", "--rm"], 0);
     assert_eq!(names(&lab), ["provisioned", "demo", "three"]);
-    assert!(!snapshots_dir(&lab).join("two").exists());
+    assert!(snapshots_dir(&lab).join("two/node1.qcow2").exists());
     lab.run(&["restore", lab.profile(), "three"], 0);
     assert!(has(&lab, "node2", "/data/x") && has(&lab, "node2", "/data/y"));
     assert!(!has(&lab, "node2", "/data/z"));
@@ -192,7 +193,13 @@ fn a_whole_lab_goes_back_to_its_snapshot_processes_and_all() {
     assert!(!has(&lab, "node1", "/data/before"));
     assert!(!has(&lab, "node2", "/data/x"));
     assert_eq!(names(&lab), ["provisioned", "three"]);
+    // The disks moved off them: `two` and `demo` merged into `three` and gone.
     assert!(!snapshots_dir(&lab).join("demo").exists());
+    assert!(!snapshots_dir(&lab).join("two").exists());
+    lab.run(&["restore", lab.profile(), "three"], 0);
+    assert!(has(&lab, "node1", "/data/before"), "demo's layer was lost");
+    assert!(has(&lab, "node2", "/data/x") && has(&lab, "node2", "/data/y"));
+    assert!(!has(&lab, "node2", "/data/z"));
 
     // --pristine: back to the base, and the snapshots go.
     lab.run(&["reset", lab.profile(), "--pristine"], 0);
