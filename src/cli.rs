@@ -76,12 +76,17 @@ pub enum Command {
     Up(UpArgs),
     /// What lab owns: per profile, its VMs, addresses, state and disk use
     Status(StatusArgs),
-    /// Put VMs back to pristine: stop, drop the clone, clone the base again, start
+    /// Put VMs back to the `provisioned` snapshot, or (without one, or with --pristine) to a
+    /// fresh clone of the base
     Reset(ResetArgs),
     /// Save VMs' memory to disk and stop them; lab start resumes them where they were
     Stop(StopArgs),
     /// Start a lab's network and VMs again, resuming the ones lab stop saved
     Start(StartArgs),
+    /// One consistent point of the whole lab, memory and disks (--list, --rm)
+    Snapshot(SnapshotArgs),
+    /// Every VM back to a snapshot's point and running, processes and all
+    Restore(RestoreArgs),
     /// Remove what lab made for a profile, and nothing else
     Down(DownArgs),
     /// Log in to a lab VM over SSH, or run one command in it
@@ -218,6 +223,33 @@ pub struct ResetArgs {
     /// Print the plan and touch nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Back to a fresh clone of the base even when a `provisioned` snapshot exists; the
+    /// lab's snapshots are removed
+    #[arg(long)]
+    pub pristine: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The snapshot's name: a plain word
+    #[arg(required_unless_present = "list", conflicts_with = "list")]
+    pub name: Option<String>,
+    /// List the profile's snapshots: name, when taken, size on disk
+    #[arg(long)]
+    pub list: bool,
+    /// Remove the snapshot (its layers merged into the disks backed by them first)
+    #[arg(long)]
+    pub rm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The profile: a name or a path
+    pub profile: String,
+    /// The snapshot
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! | `cloud/` | cloud images: the download cache, image bases, NoCloud seeds (`seed`) and the ISO writer (`iso`) |
 //! | `directboot/` | the smoke guest: the host's kernel and the initramfs lab makes |
 //! | `kickstart/` | templates (lookup in `templates.rs`), installer builds, sealing, sources |
+//! | `snapshot.rs` | whole-lab snapshots of qcow2 labs: saved memory plus frozen disk layers |
 //! | `storage/` | one trait, backends `qcow2` and `lvm_thin`, the one offline fstrim engine |
 //! | `trim.rs` | `lab trim`: online through the guest agent, offline through storage, the discard chain |
 //! | `libvirt/` | the narrow driver, XML types to write (`xml`, `define`) and read (`read`), consoles |
@@ -49,6 +50,7 @@ pub mod plan;
 pub mod profile;
 pub mod runner;
 pub mod size;
+pub mod snapshot;
 pub mod storage;
 pub mod subnet;
 pub mod trim;
@@ -87,6 +89,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reset(args) => commands::reset::reset(&cli.global, &args),
         Command::Stop(args) => commands::stop::stop(&cli.global, &args),
         Command::Start(args) => commands::start::start(&cli.global, &args),
+        Command::Snapshot(args) => commands::snapshot::snapshot(&cli.global, &args),
+        Command::Restore(args) => commands::snapshot::restore(&cli.global, &args),
         Command::Down(args) => commands::down::down(&cli.global, &args),
         Command::Pool(args) => commands::pool::pool(&cli.global, &args),
         Command::Base(args) => commands::base::base(&cli.global, &args),

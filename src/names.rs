@@ -173,9 +173,44 @@ pub fn host_key(dir: &std::path::Path, domain: &str) -> std::path::PathBuf {
     dir.join(format!("{domain}.host-key"))
 }
 
+/// The directory of a profile's whole-lab snapshots, one subdirectory each, beside its
+/// images. A VM name cannot hold a dot, so no clone, log or key of a VM is ever named so.
+pub fn snapshots_dir(dir: &std::path::Path, profile: &str) -> std::path::PathBuf {
+    dir.join(format!("{PREFIX}-{profile}.snapshots"))
+}
+
+/// A snapshot's name is a plain word: it is a directory name and a command-line word, so
+/// nothing that could climb out of the directory or need quoting.
+pub fn snapshot_name_ok(name: &str) -> bool {
+    name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_name_is_a_plain_word() {
+        for good in ["provisioned", "before-demo", "take_2", "7"] {
+            assert!(snapshot_name_ok(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../up",
+            "a/b",
+            ".hidden",
+            "-flag",
+            "with space",
+            "é",
+            &"x".repeat(41),
+        ] {
+            assert!(!snapshot_name_ok(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_domain_uuid_is_stable_per_vm_and_differs_between_vms() {

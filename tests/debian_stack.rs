@@ -376,9 +376,18 @@ fn debian_stack_from_a_cloud_image_end_to_end() {
         "only {back} of {WRITTEN} bytes came back ({deleted} -> {after})\n{trim:#}"
     );
 
-    // --- lab reset of one VM: a new machine-id, the same name and address ---------------
+    // --- lab reset of one VM to a fresh clone: a new machine-id, the same name and address
+    // (a plain reset goes back to the `provisioned` snapshot lab up took, identity and all;
+    // --pristine is the fresh clone of the base with a new seed)
     let reset = lab.json(
-        &["reset", lab.profile(), "web", "--timeout", BOOT_TIMEOUT],
+        &[
+            "reset",
+            lab.profile(),
+            "web",
+            "--pristine",
+            "--timeout",
+            BOOT_TIMEOUT,
+        ],
         0,
     );
     assert_eq!(reset[0]["name"], "web", "{reset:#}");

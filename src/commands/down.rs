@@ -25,7 +25,12 @@ pub fn down(global: &GlobalArgs, args: &DownArgs) -> Result<u8> {
         super::show_plan(global, &plan, plan::render_down)?;
         return Ok(exit::OK);
     }
-    let removed = apply::down(&plan, &lv, &profile)?;
+    let mut removed = apply::down(&plan, &lv, &profile)?;
+    // The snapshots go after the domains and clones: nothing is backed by a layer then.
+    let root = crate::names::snapshots_dir(&profile.storage.dir, &profile.name);
+    for name in crate::snapshot::Snapshots::remove_everything(&root, &profile.name)? {
+        removed.push(format!("snapshot {name}"));
+    }
     if global.json {
         ui::print_json(&removed)?;
     } else if removed.is_empty() {

@@ -11,6 +11,7 @@ pub mod pool;
 pub mod profiles;
 pub mod ready;
 pub mod reset;
+pub mod snapshot;
 pub mod ssh;
 pub mod start;
 pub mod status;

@@ -138,6 +138,21 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
             Duration::from_secs(args.timeout),
         )?
     };
+    // A successful provisioning is kept as a snapshot `lab reset` goes back to.
+    let provisioned = !plan.provision.is_empty()
+        && !profile.provision.is_empty()
+        && super::snapshot::require_qcow2(&profile).is_ok();
+    if provisioned {
+        let snaps = crate::snapshot::Snapshots::new(&lv, &profile);
+        if !snaps.exists(crate::snapshot::PROVISIONED) {
+            let t = snaps.take(crate::snapshot::PROVISIONED)?;
+            ui::info(format_args!(
+                "snapshot {}: {}",
+                crate::snapshot::PROVISIONED,
+                crate::snapshot::render_timings(&t, "paused")
+            ));
+        }
+    }
     let report = UpReport {
         profile: &profile.name,
         network: &plan.network,

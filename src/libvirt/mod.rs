@@ -237,6 +237,87 @@ impl Libvirt {
         Ok(())
     }
 
+    /// Pause a running domain's CPUs (virDomainSuspend): the guest stands still, its disk
+    /// and memory no longer change, while QEMU keeps both.
+    pub fn suspend_domain(&self, name: &str) -> Result<()> {
+        self.domain(name)?
+            .suspend()
+            .map_err(|e| anyhow::anyhow!("pausing domain {name}: {}", e.message()))
+    }
+
+    pub fn resume_domain(&self, name: &str) -> Result<()> {
+        self.domain(name)?
+            .resume()
+            .map_err(|e| anyhow::anyhow!("resuming domain {name}: {}", e.message()))
+    }
+
+    /// Whether a domain is running with its CPUs paused.
+    pub fn domain_paused(&self, name: &str) -> bool {
+        self.conn.lookup_domain_by_name(name).is_ok_and(|d| {
+            d.state().is_ok_and(|(s, _)| {
+                matches!(
+                    s,
+                    virt::enumutil::Enum::Known(virt::domain::DomainState::Paused)
+                )
+            })
+        })
+    }
+
+    /// Save a domain's memory and device state to `file` (virDomainSaveFlags, not the
+    /// managed save): the domain stops, and its disks are closed when this returns. A
+    /// restore from the file starts paused.
+    pub fn save_domain_to(&self, name: &str, file: &std::path::Path) -> Result<()> {
+        let dom = self.domain(name)?;
+        let to = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+            .context("a file name with a NUL byte")?;
+        // SAFETY: a valid domain pointer and C string; the virt crate has no wrapper.
+        let rc = unsafe {
+            virt::sys::virDomainSaveFlags(
+                dom.as_ptr(),
+                to.as_ptr(),
+                std::ptr::null(),
+                virt::sys::VIR_DOMAIN_SAVE_PAUSED,
+            )
+        };
+        if rc < 0 {
+            bail!(
+                "saving the memory of domain {name} to {}: {}",
+                file.display(),
+                virt::error::Error::last_error().message()
+            );
+        }
+        Ok(())
+    }
+
+    /// Start a domain from memory saved by [`Libvirt::save_domain_to`], paused. The
+    /// domain's definition saved with the memory is used without its `<backingStore>`:
+    /// the disk's chain is read from the images as they are now (a snapshot puts a new
+    /// layer under the disk after the memory was saved).
+    pub fn restore_domain_from(&self, name: &str, file: &std::path::Path) -> Result<()> {
+        let path = file.to_string_lossy();
+        let xml = self
+            .conn
+            .save_image_xml_desc(&path, virt::sys::VIR_DOMAIN_XML_SECURE)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the domain saved in {}: {}",
+                    file.display(),
+                    e.message()
+                )
+            })?;
+        let xml = xml::without_backing_stores(&xml)
+            .with_context(|| format!("reading the domain saved in {}", file.display()))?;
+        self.conn
+            .restore_domain_flags(&path, Some(&xml), virt::sys::VIR_DOMAIN_SAVE_PAUSED)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "restoring domain {name} from {}: {}",
+                    file.display(),
+                    e.message()
+                )
+            })
+    }
+
     /// Stop and undefine a domain; one that is already gone is no error.
     pub fn remove_domain(&self, name: &str) -> Result<()> {
         self.stop_domain(name)?;
@@ -260,6 +341,18 @@ impl Libvirt {
     /// The running domain's numeric id (it changes only when the domain restarts).
     pub fn domain_id(&self, name: &str) -> Option<u32> {
         self.conn.lookup_domain_by_name(name).ok()?.id()
+    }
+
+    /// Whether libvirt runs a job on the domain (a save, a migration): a save goes on in
+    /// libvirtd when the lab that asked for it was killed.
+    pub fn domain_busy(&self, name: &str) -> bool {
+        self.conn
+            .lookup_domain_by_name(name)
+            .is_ok_and(|d| d.job_info().is_ok_and(|j| j.r#type != 0))
+    }
+
+    pub fn domain_exists(&self, name: &str) -> bool {
+        self.conn.lookup_domain_by_name(name).is_ok()
     }
 
     pub fn domain_running(&self, name: &str) -> bool {

@@ -496,3 +496,53 @@ mod tests {
         assert!(!info.active && !info.autostart);
     }
 }
+
+/// A domain document without its disks' `<backingStore>` elements: libvirt takes a
+/// backing chain written in the XML as given, and a chain read back from an old definition
+/// (the one saved with a VM's memory) would hide a layer put under the disk since.
+pub fn without_backing_stores(xml: &str) -> anyhow::Result<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut writer = quick_xml::Writer::new(Vec::new());
+    let mut skipping = 0usize;
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| anyhow::anyhow!("parsing domain XML: {e}"))?;
+        match &event {
+            Event::Eof => break,
+            Event::Start(e) if skipping > 0 || e.name().into_inner() == "backingStore" => {
+                skipping += 1;
+                continue;
+            }
+            Event::End(_) if skipping > 0 => {
+                skipping -= 1;
+                continue;
+            }
+            Event::Empty(e) if skipping > 0 || e.name().into_inner() == "backingStore" => continue,
+            _ if skipping > 0 => continue,
+            _ => {}
+        }
+        writer
+            .write_event(event)
+            .map_err(|e| anyhow::anyhow!("writing domain XML: {e}"))?;
+    }
+    String::from_utf8(writer.into_inner()).map_err(|e| anyhow::anyhow!("domain XML: {e}"))
+}
+
+#[cfg(test)]
+mod backing_store_tests {
+    #[test]
+    fn backing_stores_are_dropped_and_the_rest_kept() {
+        let xml = "<domain type='kvm'><name>a&amp;b</name><devices><disk type='file' device='disk'>\
+            <source file='/i/c.qcow2'/><backingStore type='file'><format type='qcow2'/>\
+            <source file='/i/b.qcow2'/><backingStore/></backingStore>\
+            <target dev='vda'/></disk></devices></domain>";
+        let out = super::without_backing_stores(xml).unwrap();
+        assert_eq!(
+            out,
+            "<domain type='kvm'><name>a&amp;b</name><devices><disk type='file' device='disk'>\
+             <source file='/i/c.qcow2'/><target dev='vda'/></disk></devices></domain>"
+        );
+    }
+}

@@ -263,10 +263,26 @@ impl Qcow2Storage {
             return Ok(Vec::new());
         }
         let mut backing = std::collections::BTreeSet::new();
-        for entry in std::fs::read_dir(&self.dir)
+        // The images here, and the disk layers of the profile's snapshots (which sit on
+        // the base a clone had when they were taken).
+        let mut images: Vec<std::fs::DirEntry> = std::fs::read_dir(&self.dir)
             .with_context(|| format!("reading {}", self.dir.display()))?
             .flatten()
+            .collect();
+        let snapshots = names::snapshots_dir(&self.dir, profile);
+        for snapshot in std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
         {
+            images.extend(
+                std::fs::read_dir(snapshot.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten(),
+            );
+        }
+        for entry in images {
             let path = entry.path();
             let is_image = path.extension().is_some_and(|e| e == "qcow2")
                 && entry.file_type().is_ok_and(|t| t.is_file());

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `lab snapshot` and `lab restore` of a three-VM smoke lab on the real libvirtd: each split
+# into pause (or stop), memory written, disks laid, memory read back and resume. Prints
+# figures; asserts nothing. The goal (issue 18): a restore of three VMs in under 5 s plus
+# the time to read their memory back. Needs root and a running libvirtd
+# (scripts/setup-host.sh).
+#
+#   bash benches/restore.sh              # ROUNDS=3 restores
+#   LAB_BIN=target/debug/lab bash benches/restore.sh   # a lab already built
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${LAB_BIN:-}" ]; then
+    cargo build --release --quiet
+    LAB_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/lab
+fi
+lab=$(realpath "$LAB_BIN")
+rounds=${ROUNDS:-3}
+work=$(mktemp -d /var/tmp/lab-bench-restore-XXXXXX)
+chmod 755 "$work"   # QEMU (libvirt-qemu) must reach the images
+export LAB_LOCK=$work/lab.lock LAB_RUNTIME_DIR=$work/run
+profile=$work/bench.toml
+cat > "$profile" <<TOML
+name = "rbench$$"
+[network]
+auto_range = "10.251.0.0/16"
+[storage]
+backend = "qcow2"
+dir = "$work/images"
+[base]
+kernel = "host"
+initrd = "busybox"
+disk = "64MiB"
+[[vm]]
+name = "node"
+count = 3
+memory = "256MiB"
+TOML
+trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+show() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["timings_ms"]
+first = sys.argv[2]
+print(f"  {first} {t['pause']} ms, memory written {t['save']} ms, disks {t['disks']} ms, "
+      f"memory read back {t['restore']} ms, resumed {t['resume']} ms, answering on SSH {t['answer']} ms; total {t['total']} ms "
+      f"(without reading memory back: {t['total'] - t['restore']} ms)")
+PY
+}
+
+echo "lab up: three smoke VMs of 256 MiB"
+"$lab" -q up "$profile" > /dev/null
+echo "lab snapshot"
+"$lab" -q snapshot "$profile" bench --json > "$work/snap.json"
+show "$work/snap.json" paused
+"$lab" snapshot "$profile" --list
+for i in $(seq "$rounds"); do
+    echo "lab restore, round $i"
+    "$lab" -q restore "$profile" bench --json > "$work/restore.json"
+    show "$work/restore.json" stopped
+done
