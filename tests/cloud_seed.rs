@@ -33,6 +33,10 @@ use serde_json::Value;
 const LAB: &str = env!("CARGO_BIN_EXE_lab");
 const URI: &str = "qemu:///system";
 
+/// One emulated Debian guest at a time on the two-core machines: three at once take each
+/// past lab's ready timeout.
+static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Lab {
     dir: tempfile::TempDir,
     profile: PathBuf,
@@ -187,6 +191,7 @@ fn must(lab: &Lab, ip: &str, command: &str) -> String {
 
 #[test]
 fn a_debian_cloud_vm_takes_the_seed_lab_wrote() {
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let image = debian_image();
     let lab = Lab::new(
         "cs",
@@ -476,6 +481,7 @@ fn user_data_that_is_not_yaml_is_refused_at_its_profile_line() {
 
 #[test]
 fn a_cloud_init_that_ends_in_error_fails_lab_up_naming_the_vm_and_its_log() {
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let image = debian_image();
     let lab = Lab::new(
         "ce",
@@ -545,6 +551,7 @@ fn image_without_cloud_init(image: &str, dir: &Path) -> PathBuf {
 
 #[test]
 fn an_image_without_cloud_init_is_named_as_such() {
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let image = debian_image();
     let scratch = tempfile::tempdir().unwrap();
     let bare = image_without_cloud_init(&image, scratch.path());
