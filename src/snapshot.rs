@@ -197,6 +197,12 @@ impl<'a> Snapshots<'a> {
     }
 
     /// Whether a complete snapshot `name` exists.
+    /// Whether anything of snapshot `name` is there, complete or not (one being removed
+    /// keeps its name until its layers are merged).
+    pub fn is_taken(&self, name: &str) -> bool {
+        self.dir(name).exists()
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         self.record(name)
             .is_some_and(|r| r.state == State::Complete)

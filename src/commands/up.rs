@@ -144,7 +144,17 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         && super::snapshot::require_qcow2(&profile).is_ok();
     if provisioned {
         let snaps = crate::snapshot::Snapshots::new(&lv, &profile);
-        if !snaps.exists(crate::snapshot::PROVISIONED) {
+        if snaps.is_taken(crate::snapshot::PROVISIONED)
+            && !snaps.exists(crate::snapshot::PROVISIONED)
+        {
+            // Removed (lab reset --pristine) while its layers are still under running
+            // VMs: its name is free only once they are merged.
+            ui::warn(format_args!(
+                "snapshot {} is still being removed (its layers are under running VMs): not \
+                 taken again; lab reset makes fresh clones until the next lab up takes it",
+                crate::snapshot::PROVISIONED
+            ));
+        } else if !snaps.exists(crate::snapshot::PROVISIONED) {
             let t = snaps.take(crate::snapshot::PROVISIONED)?;
             ui::info(format_args!(
                 "snapshot {}: {}",
