@@ -527,8 +527,9 @@ fn bring_up(
     }
     bar.set_message("waiting until ready");
     let state = ready_state(env, vm, boot.is_some() && !resumed, timings)?;
-    if resumed && let Some(ip) = &state.ip {
-        wait_answering(env, vm, ip)?;
+    if resumed {
+        let ip = state.ip.as_deref().and_then(|ip| ip.parse().ok());
+        crate::guest::connect::wait_resumed(&vm.name, || ip, env.ready_timeout)?;
     }
     Ok(state)
 }
@@ -561,29 +562,6 @@ fn write_seed(env: &Env<'_>, vm: &VmPlan, lab: &LabIdentity, path: &Path) -> Res
         )
     })?;
     id.trust(&env.dir, lab)
-}
-
-/// A resumed VM keeps its lease, which says nothing of whether it runs again: wait until
-/// it answers on the SSH port (its network back, its vCPUs going), at most the ready
-/// timeout.
-fn wait_answering(env: &Env<'_>, vm: &VmPlan, ip: &str) -> Result<()> {
-    let addr: std::net::SocketAddr = format!("{ip}:22")
-        .parse()
-        .with_context(|| format!("{}: address {ip}", vm.name))?;
-    let deadline = Instant::now() + env.ready_timeout;
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "{}: resumed, but nothing answers on {addr} within {} s",
-                vm.name,
-                env.ready_timeout.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Wait until `vm` is ready and say how it is, with the time each step took.

@@ -458,31 +458,16 @@ impl<'a> Snapshots<'a> {
     /// port, as `lab start` does, at most two minutes.
     fn wait_answering(&self, vms: &[String]) -> Result<()> {
         let p = &self.profile.name;
-        let deadline = Instant::now() + Duration::from_secs(120);
         fanout::all(
             vms.iter(),
             |vm| vm.to_string(),
             |vm| {
-                let domain = names::domain(p, vm);
-                let mac = names::mac(p, vm);
-                loop {
-                    if let Some(ip) = self.lv.lease(&domain, &mac)
-                        && std::net::TcpStream::connect_timeout(
-                            &std::net::SocketAddr::from((ip, 22)),
-                            Duration::from_secs(2),
-                        )
-                        .is_ok()
-                    {
-                        return Ok(());
-                    }
-                    if Instant::now() >= deadline {
-                        bail!(
-                            "{vm}: resumed, but nothing answers on its SSH port within 120 s: see \
-                         its console log"
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                let (domain, mac) = (names::domain(p, vm), names::mac(p, vm));
+                crate::guest::connect::wait_resumed(
+                    vm,
+                    || self.lv.lease(&domain, &mac),
+                    Duration::from_secs(120),
+                )
             },
         )?;
         Ok(())

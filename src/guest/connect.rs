@@ -109,3 +109,33 @@ pub fn wait_ssh(t: &Target, deadline: Instant, hint: &str) -> Result<()> {
 pub fn remote_shell(t: &Target) -> Cmd {
     t.command(true, CONNECT).arg("sh -s")
 }
+
+/// Wait until `vm` answers on its SSH port: its address (as `ip` finds it, `None` while it
+/// has no lease), then a TCP connection. What a VM resumed from saved memory is waited for:
+/// its lease was kept, which says nothing of whether it runs again.
+pub fn wait_resumed(
+    vm: &str,
+    ip: impl Fn() -> Option<std::net::Ipv4Addr>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(ip) = ip()
+            && std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from((ip, 22)),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{vm}: resumed, but nothing answers on its SSH port within {} s: see its \
+                 console log",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
