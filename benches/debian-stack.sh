@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `lab up debian-stack` on the real libvirtd, split into download, clone, seed, define,
-# boot to lease, cloud-init and provisioning, and lab's own part. Prints figures; asserts
-# nothing. Needs root and a running libvirtd (scripts/setup-host.sh).
+# boot to lease, cloud-init and provisioning, and lab's own part; then `lab restore` of the
+# `provisioned` snapshot `lab up` took (three Debian VMs, 2 GiB of memory together), split
+# as benches/restore.sh splits the smoke lab's. Prints figures; asserts nothing. Needs root and a running libvirtd (scripts/setup-host.sh).
 #
 #   bash benches/debian-stack.sh
 #
@@ -102,3 +103,13 @@ own = t["observe_and_plan"] + t["network"] + t["boot_files"] + max(
 print(f"  lab's own part (plan, network, clone, seed, define, start; not the base): {own} ms (goal: under 1000 ms)")
 print(f"  total {t['total'] / 1000:.1f} s")
 PY
+
+for i in $(seq "${ROUNDS:-3}"); do
+    echo "lab restore provisioned, round $i (three Debian VMs with their services)"
+    "$lab" -q restore "$profile" provisioned --json >"$work/restore.json"
+    python3 benches/restore-figures.py "$work/restore.json" stopped
+    t0=$(date +%s%N)
+    "$lab" -q ready "$profile" >/dev/null
+    echo "  lab ready after it (the page through web, app and db): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+done
+"$lab" snapshot "$profile" --list

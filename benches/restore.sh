@@ -37,16 +37,7 @@ memory = "256MiB"
 TOML
 trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
-show() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1]))["timings_ms"]
-first = sys.argv[2]
-print(f"  {first} {t['pause']} ms, memory written {t['save']} ms, disks {t['disks']} ms, "
-      f"memory read back {t['restore']} ms, resumed {t['resume']} ms, answering on SSH {t['answer']} ms; total {t['total']} ms "
-      f"(without reading memory back: {t['total'] - t['restore']} ms)")
-PY
-}
+show() { python3 benches/restore-figures.py "$@"; }
 
 echo "lab up: three smoke VMs of 256 MiB"
 "$lab" -q up "$profile" > /dev/null

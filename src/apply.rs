@@ -764,6 +764,16 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
     };
+    if kind == FileKind::Snapshot {
+        return match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(path
+                .file_name()
+                .map(|n| format!("snapshot {}", n.to_string_lossy()))),
+        };
+    }
     if kind == FileKind::UnfinishedDir {
         // Only if empty: something that came since is left alone.
         let _ = std::fs::remove_dir(path);
@@ -777,7 +787,7 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
         | FileKind::OrphanMark
         | FileKind::Seed
         | FileKind::Identity => None,
-        FileKind::UnfinishedDir => None,
+        FileKind::UnfinishedDir | FileKind::Snapshot => None,
         FileKind::PackstackPassword => Some(format!("packstack password {shown}")),
         FileKind::SshKey => Some(format!("key {shown}")),
         FileKind::Unfinished => Some(format!("unfinished {shown}")),

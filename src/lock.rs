@@ -204,7 +204,7 @@ impl Holder {
             self.command,
             self.pid,
             clock(self.since, now),
-            ago(now.saturating_sub(self.since))
+            crate::ui::ago(now.saturating_sub(self.since))
         )
     }
 }
@@ -343,15 +343,6 @@ fn clock(secs: u64, now: u64) -> String {
         format!("{time} UTC")
     } else {
         format!("{date} {time} UTC")
-    }
-}
-
-/// "5 s ago", "3 min ago", "2 h 5 min ago"
-fn ago(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs} s ago"),
-        60..3600 => format!("{} min ago", secs / 60),
-        _ => format!("{} h {} min ago", secs / 3600, secs / 60 % 60),
     }
 }
 
@@ -519,9 +510,10 @@ mod tests {
             clock(1_765_015_331, 1_765_015_331 + 86_400),
             "2025-12-06 10:02:11 UTC"
         );
-        assert_eq!(ago(3), "3 s ago");
-        assert_eq!(ago(180), "3 min ago");
-        assert_eq!(ago(7500), "2 h 5 min ago");
+        assert_eq!(crate::ui::ago(3), "3 s ago");
+        assert_eq!(crate::ui::ago(180), "3 min ago");
+        assert_eq!(crate::ui::ago(7500), "2 h 5 min ago");
+        assert_eq!(crate::ui::ago(3 * 86_400 + 60), "3 days ago");
         let h = Holder {
             command: "lab up demo".into(),
             holds: PROFILE_DEMO.into(),

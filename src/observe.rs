@@ -122,6 +122,11 @@ pub struct LabFiles {
     pub unfinished_dir: Option<PathBuf>,
     /// lab's marker files of the profile, with what each marks.
     pub marks: Vec<MarkFile>,
+    /// The profile's snapshots (`lab snapshot`), each a directory under `snapshots_root`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<crate::snapshot::Listed>,
+    #[serde(skip)]
+    pub snapshots_root: PathBuf,
 }
 
 /// A marker file of lab's and the file it marks.
@@ -344,6 +349,7 @@ pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabF
     marks.sort_by(|a, b| a.mark.cmp(&b.mark));
     let qcow2 = Qcow2Storage::new(dir);
     let unfinished = qcow2.partial(p);
+    let snapshots_root = crate::names::snapshots_dir(dir, p);
     crate::observe::LabFiles {
         console_logs: existing(
             domains
@@ -372,6 +378,8 @@ pub fn lab_files(profile: &Profile, observed: &Observed) -> crate::observe::LabF
         }),
         unfinished,
         marks,
+        snapshots: crate::snapshot::listed_in(&snapshots_root, p),
+        snapshots_root,
     }
 }
 

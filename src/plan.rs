@@ -308,6 +308,8 @@ pub enum FileKind {
     OrphanMark,
     /// The directory of unfinished images, empty once they are gone.
     UnfinishedDir,
+    /// A snapshot's directory (`lab snapshot`): its memory files and disk layers.
+    Snapshot,
 }
 
 impl FileKind {
@@ -325,6 +327,7 @@ impl FileKind {
             FileKind::BootFile => "a boot file lab made, with its digest and inputs (--purge)",
             FileKind::OrphanMark => "lab's mark of a file that is gone",
             FileKind::UnfinishedDir => "the directory of unfinished images, left empty",
+            FileKind::Snapshot => "a snapshot of the lab: memory and disk layers",
         }
     }
 }
@@ -1873,6 +1876,16 @@ fn down_files_step(observed: &Observed, purge: bool, out: &mut Lists) {
                 "a boot file lab made (--purge removes it)",
             );
         }
+    }
+    // After the clones (the volumes step): nothing is backed by their layers then.
+    for l in &f.snapshots {
+        out.act(
+            Action::RemoveFile {
+                kind: FileKind::Snapshot,
+                path: f.snapshots_root.join(&l.name).display().to_string(),
+            },
+            format!("snapshot {}: {}", l.name, crate::snapshot::describe(l)),
+        );
     }
 }
 

@@ -62,7 +62,7 @@ pub struct Record {
 }
 
 /// One snapshot as `--list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listed {
     pub name: String,
     pub created: u64,
@@ -209,30 +209,30 @@ impl<'a> Snapshots<'a> {
     }
 
     pub fn list(&self) -> Vec<Listed> {
-        self.records()
+        listed_in(&self.root, &self.profile.name)
             .into_iter()
-            .filter(|r| r.state != State::Removing)
-            .map(|r| {
-                let dir = self.dir(&r.name);
-                let size = |ext: &str| -> u64 {
-                    r.vms
-                        .iter()
-                        .map(|vm| qcow2::allocated_bytes(&dir.join(format!("{vm}.{ext}"))))
-                        .filter_map(Result::ok)
-                        .sum()
-                };
-                let (memory_bytes, layer_bytes) = (size("mem"), size("qcow2"));
-                Listed {
-                    name: r.name,
-                    created: r.created,
-                    state: r.state,
-                    vms: r.vms,
-                    bytes: memory_bytes + layer_bytes,
-                    memory_bytes,
-                    layer_bytes,
-                }
-            })
+            .filter(|l| l.state != State::Removing)
             .collect()
+    }
+
+    /// Whether an interrupted snapshot, restore or removal waits to be finished: what
+    /// `recover` would do something about.
+    pub fn interrupted(&self) -> bool {
+        self.records().iter().any(|r| match r.state {
+            State::Taking | State::Removing => true,
+            State::Complete => self.dir(&r.name).join(RESTORING).exists(),
+        })
+    }
+
+    /// `recover`, when there is something to recover: for the commands that change a lab
+    /// (`lab up`, `lab reset`, `lab start`, `lab stop`), before they look at its VMs, so a
+    /// VM an interrupted snapshot left stopped with its memory saved is brought back as it
+    /// was, not booted afresh.
+    pub fn recover_interrupted(&self) -> Result<()> {
+        if self.interrupted() {
+            self.recover()?;
+        }
+        Ok(())
     }
 
     /// Refuse a VM whose domain or disk is not lab's, or missing.
@@ -781,6 +781,62 @@ impl<'a> Snapshots<'a> {
         let _ = std::fs::remove_dir(root);
         Ok(removed)
     }
+}
+
+/// Every snapshot of `profile` under `root` with lab's record (also those being taken or
+/// removed), oldest first, with what each holds on disk. It reads files only: `lab status`
+/// and `lab down --dry-run` list snapshots with it.
+pub fn listed_in(root: &Path, profile: &str) -> Vec<Listed> {
+    let mut out: Vec<Listed> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let dir = e.path();
+            let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
+            let r: Record = serde_json::from_str(&text).ok()?;
+            (r.owner.is(profile) && r.name == e.file_name().to_string_lossy()).then_some((dir, r))
+        })
+        .map(|(dir, r)| {
+            let size = |ext: &str| -> u64 {
+                r.vms
+                    .iter()
+                    .map(|vm| qcow2::allocated_bytes(&dir.join(format!("{vm}.{ext}"))))
+                    .filter_map(Result::ok)
+                    .sum()
+            };
+            let (memory_bytes, layer_bytes) = (size("mem"), size("qcow2"));
+            Listed {
+                name: r.name,
+                created: r.created,
+                state: r.state,
+                vms: r.vms,
+                bytes: memory_bytes + layer_bytes,
+                memory_bytes,
+                layer_bytes,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    out
+}
+
+/// What a snapshot holds, in a few words: "3 VMs, 120MiB of memory and 40MiB of disk
+/// layers".
+pub fn describe(l: &Listed) -> String {
+    let b = |n: u64| crate::size::ByteSize(n).to_string();
+    format!(
+        "{} VM{}, {} of memory and {} of disk layers{}",
+        l.vms.len(),
+        if l.vms.len() == 1 { "" } else { "s" },
+        b(l.memory_bytes),
+        b(l.layer_bytes),
+        match l.state {
+            State::Complete => "",
+            State::Taking => ", interrupted while taken",
+            State::Removing => ", being removed",
+        }
+    )
 }
 
 /// Timings as one line for people.

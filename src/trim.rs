@@ -167,6 +167,10 @@ pub struct TrimReport {
     /// For a profile on an LVM thin pool: the pool's data in use before and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thin_pool: Option<PoolUse>,
+    /// The profile's snapshots: what they hold a trim cannot give back (a snapshot's
+    /// layers are read-only, under the clones; its memory files are whole).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<crate::snapshot::Listed>,
     pub ms: u64,
 }
 
@@ -388,6 +392,7 @@ pub fn trim(env: &TrimEnv<'_>, targets: &[Target]) -> TrimReport {
         images,
         chain,
         thin_pool: None,
+        snapshots: Vec::new(),
         ms: started.elapsed().as_millis() as u64,
     }
 }
@@ -925,6 +930,28 @@ pub fn pool_data_bytes(pool: &ThinPool) -> Option<u64> {
 }
 
 /// The table `lab trim` prints.
+/// What the profile's snapshots hold that a trim leaves, and how to free it.
+fn render_snapshots(profile: &str, snapshots: &[crate::snapshot::Listed]) -> String {
+    if snapshots.is_empty() {
+        return String::new();
+    }
+    let total: u64 = snapshots.iter().map(|l| l.bytes).sum();
+    let mut out = format!(
+        "snapshots hold {} more, which a trim cannot give back (their disk layers are \
+         read-only under the clones, trimmed only above them; memory files are whole): \
+         `lab snapshot {profile} NAME --rm` frees one\n",
+        ByteSize(total)
+    );
+    for l in snapshots {
+        out.push_str(&format!(
+            "  snapshot {}: {}\n",
+            l.name,
+            crate::snapshot::describe(l)
+        ));
+    }
+    out
+}
+
 pub fn render(report: &TrimReport) -> String {
     use crate::ui::{Stream, Style, Table};
     let bytes = |b: Option<u64>| b.map(|b| ByteSize(b).to_string()).unwrap_or("-".into());
@@ -975,6 +1002,7 @@ pub fn render(report: &TrimReport) -> String {
             out.push_str(&format!("{}: {m}\n", i.name));
         }
     }
+    out.push_str(&render_snapshots(&report.profile, &report.snapshots));
     let links = report
         .chain
         .iter()

@@ -222,3 +222,13 @@ mod tests {
         );
     }
 }
+
+/// How long ago, for people: "5 s ago", "3 min ago", "2 h 5 min ago", "3 days ago".
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h {} min ago", secs / 3600, secs / 60 % 60),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}

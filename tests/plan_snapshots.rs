@@ -726,6 +726,16 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
                 target_exists: false,
             },
         ],
+        snapshots: vec![lab::snapshot::Listed {
+            name: "provisioned".into(),
+            created: 1_700_000_000,
+            state: lab::snapshot::State::Complete,
+            vms: vec!["node1".into(), "node2".into(), "node3".into()],
+            bytes: 3 * 256 * 1024 * 1024 + 3 * 1024 * 1024,
+            memory_bytes: 3 * 256 * 1024 * 1024,
+            layer_bytes: 3 * 1024 * 1024,
+        }],
+        snapshots_root: dir.join("lab-smoke.snapshots"),
     };
     let down = plan::down(&p, &up, false);
     let lines: Vec<String> = down
@@ -748,6 +758,7 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
             "remove file /var/lib/lab/images/.lab-partial/lab-smoke-node2.qcow2",
             "remove file /var/lib/lab/images/.lab-partial",
             "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+            "remove file /var/lib/lab/images/lab-smoke.snapshots/provisioned",
         ]
     );
     let kept: Vec<String> = down
@@ -766,6 +777,13 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
     );
     let text = plan::render_down(&down);
     assert!(text.starts_with("Will do:\n  remove  domain   lab-smoke-node1  (lab's, running: powered off and undefined)\n"), "{text}");
+    assert!(
+        text.contains(
+            "lab-smoke.snapshots/provisioned  (snapshot provisioned: 3 VMs, 768MiB of memory \
+             and 3MiB of disk layers)\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains("\nLeaves alone:\n  base     /var/lib/lab/images  (kept for the next `lab up` (--purge removes it))\n"), "{text}");
 
     let purge = plan::down(&p, &up, true);
@@ -788,6 +806,7 @@ fn down_removes_only_what_carries_the_profile_s_mark_and_keeps_the_base_without_
             "remove file /var/lib/lab/images/.lab-partial",
             "remove file /var/lib/lab/images/lab-smoke-initrd.img",
             "remove file /var/lib/lab/images/lab-smoke-node4.qcow2.lab",
+            "remove file /var/lib/lab/images/lab-smoke.snapshots/provisioned",
         ]
     );
     // Nothing of the profile's: nothing to do.

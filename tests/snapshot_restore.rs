@@ -117,16 +117,19 @@ fn a_whole_lab_goes_back_to_its_snapshot_processes_and_all() {
     assert!(has(&lab, "node2", "/data/x") && has(&lab, "node2", "/data/y"));
     assert!(!has(&lab, "node2", "/data/z"));
 
-    // Killed while taking a snapshot, or while restoring one: the next command completes
-    // it (or, before any memory was saved, undoes it) and every VM runs.
-    for (args, at_ms) in [
-        (vec!["snapshot", lab.profile(), "killed"], 1500),
-        (vec!["restore", lab.profile(), "three"], 1200),
+    // Killed while taking a snapshot, or while restoring one: the next command that
+    // changes the lab (`lab up`, `lab start`: they come before anything reads the VMs'
+    // states) completes it (or, before any memory was saved, undoes it) and every VM runs.
+    for (args, at_ms, next) in [
+        (vec!["snapshot", lab.profile(), "killed"], 1500, "up"),
+        (vec!["restore", lab.profile(), "three"], 1200, "start"),
     ] {
         let mut child = lab.cmd(&args).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(at_ms));
         child.kill().unwrap();
         child.wait().unwrap();
+        let (_, said) = lab.run(&[next, lab.profile()], 0);
+        println!("lab {next} after a killed lab {args:?}: {said}");
         let listed = names(&lab);
         assert!(
             listed.starts_with(&["provisioned".to_string(), "demo".into(), "three".into()]),
@@ -143,6 +146,40 @@ fn a_whole_lab_goes_back_to_its_snapshot_processes_and_all() {
         if listed.len() == 4 {
             lab.run(&["snapshot", lab.profile(), "killed", "--rm"], 0);
         }
+    }
+
+    // What the snapshots hold is told by lab status, lab trim and lab down --dry-run.
+    let status = lab.json(&["status", &lab.name], 0);
+    // `two`, removed, still holds the layers under `three`: listed as being removed.
+    let listed: Vec<String> = status[0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s["name"].as_str().unwrap(), s["state"]))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "provisioned \"complete\"",
+            "demo \"complete\"",
+            "two \"removing\"",
+            "three \"complete\""
+        ],
+        "{status}"
+    );
+    let (text, _) = lab.run(&["status", &lab.name], 0);
+    assert!(text.contains("snapshot three ("), "{text}");
+    let (trimmed, _) = lab.run(&["trim", lab.profile()], 0);
+    assert!(
+        trimmed.contains("snapshots hold ") && trimmed.contains("  snapshot three: 2 VMs, "),
+        "{trimmed}"
+    );
+    let (plan, _) = lab.run(&["down", lab.profile(), "--dry-run"], 0);
+    for name in ["provisioned", "demo", "three"] {
+        assert!(
+            plan.contains(&format!(".snapshots/{name}  (snapshot {name}: 2 VMs, ")),
+            "{plan}"
+        );
     }
 
     // Bad input: a clear error, exit status 2, nothing changed.

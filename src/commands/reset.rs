@@ -23,6 +23,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = super::profile_lock(global, "reset", &profile.name, args.dry_run)?;
+    super::snapshot::finish_interrupted(&lv, &profile, args.dry_run)?;
     let observed = crate::observe::lab(&lv, &profile, &Sysroot::live())?;
     let host = crate::observe::host_facts(&Sysroot::live(), &profile);
     let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;

@@ -21,6 +21,24 @@ struct Report<'a> {
     timings_ms: Timings,
 }
 
+/// A snapshot, restore or removal an earlier command left interrupted is finished first
+/// (the commands that change a lab call this right after taking its lock): its VMs come
+/// back as the snapshot left them, not booted afresh by the command that follows. A dry run
+/// only says so.
+pub(crate) fn finish_interrupted(lv: &Libvirt, profile: &Profile, dry_run: bool) -> Result<()> {
+    let snaps = Snapshots::new(lv, profile);
+    if dry_run {
+        if snaps.interrupted() {
+            ui::info(format_args!(
+                "{}: a snapshot, restore or removal was interrupted: the command finishes it                  first",
+                profile.name
+            ));
+        }
+        return Ok(());
+    }
+    snaps.recover_interrupted()
+}
+
 /// Snapshots are of qcow2 clones; a lab on a thin pool is refused, said so.
 pub(crate) fn require_qcow2(profile: &Profile) -> Result<()> {
     let thin = match profile.storage.backend {
@@ -60,7 +78,7 @@ pub fn snapshot(global: &GlobalArgs, args: &SnapshotArgs) -> Result<u8> {
             t.row(vec![
                 (l.name.clone(), Style::Plain),
                 (
-                    ago(crate::observe::now_secs().saturating_sub(l.created)),
+                    ui::ago(crate::observe::now_secs().saturating_sub(l.created)),
                     Style::Plain,
                 ),
                 (l.vms.len().to_string(), Style::Plain),
@@ -122,14 +140,4 @@ fn report(
         );
     }
     Ok(exit::OK)
-}
-
-/// How long ago, for people.
-fn ago(secs: u64) -> String {
-    match secs {
-        0..120 => format!("{secs} s ago"),
-        120..7200 => format!("{} min ago", secs / 60),
-        7200..172_800 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86_400),
-    }
 }

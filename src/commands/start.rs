@@ -22,6 +22,7 @@ pub fn start(global: &GlobalArgs, args: &StartArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = super::profile_lock(global, "start", &profile.name, false)?;
+    super::snapshot::finish_interrupted(&lv, &profile, false)?;
     let sysroot = Sysroot::live();
     let host = crate::observe::host_facts(&sysroot, &profile);
     // The network may have to be started (the laptop rebooted): the subnet is looked at

@@ -43,6 +43,7 @@ struct StatusLab {
     network_active: bool,
     vms: Vec<StatusVm>,
     forwards: Vec<StatusForward>,
+    snapshots: Vec<crate::snapshot::Listed>,
 }
 
 fn new_lab(profile: &str) -> StatusLab {
@@ -52,6 +53,7 @@ fn new_lab(profile: &str) -> StatusLab {
         network_active: false,
         vms: vec![],
         forwards: vec![],
+        snapshots: vec![],
     }
 }
 
@@ -129,6 +131,7 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
     let mut labs: Vec<StatusLab> = labs.into_values().collect();
     for lab in &mut labs {
         lab.vms.sort_by(|a, b| a.name.cmp(&b.name));
+        lab.snapshots = snapshots(lab);
     }
     if global.json {
         ui::print_json(&labs)?;
@@ -194,8 +197,39 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
                 }
             );
         }
+        for l in &lab.snapshots {
+            println!(
+                "snapshot {} ({}, {})",
+                l.name,
+                ui::ago(crate::observe::now_secs().saturating_sub(l.created)),
+                crate::snapshot::describe(l)
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+/// The lab's snapshots. They sit beside its clones: in the directory of a VM's disk image,
+/// or, for a lab on a thin pool (or with no VM left), in the image directory of the
+/// profile of that name, when lab finds it.
+fn snapshots(lab: &StatusLab) -> Vec<crate::snapshot::Listed> {
+    let mut dirs: Vec<std::path::PathBuf> = lab
+        .vms
+        .iter()
+        .filter_map(|v| v.disk.as_deref())
+        .filter(|d| thin_volume_of(d).is_none())
+        .filter_map(|d| std::path::Path::new(d).parent().map(|p| p.to_path_buf()))
+        .collect();
+    if let Ok(p) = crate::profile::Profile::load(&lab.profile) {
+        dirs.push(p.storage.dir);
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.iter()
+        .flat_map(|d| {
+            crate::snapshot::listed_in(&crate::names::snapshots_dir(d, &lab.profile), &lab.profile)
+        })
+        .collect()
 }
 
 /// What the host holds for a VM's disk: an image file's blocks, or a thin volume's data in

@@ -33,6 +33,7 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<u8> {
     }
     let lv = Libvirt::open(&global.connect)?;
     let _lock = super::profile_lock(global, "stop", &profile.name, false)?;
+    super::snapshot::finish_interrupted(&lv, &profile, false)?;
     let observed = Observed::from_libvirt(&lv)?;
     let p = profile.name.as_str();
     let vms: Vec<(String, String)> = profile

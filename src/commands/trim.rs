@@ -53,6 +53,7 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
             chain: Vec::new(),
             given_back: 0,
             thin_pool: None,
+            snapshots: Vec::new(),
             ms: 0,
         };
         if global.json {
@@ -76,6 +77,12 @@ pub fn trim(global: &GlobalArgs, args: &TrimArgs) -> Result<u8> {
         runtime_dir: names::runtime_dir(),
     };
     let mut report = trim::trim(&env, &targets);
+    // Those being removed too: their layers hold space until the disks move off them.
+    let root = names::snapshots_dir(&profile.storage.dir, &profile.name);
+    report.snapshots = crate::snapshot::listed_in(&root, &profile.name)
+        .into_iter()
+        .filter(|l| args.vms.is_empty() || l.vms.iter().any(|vm| args.vms.contains(vm)))
+        .collect();
     if let Some(before) = pool_before {
         let after = thin_pool(&profile);
         let (b, a) = (
