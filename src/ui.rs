@@ -199,6 +199,16 @@ impl Default for VmProgress {
     }
 }
 
+/// How long ago, for people: "5 s ago", "3 min ago", "2 h 5 min ago", "3 days ago".
+pub fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h {} min ago", secs / 3600, secs / 60 % 60),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,15 +230,5 @@ mod tests {
             t.render(Stream::Stdout),
             "ID        STATUS  FINDING\ncpu.virt  pass    vmx\nkvm.run   fail    no\n"
         );
-    }
-}
-
-/// How long ago, for people: "5 s ago", "3 min ago", "2 h 5 min ago", "3 days ago".
-pub fn ago(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs} s ago"),
-        60..3600 => format!("{} min ago", secs / 60),
-        3600..172_800 => format!("{} h {} min ago", secs / 3600, secs / 60 % 60),
-        _ => format!("{} days ago", secs / 86_400),
     }
 }
