@@ -1003,16 +1003,22 @@ fn a_forward_is_made_once_and_then_kept() {
     }
 }
 
+/// A socket listening on `addr`:8080, held by `holder`.
+fn listener(addr: &str, holder: &str) -> lab::host::ports::Listener {
+    lab::host::ports::Listener {
+        addr: addr.parse().unwrap(),
+        port: 8080,
+        inode: 4242,
+        holder: Some(holder.into()),
+    }
+}
+
 #[test]
 fn a_host_port_someone_holds_is_refused_naming_them() {
     let p = forwarding("");
     let (mut host, observed) = fresh_host();
-    host.listeners.push(lab::host::ports::Listener {
-        addr: "0.0.0.0".parse().unwrap(),
-        port: 8080,
-        inode: 4242,
-        holder: Some("process 981 (python3)".into()),
-    });
+    host.listeners
+        .push(listener("0.0.0.0", "process 981 (python3)"));
     let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
     assert!(
         err.contains(
@@ -1129,12 +1135,8 @@ fn a_forward_on_an_address_the_host_lacks_or_one_taken_is_refused() {
     );
     // 0.0.0.0: a socket on any address of the port holds it.
     let all = forwarding("host_address = \"0.0.0.0\"");
-    host.listeners.push(lab::host::ports::Listener {
-        addr: "10.251.224.1".parse().unwrap(),
-        port: 8080,
-        inode: 4242,
-        holder: Some("process 77 (dnsmasq)".into()),
-    });
+    host.listeners
+        .push(listener("10.251.224.1", "process 77 (dnsmasq)"));
     let err = plan::plan(&all, &host, &observed).unwrap_err().to_string();
     assert!(
         err.contains(
