@@ -1757,7 +1757,13 @@ fn down_forwards_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
         );
         return;
     }
-    remove_forwards(&rules, Some(table.clone()), "lab's published port", out);
+    // The table goes with the last rule, when it is still there (a hand may have deleted
+    // it and left lab's rules in libvirt's chains).
+    let drop_table = rules
+        .iter()
+        .any(|r| r.table == table)
+        .then(|| table.clone());
+    remove_forwards(&rules, drop_table, "lab's published port", out);
 }
 
 /// lab's domains of the profile (also those it no longer names), then its network.

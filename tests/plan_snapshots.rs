@@ -1119,6 +1119,18 @@ fn a_forward_on_a_host_address_of_the_room_also_opens_libvirts_chains() {
         }
         other => panic!("{other:?}"),
     }
+    // Its table deleted by hand: lab's rules in libvirt's chains still go, no table named.
+    two.forwards.retain(|r| r.table != "lab-fwd");
+    let down = plan::down(&p, &two, false);
+    match &down.actions[0].action {
+        Action::RemoveForward {
+            rules, drop_table, ..
+        } => {
+            assert_eq!(rules.len(), 2, "{rules:?}");
+            assert_eq!(drop_table, &None);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
