@@ -398,6 +398,7 @@ pub fn host_facts(sysroot: &Sysroot, profile: &Profile) -> HostFacts {
         thin_pools,
         now: now_secs(),
         interfaces: net.ifaces.iter().map(|i| i.name.clone()).collect(),
+        addresses: net.local_addrs.clone(),
         listeners: crate::host::ports::listeners_on(
             sysroot,
             &profile
@@ -431,6 +432,9 @@ pub struct HostFacts {
     pub now: u64,
     /// The host's network interfaces, by name (a lab bridge without its network is one).
     pub interfaces: Vec<String>,
+    /// The host's own IPv4 addresses (loopback ones left out), where a forward may publish.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<std::net::Ipv4Addr>,
     /// Listening TCP sockets on the host ports the profile publishes, with their holders.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<crate::host::ports::Listener>,

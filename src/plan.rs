@@ -573,9 +573,10 @@ pub fn up(
     })
 }
 
-/// Published ports: each `[[forward]]` kept when lab's two rules for it are there with the
-/// VM's address (and the bridge routes loopback), else made once the VM is ready; refused
-/// when the host port is someone else's. lab's rules the profile no longer asks for go.
+/// Published ports: each `[[forward]]` kept when lab's rules for it are all there with the
+/// VM's address, none below libvirt's (and the bridge routes loopback), else made once the
+/// VM is ready; refused when the host port is someone else's, or the host address is not
+/// the host's. lab's rules the profile no longer asks for go.
 fn forward_step(
     profile: &Profile,
     host: &HostFacts,
@@ -584,10 +585,10 @@ fn forward_step(
     vms: &[VmPlan],
     out: &mut Lists,
 ) -> Result<(), PlanError> {
-    use crate::forward::{CHAIN_DNAT, CHAIN_MASQ, ForwardMark, RuleRef};
+    use crate::forward::{ForwardMark, RuleRef};
     let p = profile.name.as_str();
     let table = names::forward_table(p);
-    let mine = |r: &&crate::forward::ObservedRule| r.table == table;
+    let mine = |r: &&crate::forward::ObservedRule| r.of_profile(p, &table);
     let mut wanted = Vec::new();
     for f in profile.forwards() {
         let Some(vm) = vms.iter().find(|v| v.name == f.vm) else {
@@ -603,16 +604,35 @@ fn forward_step(
             proto: f.proto,
         };
         let name = mark.name();
-        // Another lab's forward on the same host address and port.
+        let a = f.host_address;
+        if !a.is_loopback() && !a.is_unspecified() && !host.addresses.contains(&a) {
+            return Err(PlanError(format!(
+                "{}: forward {name}: {a} is not an address of this host (its addresses: {}); \
+                 nothing was made: publish on one of them, 0.0.0.0 (all) or 127.0.0.1",
+                profile.locate(&forward_key(profile, &f, "host_address")),
+                if host.addresses.is_empty() {
+                    "none read".to_string()
+                } else {
+                    host.addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
+        // Another lab's forward on the same port and an address it catches.
+        let overlaps = |b: std::net::Ipv4Addr| b == a || b.is_unspecified() || a.is_unspecified();
         if let Some(other) = observed.forwards.iter().filter(|r| !mine(r)).find_map(|r| {
             r.mark
                 .as_ref()
-                .filter(|m| m.host_port == f.host_port && m.host_address == f.host_address)
+                .filter(|m| m.host_port == f.host_port && overlaps(m.host_address))
         }) {
             return Err(PlanError(format!(
-                "{}: forward {name}: {}:{} is published by lab profile {} (to its VM {});                  nothing was made",
-                profile.locate(&forward_key(profile, &f)),
-                f.host_address,
+                "{}: forward {name}: {}:{} is published by lab profile {} (to its VM {}); \
+                 nothing was made",
+                profile.locate(&forward_key(profile, &f, "host_port")),
+                other.host_address,
                 f.host_port,
                 other.profile,
                 other.vm
@@ -632,15 +652,21 @@ fn forward_step(
                 })
             })
             .collect();
-        let exact = |chain: &str| {
+        let places = mark.places(&table);
+        let in_place = |place: &(String, &str)| {
             same_port
                 .iter()
-                .filter(|r| r.chain == chain && r.mark.as_ref() == Some(&mark))
+                .filter(|r| {
+                    (&r.table, r.chain.as_str()) == (&place.0, place.1)
+                        && r.mark.as_ref() == Some(&mark)
+                        && !r.shadowed
+                })
                 .count()
-                == 1
+                == places.iter().filter(|q| *q == place).count()
         };
+        let missing: Vec<&(String, &str)> = places.iter().filter(|q| !in_place(q)).collect();
         wanted.push(mark.comment());
-        let whole = exact(CHAIN_DNAT) && exact(CHAIN_MASQ) && same_port.len() == 2;
+        let whole = missing.is_empty() && same_port.len() == places.len();
         if whole && observed.route_localnet {
             out.keep(Object::Forward, &name, Some(&f.vm), "published");
             continue;
@@ -653,8 +679,9 @@ fn forward_step(
                 .find(|l| l.catches(f.host_address, f.host_port))
         {
             return Err(PlanError(format!(
-                "{}: forward {name}: port {}:{} is taken by {l}; nothing was made: stop it                  or publish another host_port",
-                profile.locate(&forward_key(profile, &f)),
+                "{}: forward {name}: port {}:{} is taken by {l}; nothing was made: stop it \
+                 or publish another host_port",
+                profile.locate(&forward_key(profile, &f, "host_port")),
                 f.host_address,
                 f.host_port
             )));
@@ -666,6 +693,12 @@ fn forward_step(
                 "{}:{} on the host reaches {}:{} ({}), once the VM is ready",
                 f.host_address, f.host_port, f.vm, f.port, vm.ip
             )
+        } else if !missing.is_empty()
+            && missing.iter().all(|q| q.0 == crate::forward::LIBVIRT_TABLE)
+        {
+            "its accept in libvirt's chains is gone or below libvirt's rules (libvirt \
+             rewrote them): put back on top"
+                .to_string()
         } else {
             "half made (an interrupted run) or to another address: made again".to_string()
         };
@@ -712,14 +745,14 @@ fn forward_step(
     Ok(())
 }
 
-/// The key path of a forward in the profile, for its line.
-fn forward_key(profile: &Profile, f: &crate::profile::Forward) -> String {
+/// The key path of a forward's `field` in the profile, for its line.
+fn forward_key(profile: &Profile, f: &crate::profile::Forward, field: &str) -> String {
     let i = profile
         .forwards
         .iter()
         .position(|s| s.vm == f.vm && s.host_port == i64::from(f.host_port))
         .unwrap_or(0);
-    format!("forward[{i}].host_port")
+    format!("forward[{i}].{field}")
 }
 
 /// RemoveForward actions for `rules`, one per mark (rules without lab's comment in lab's
@@ -1711,12 +1744,13 @@ fn down_forwards_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
     let rules: Vec<&crate::forward::ObservedRule> = observed
         .forwards
         .iter()
-        .filter(|r| r.table == table)
+        .filter(|r| r.of_profile(&profile.name, &table))
         .collect();
     if rules.is_empty() {
         return;
     }
-    // A table named like lab's whose rules do not all carry lab's mark is not lab's.
+    // A table named like lab's whose rules do not all carry lab's mark is not lab's (its
+    // rules in libvirt's chains all do: only marked ones are read there).
     if rules.iter().any(|r| r.mark.is_none()) {
         out.keep(
             Object::Forward,
@@ -1726,7 +1760,13 @@ fn down_forwards_step(profile: &Profile, observed: &Observed, out: &mut Lists) {
         );
         return;
     }
-    remove_forwards(&rules, Some(table.clone()), "lab's published port", out);
+    // The table goes with the last rule, when it is still there (a hand may have deleted
+    // it and left lab's rules in libvirt's chains).
+    let drop_table = rules
+        .iter()
+        .any(|r| r.table == table)
+        .then(|| table.clone());
+    remove_forwards(&rules, drop_table, "lab's published port", out);
 }
 
 /// lab's domains of the profile (also those it no longer names), then its network.

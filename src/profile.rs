@@ -644,9 +644,9 @@ impl Profile {
         self.validate_base()
     }
 
-    /// `[[forward]]`: a VM of the profile, ports in range, a loopback host address (what
-    /// lab can publish without opening the host's firewall: docs/design.md), each host
-    /// address and port once.
+    /// `[[forward]]`: a VM of the profile, ports in range, a host address a host can have
+    /// (whether this host has it is told at `lab up`, which reads the host), each host
+    /// address and port once (0.0.0.0 meets every address).
     fn validate_forwards(&self, vms: &BTreeSet<String>) -> Result<(), (String, String)> {
         let mut taken: BTreeMap<(std::net::Ipv4Addr, u16), usize> = BTreeMap::new();
         for (i, f) in self.forwards.iter().enumerate() {
@@ -675,23 +675,29 @@ impl Profile {
                     format!("{:?} is not an IPv4 address", f.host_address),
                 )
             })?;
-            if !addr.is_loopback() {
+            if addr.is_multicast() || addr.is_broadcast() {
                 return Err((
                     key("host_address"),
                     format!(
-                        "{addr} is not a loopback address: lab publishes ports on the host's \
-                         loopback (127.0.0.0/8) only, where libvirt's firewall rules for the \
-                         lab's network do not refuse them (docs/design.md)"
+                        "{addr} is not an address a host listens on: give 127.0.0.1 (this \
+                         host only), 0.0.0.0 (all its addresses) or one of its addresses"
                     ),
                 ));
             }
             let host_port = f.host_port as u16;
-            if let Some(first) = taken.insert((addr, host_port), i) {
+            // 0.0.0.0 publishes the port on every address, so it meets any other on it.
+            if let Some((&(other, _), first)) = taken.iter().find(|((a, p), _)| {
+                *p == host_port && (*a == addr || a.is_unspecified() || addr.is_unspecified())
+            }) {
                 return Err((
                     key("host_port"),
-                    format!("{addr}:{host_port} is published twice (forward[{first}] has it too)"),
+                    format!(
+                        "{addr}:{host_port} is published twice (forward[{first}] has \
+                         {other}:{host_port})"
+                    ),
                 ));
             }
+            taken.insert((addr, host_port), i);
         }
         Ok(())
     }

@@ -30,13 +30,19 @@ const CORPUS: &[(&str, u32, &str, &str)] = &[
         "forward-duplicate.toml",
         17,
         "forward[1].host_port",
-        "127.0.0.1:8080 is published twice (forward[0] has it too)",
+        "127.0.0.1:8080 is published twice (forward[0] has 127.0.0.1:8080)",
     ),
     (
-        "forward-not-loopback.toml",
+        "forward-multicast.toml",
         13,
         "forward[0].host_address",
-        "0.0.0.0 is not a loopback address",
+        "224.0.0.1 is not an address a host listens on",
+    ),
+    (
+        "forward-all-addresses.toml",
+        18,
+        "forward[1].host_port",
+        "127.0.0.1:8080 is published twice (forward[0] has 0.0.0.0:8080)",
     ),
     (
         "unknown-key.toml",

@@ -149,6 +149,7 @@ fn plan_for(profile: &Profile, nested: bool) -> Plan {
         thin_pools: vec![],
         now: 0,
         interfaces: vec![],
+        addresses: vec![],
         listeners: vec![],
     };
     plan::plan(profile, &host, &Observed::default()).unwrap()

@@ -38,6 +38,7 @@ fn fresh_host() -> (HostFacts, Observed) {
         thin_pools: vec![],
         now: NOW,
         interfaces: vec!["lo".into(), "wlan0".into(), "virbr0".into()],
+        addresses: vec!["192.168.1.7".parse().unwrap()],
         listeners: vec![],
     };
     let observed = Observed {
@@ -130,12 +131,13 @@ fn observed_after(plan: &Plan, mut observed: Observed) -> Observed {
                     .map(|r| r.handle)
                     .max()
                     .unwrap_or(0);
-                for (i, chain) in ["output", "postrouting"].into_iter().enumerate() {
+                for (i, (table, chain)) in mark.places(table).into_iter().enumerate() {
                     observed.forwards.push(lab::forward::ObservedRule {
-                        table: table.clone(),
+                        table,
                         chain: chain.into(),
                         handle: next + 1 + i as u64,
                         mark: Some(mark.clone()),
+                        shadowed: false,
                     });
                 }
                 observed.route_localnet = true;
@@ -1020,16 +1022,22 @@ fn a_forward_is_made_once_and_then_kept() {
     }
 }
 
+/// A socket listening on `addr`:8080, held by `holder`.
+fn listener(addr: &str, holder: &str) -> lab::host::ports::Listener {
+    lab::host::ports::Listener {
+        addr: addr.parse().unwrap(),
+        port: 8080,
+        inode: 4242,
+        holder: Some(holder.into()),
+    }
+}
+
 #[test]
 fn a_host_port_someone_holds_is_refused_naming_them() {
     let p = forwarding("");
     let (mut host, observed) = fresh_host();
-    host.listeners.push(lab::host::ports::Listener {
-        addr: "0.0.0.0".parse().unwrap(),
-        port: 8080,
-        inode: 4242,
-        holder: Some("process 981 (python3)".into()),
-    });
+    host.listeners
+        .push(listener("0.0.0.0", "process 981 (python3)"));
     let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
     assert!(
         err.contains(
@@ -1048,11 +1056,137 @@ fn a_host_port_someone_holds_is_refused_naming_them() {
             mark: lab::forward::ForwardMark::parse(
                 "lab other/api:80 10.213.4.11 127.0.0.1:8080 tcp",
             ),
+            shadowed: false,
         });
     }
     let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
     assert!(
         err.contains("is published by lab profile other (to its VM api)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_forward_on_a_host_address_of_the_room_also_opens_libvirts_chains() {
+    let p = forwarding("host_address = \"192.168.1.7\"");
+    let (host, observed) = fresh_host();
+    let first = plan::plan(&p, &host, &observed).unwrap();
+    let made = forward_actions(&first);
+    assert_eq!(made.len(), 1, "{:#?}", first.actions);
+    assert_eq!(made[0].name(), "192.168.1.7:8080->web:80");
+    let after = observed_after(&first, observed);
+    let places: Vec<(&str, &str)> = after
+        .forwards
+        .iter()
+        .map(|r| (r.table.as_str(), r.chain.as_str()))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("lab-fwd", "output"),
+            ("lab-fwd", "postrouting"),
+            ("lab-fwd", "prerouting"),
+            ("lab-fwd", "forward"),
+            ("lab-fwd", "forward"),
+            ("filter", "LIBVIRT_FWI"),
+            ("filter", "LIBVIRT_FWO"),
+        ]
+    );
+    let again = plan::plan(&p, &host, &after).unwrap();
+    assert!(again.actions.is_empty(), "{:#?}", again.actions);
+    // libvirt put its rules back above lab's (its network restarted), or flushed its
+    // chains (libvirtd restarted): put back on top, all of the forward in one step.
+    for broken in [
+        |r: &mut lab::forward::ObservedRule| r.shadowed = r.chain == "LIBVIRT_FWI",
+        |r: &mut lab::forward::ObservedRule| {
+            if r.table == "filter" {
+                r.handle = 0;
+            }
+        },
+    ] {
+        let mut libvirt_again = after.clone();
+        libvirt_again.forwards.iter_mut().for_each(broken);
+        libvirt_again.forwards.retain(|r| r.handle != 0);
+        let plan = plan::plan(&p, &host, &libvirt_again).unwrap();
+        let a = forward_actions(&plan);
+        assert_eq!(a.len(), 1, "{:#?}", plan.actions);
+        assert!(a[0].why.contains("libvirt"), "{}", a[0].why);
+        match &a[0].action {
+            Action::MakeForward { stale, .. } => {
+                assert_eq!(stale.len(), libvirt_again.forwards.len())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // lab down: all seven, libvirt's chains included, and another lab's left alone there.
+    let mut two = after.clone();
+    two.forwards.push(lab::forward::ObservedRule {
+        table: "filter".into(),
+        chain: "LIBVIRT_FWI".into(),
+        handle: 99,
+        mark: lab::forward::ForwardMark::parse("lab other/api:80 10.213.4.11 0.0.0.0:9090 tcp"),
+        shadowed: false,
+    });
+    let down = plan::down(&p, &two, false);
+    match &down.actions[0].action {
+        Action::RemoveForward {
+            rules, drop_table, ..
+        } => {
+            assert_eq!(rules.len(), 7, "{rules:?}");
+            assert!(rules.iter().all(|r| r.handle != 99), "{rules:?}");
+            assert_eq!(drop_table.as_deref(), Some("lab-fwd"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Its table deleted by hand: lab's rules in libvirt's chains still go, no table named.
+    two.forwards.retain(|r| r.table != "lab-fwd");
+    let down = plan::down(&p, &two, false);
+    match &down.actions[0].action {
+        Action::RemoveForward {
+            rules, drop_table, ..
+        } => {
+            assert_eq!(rules.len(), 2, "{rules:?}");
+            assert_eq!(drop_table, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_forward_on_an_address_the_host_lacks_or_one_taken_is_refused() {
+    let (mut host, observed) = fresh_host();
+    let p = forwarding("host_address = \"192.168.1.99\"");
+    let err = plan::plan(&p, &host, &observed).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "forward 192.168.1.99:8080->web:80: 192.168.1.99 is not an address of this \
+             host (its addresses: 192.168.1.7); nothing was made"
+        ),
+        "{err}"
+    );
+    // 0.0.0.0: a socket on any address of the port holds it.
+    let all = forwarding("host_address = \"0.0.0.0\"");
+    host.listeners
+        .push(listener("10.251.224.1", "process 77 (dnsmasq)"));
+    let err = plan::plan(&all, &host, &observed).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "port 0.0.0.0:8080 is taken by process 77 (dnsmasq), listening on 10.251.224.1:8080"
+        ),
+        "{err}"
+    );
+    // ... and so does another lab's forward on a loopback address of it.
+    let (host, mut observed) = fresh_host();
+    observed.forwards.push(lab::forward::ObservedRule {
+        table: "lab-other".into(),
+        chain: "output".into(),
+        handle: 3,
+        mark: lab::forward::ForwardMark::parse("lab other/api:80 10.213.4.11 127.0.0.1:8080 tcp"),
+        shadowed: false,
+    });
+    let err = plan::plan(&all, &host, &observed).unwrap_err().to_string();
+    assert!(
+        err.contains("127.0.0.1:8080 is published by lab profile other (to its VM api)"),
         "{err}"
     );
 }

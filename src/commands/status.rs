@@ -31,9 +31,13 @@ struct StatusForward {
     host: String,
     target: String,
     proto: &'static str,
-    /// Both of its rules are there (else an interrupted `lab up` left half: the next
-    /// `lab up` or `lab down` finishes it).
+    /// All of its rules are there, none below libvirt's (else an interrupted `lab up` left
+    /// half, or libvirt rewrote its chains: the next `lab up` or `lab start` makes it
+    /// whole, `lab down` removes what is there).
     whole: bool,
+    /// Where its missing rules belong, `TABLE CHAIN` (`filter LIBVIRT_FWI`: libvirt's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -117,9 +121,26 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
         if lab.forwards.iter().any(|f| f.name == name) {
             continue;
         }
-        let halves = rules.iter().filter(|o| o.mark.as_ref() == Some(m)).count();
+        let table = crate::names::forward_table(&m.profile);
+        let mut missing = Vec::new();
+        let places = m.places(&table);
+        for (i, place) in places.iter().enumerate() {
+            let want = places.iter().filter(|q| *q == place).count();
+            let have = rules
+                .iter()
+                .filter(|o| {
+                    o.mark.as_ref() == Some(m)
+                        && !o.shadowed
+                        && (&o.table, o.chain.as_str()) == (&place.0, place.1)
+                })
+                .count();
+            if have < want && !places[..i].contains(place) {
+                missing.push(format!("{} {}", place.0, place.1));
+            }
+        }
         lab.forwards.push(StatusForward {
-            whole: halves == 2,
+            whole: missing.is_empty(),
+            missing,
             vm: m.vm.clone(),
             port: m.port,
             host: format!("{}:{}", m.host_address, m.host_port),
@@ -191,9 +212,12 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
                 f.target,
                 f.proto,
                 if f.whole {
-                    ""
+                    String::new()
                 } else {
-                    ": half made, lab up completes it"
+                    format!(
+                        ": not whole (missing in {}), lab up or lab start completes it",
+                        f.missing.join(", ")
+                    )
                 }
             );
         }

@@ -21,10 +21,14 @@ pub struct Listener {
 
 impl Listener {
     /// Whether a connection to `addr:port` on the host would reach this socket (so a rule
-    /// publishing `addr:port` would take its connections away).
+    /// publishing `addr:port` would take its connections away). `0.0.0.0` publishes the
+    /// port on every address: any socket on the port is caught.
     pub fn catches(&self, addr: Ipv4Addr, port: u16) -> bool {
         if self.port != port {
             return false;
+        }
+        if addr.is_unspecified() {
+            return true;
         }
         match self.addr {
             IpAddr::V4(a) => a == addr || a.is_unspecified(),
@@ -182,5 +186,15 @@ mod tests {
         assert!(!v4[2].catches(lo, 53));
         assert!(v6[0].catches(lo, 18081));
         assert!(!v6[0].catches(lo, 18080));
+        // On every address: whatever listens on the port, wherever.
+        let all = Ipv4Addr::UNSPECIFIED;
+        assert!(v4[0].catches(all, 18080));
+        assert!(v4[2].catches(all, 53));
+        assert!(!v4[2].catches(all, 54));
+        // A specific address: a socket on it or on all addresses.
+        let lan = Ipv4Addr::new(10, 251, 224, 1);
+        assert!(v4[2].catches(lan, 53));
+        assert!(v4[1].catches(lan, 2024));
+        assert!(!v4[0].catches(lan, 18080));
     }
 }
