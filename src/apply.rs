@@ -424,7 +424,9 @@ fn bring_up(
     let mut disk: Option<Volume> = None;
     let mut timings = VmTimings::default();
     // Resumed from memory saved by `lab stop`: it does not boot, so no ready line comes.
-    let mut resumed = false;
+    // One already running from memory (resumed by a lab start killed before it waited)
+    // is waited for too.
+    let mut resumed = env.lv.domain_resumed(&vm.domain);
     for a in plan.actions.iter().filter(mine) {
         step(a);
         bar.set_message(format!("{} {}", a.op(), a.object()));

@@ -21,6 +21,11 @@
 //!   known_hosts then the CA alone), root's peer SSH to the VM by name, the step recorded;
 //!   a second run skips it and changes nothing.
 //!
+//! `lab up` SIGKILLed right after it wrote the VM's seed, or as it begins writing it: `lab
+//! down` leaves nothing (an unfinished seed included), `lab up --dry-run` keeps a whole seed
+//! for the disk it was made with, and `lab up` finishes the lab, cloud-init done from the
+//! seed, an unfinished one never attached.
+//!
 //! It prints boot-to-ready and cloud-init times. Run under `flock /work/heavy.lock`: one TCG
 //! Debian boot takes minutes on a shared 2-core machine.
 
@@ -29,6 +34,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
+
+#[path = "support/lab_cli.rs"]
+mod lab_cli;
 
 const LAB: &str = env!("CARGO_BIN_EXE_lab");
 const URI: &str = "qemu:///system";
@@ -564,4 +572,110 @@ fn an_image_without_cloud_init_is_named_as_such() {
         "the VM is named, and why it may never answer:\n{stderr}"
     );
     eprintln!("refused after {:.0} s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn a_lab_up_killed_around_the_seed_is_undone_by_lab_down_or_finished_by_lab_up() {
+    let _one = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let image = debian_image();
+    let lab = Lab::new("ck", &format!("image = \"{image}\""), "");
+    let seed = lab.images().join(format!("{}.seed.iso", lab.domain()));
+    let up_killed_at = |text: &str| {
+        let profile = lab.profile.to_str().unwrap();
+        let running = lab_cli::Running::start(lab.cmd(&["-v", "up", profile]));
+        running.until_said(text);
+        running.kill()
+    };
+    let files = || -> Vec<String> {
+        std::fs::read_dir(lab.images())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let domains = || {
+        let out = Command::new("virsh")
+            .args(["-c", URI, "list", "--all", "--name"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let down_leaves_nothing = |after: &str| {
+        let (code, _, stderr) = lab.run(&["down", "--purge"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(files(), Vec::<String>::new(), "lab down after {after}");
+        assert!(!domains().contains(&lab.domain()), "after {after}");
+    };
+    // What a kill in the middle of writing a seed leaves: its unfinished file, beside it.
+    let unfinished = lab
+        .images()
+        .join(format!(".{}.seed.iso.k1ll3d.partial", lab.domain()));
+
+    // 1. Killed once the seed is written (its domain being defined, or about to be).
+    let said = up_killed_at("lab: done write seed");
+    assert!(seed.is_file(), "{said}");
+    let (code, stdout, stderr) = lab.run(&["up", "--dry-run", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    let actions = plan["actions"].as_array().unwrap();
+    let seed_ops: Vec<&Value> = actions
+        .iter()
+        .chain(plan["unchanged"].as_array().unwrap())
+        .filter(|a| a["object"] == "seed")
+        .map(|a| &a["op"])
+        .collect();
+    assert_eq!(
+        seed_ops,
+        ["keep"],
+        "the seed of the disk it was made for: {plan:#}"
+    );
+    // The domain, defined a moment after the seed or not: started, or kept running.
+    eprintln!(
+        "killed after the seed was written; the next plan for the domain: {:?}",
+        actions
+            .iter()
+            .chain(plan["unchanged"].as_array().unwrap())
+            .filter(|a| a["object"] == "domain")
+            .map(|a| format!("{} ({})", a["op"], a["why"]))
+            .collect::<Vec<_>>()
+    );
+    down_leaves_nothing("lab up killed after the seed was written");
+
+    // 2. Killed as it begins writing the seed; an unfinished seed beside it goes too.
+    let said = up_killed_at("lab: write seed");
+    eprintln!(
+        "killed as the seed was being written: {:?} left",
+        files()
+            .iter()
+            .filter(|f| f.contains("seed"))
+            .collect::<Vec<_>>()
+    );
+    std::fs::write(&unfinished, b"CD001 half").unwrap();
+    assert!(said.contains("lab: write seed"), "{said}");
+    down_leaves_nothing("lab up killed while writing the seed");
+
+    // 3. Killed after the seed, an unfinished one beside it: lab up finishes the lab, the
+    //    VM boots from the whole seed, cloud-init done.
+    up_killed_at("lab: done write seed");
+    std::fs::write(&unfinished, b"CD001 half").unwrap();
+    let t = Instant::now();
+    let (code, stdout, stderr) = lab.run(&["up", "--json"]);
+    assert_eq!(code, Some(0), "lab up:\n{stdout}\n{stderr}");
+    eprintln!("lab up after the kill: {:.0} s", t.elapsed().as_secs_f64());
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let ip = report["vms"][0]["ip"].as_str().unwrap().to_string();
+    assert_eq!(must(&lab, &ip, "cloud-init status --wait"), "status: done");
+    assert_eq!(must(&lab, &ip, "hostname"), "web");
+    let xml = Command::new("virsh")
+        .args(["-c", URI, "dumpxml", &lab.domain()])
+        .output()
+        .unwrap();
+    let xml = String::from_utf8_lossy(&xml.stdout);
+    assert!(
+        xml.contains(&format!("file='{}'", seed.display())) && !xml.contains(".partial"),
+        "{xml}"
+    );
+    down_leaves_nothing("lab up finished the lab");
 }

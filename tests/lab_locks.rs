@@ -7,10 +7,9 @@
 //! the same one (the host-wide lock covers choosing a subnet and creating the network),
 //! and the reset says on whom it waited, and runs.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -52,72 +51,6 @@ fn lab(tag: &str, locks: &Path) -> Lab {
         locks.join("host.lock").to_string_lossy().into_owned(),
     ));
     lab
-}
-
-/// A lab command running, its stderr read as it comes.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-fn spawn(lab: &Lab, args: &[&str]) -> Running {
-    let mut child = lab
-        .cmd(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pipe = child.stderr.take().unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let into = stderr.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let mut s = into.lock().unwrap();
-            s.push_str(&line.unwrap());
-            s.push('\n');
-        }
-    });
-    Running {
-        child,
-        stderr,
-        reader,
-    }
-}
-
-impl Running {
-    /// Wait until its stderr holds `text`.
-    fn until_said(&self, text: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !self.stderr.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "never said {text:?}:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Wait for it to end; its exit status must be 0; (stdout, stderr).
-    fn finish(mut self, what: &str) -> (String, String) {
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        self.reader.join().unwrap();
-        let stderr = self.stderr.lock().unwrap().clone();
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{what}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-        (stdout, stderr)
-    }
 }
 
 fn subnet_of(up: &str) -> Ipv4Net {
@@ -177,16 +110,16 @@ fn two_labs_come_up_at_once_and_a_third_command_waits_saying_on_whom() {
 
     // 1. Both labs at once: each takes its profile's lock and waits for the host-wide one.
     let t = Instant::now();
-    let up_a = spawn(&a, &["up", a.profile(), "--json"]);
+    let up_a = a.spawn(&["up", a.profile(), "--json"]);
     let up_a_pid = up_a.child.id();
-    let up_b = spawn(&b, &["up", b.profile(), "--json"]);
+    let up_b = b.spawn(&["up", b.profile(), "--json"]);
     until_held_by(&a_lock, &format!("lab up {}", a.name));
     until_held_by(&b_lock, &format!("lab up {}", b.name));
     up_a.until_said("waiting for `lab_locks test`");
     up_b.until_said("waiting for `lab_locks test`");
 
     // 2. While `lab up` A holds its profile's lock, a third command on the profile waits,
-    let reset_a = spawn(&a, &["reset", a.profile(), "--json"]);
+    let reset_a = a.spawn(&["reset", a.profile(), "--json"]);
     // ... one that is told not to wait fails at once, naming the holder,
     let t_down = Instant::now();
     let (_, err) = a.run(&["down", a.profile(), "--no-wait"], 4);

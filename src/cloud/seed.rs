@@ -256,10 +256,18 @@ fn to_yaml(v: &Value) -> String {
 }
 
 /// Write `bytes` to `path` with mode 0600, whole or not at all.
+/// The seed is written whole to a hidden `.NAME.XXXXXX.partial` beside it, then renamed
+/// into place: a VM is never defined on half a seed. What a killed lab leaves is named as
+/// lab's unfinished files are (hidden, the domain's name, `.partial`), so `lab down`
+/// removes it.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())

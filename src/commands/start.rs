@@ -14,7 +14,7 @@ use crate::libvirt::Libvirt;
 use crate::lock::Lock;
 use crate::plan;
 use crate::profile::Profile;
-use crate::ui;
+use crate::{fanout, names, ui};
 
 use super::vm_table;
 
@@ -22,7 +22,10 @@ pub fn start(global: &GlobalArgs, args: &StartArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = super::profile_lock(global, "start", &profile.name, false)?;
+    // An interrupted snapshot first: the VMs it paused belong to its point, not to be
+    // resumed one by one.
     super::snapshot::finish_interrupted(&lv, &profile, false)?;
+    settle_vms(&lv, &profile)?;
     let sysroot = Sysroot::live();
     let host = crate::observe::host_facts(&sysroot, &profile);
     // The network may have to be started (the laptop rebooted): the subnet is looked at
@@ -58,4 +61,42 @@ pub fn start(global: &GlobalArgs, args: &StartArgs) -> Result<u8> {
         print!("{}", vm_table(&vms));
     }
     Ok(exit::OK)
+}
+
+/// How long a save or a start that libvirtd goes on with (its lab killed) is waited for.
+pub(super) const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a killed `lab stop` or `lab start` left of the profile's VMs, finished before they
+/// are looked at: a save or a start from saved memory goes on in libvirtd after its lab
+/// died, and is waited for (the domain shows paused meanwhile, and would be planned as
+/// running); a VM of the lab's left paused is resumed. Domains without lab's mark are
+/// not touched.
+pub(super) fn settle_vms(lv: &Libvirt, profile: &Profile) -> Result<()> {
+    let p = profile.name.as_str();
+    let domains = profile
+        .instances()
+        .into_iter()
+        .map(|(vm, _)| (names::domain(p, &vm), vm))
+        .filter(|(domain, _)| {
+            lv.connect()
+                .lookup_domain_by_name(domain)
+                .ok()
+                .and_then(|d| crate::observe::observe_domain(&d).ok().flatten())
+                .is_some_and(|d| d.owner.is_some_and(|o| o.is(p)))
+        });
+    fanout::all(
+        domains,
+        |(_, vm)| vm.clone(),
+        |(domain, vm)| {
+            lv.wait_settled(&domain, SETTLE_TIMEOUT)?;
+            if lv.domain_pause(&domain).is_some() {
+                lv.resume_domain(&domain)?;
+                ui::warn(format_args!(
+                    "{vm} was paused (left so by an interrupted command, or by hand): resumed"
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::error::exit;
-use crate::libvirt::Libvirt;
+use crate::libvirt::{Libvirt, Pause};
 use crate::observe::Observed;
 use crate::storage::Storage;
 use crate::storage::lvm_thin::LvmThinStorage;
@@ -16,7 +16,12 @@ use crate::ui::{self, Stream, Style, Table};
 struct StatusVm {
     name: String,
     domain: String,
+    /// `running`, `paused`, `saved` or `shut off`.
     state: String,
+    /// What libvirt is doing to a paused VM on its own: `saving` its memory (a `lab stop`
+    /// goes on in libvirtd after lab was killed) or `starting` it from saved memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doing: Option<&'static str>,
     ip: Option<String>,
     disk: Option<String>,
     disk_allocated: Option<u64>,
@@ -86,6 +91,7 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
         let vm = o.vm.clone().unwrap_or_else(|| d.name.clone());
         let disk = lv.domain_disks(&d.name).into_iter().next();
         let mac = crate::names::mac(&o.profile, &vm);
+        let pause = lv.domain_pause(&d.name);
         lab.vms.push(StatusVm {
             ip: if d.running {
                 lv.lease(&d.name, &mac).map(|ip| ip.to_string())
@@ -94,7 +100,9 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             },
             disk_allocated: disk.as_deref().and_then(disk_allocated),
             disk,
-            state: if d.running {
+            state: if pause.is_some() {
+                "paused"
+            } else if d.running {
                 "running"
             } else if d.saved {
                 "saved"
@@ -102,6 +110,11 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
                 "shut off"
             }
             .into(),
+            doing: match pause {
+                Some(Pause::Saving) => Some("saving"),
+                Some(Pause::StartingUp) => Some("starting"),
+                _ => None,
+            },
             domain: d.name.clone(),
             name: vm,
         });
@@ -185,7 +198,10 @@ pub fn status(global: &GlobalArgs, args: &StatusArgs) -> Result<u8> {
             t.row(vec![
                 (v.name.clone(), Style::Plain),
                 (
-                    v.state.clone(),
+                    match v.doing {
+                        Some(doing) => format!("{}, {doing}", v.state),
+                        None => v.state.clone(),
+                    },
                     if v.state == "running" {
                         Style::Green
                     } else {

@@ -60,14 +60,21 @@ pub fn stop(global: &GlobalArgs, args: &StopArgs) -> Result<u8> {
         |(vm, _)| vm.clone(),
         |(vm, domain)| {
             let t = Instant::now();
-            let state = match observed.domain(&domain) {
-                None => "no domain",
-                Some(d) if d.running => {
-                    lv.save_domain(&domain)?;
-                    "saved"
-                }
-                Some(d) if d.saved => "saved",
-                Some(_) => "shut off",
+            // A save that a killed lab stop asked for goes on in libvirtd: it is waited
+            // for, then the domain is looked at again (saved by then, or still running).
+            lv.wait_settled(&domain, super::start::SETTLE_TIMEOUT)?;
+            let state = if !lv.domain_exists(&domain) {
+                "no domain"
+            } else if lv.domain_running(&domain) {
+                // Paused (by a killed command) or not, it is saved to resume running.
+                ui::debug(format_args!("lab: save domain {domain}"));
+                lv.save_domain(&domain)?;
+                ui::debug(format_args!("lab: done save domain {domain}"));
+                "saved"
+            } else if lv.domain_saved(&domain) {
+                "saved"
+            } else {
+                "shut off"
             };
             Ok(Stopped {
                 vm,

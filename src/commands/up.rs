@@ -50,7 +50,12 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     let lv = Libvirt::open(&global.connect)?;
     // The profile's lock for the whole command (base build and provisioning included).
     let _profile_lock = super::profile_lock(global, "up", &profile.name, args.dry_run)?;
+    // An interrupted snapshot first: the VMs it paused belong to its point, not to be
+    // resumed one by one.
     super::snapshot::finish_interrupted(&lv, &profile, args.dry_run)?;
+    if !args.dry_run {
+        super::start::settle_vms(&lv, &profile)?;
+    }
     // The host's facts before the host-wide lock (the KVM verdict may boot QEMU): what that
     // lock is about, the networks of other labs, is in libvirt's observation below.
     let host = crate::observe::host_facts(&sysroot, &profile);

@@ -105,6 +105,17 @@ impl Libvirt {
     }
 }
 
+/// Why a running domain's CPUs are paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// Its memory is being saved (the domain stops when that is done).
+    Saving,
+    /// It is being started from saved memory (it runs when that is done).
+    StartingUp,
+    /// Paused by a command (virDomainSuspend), by an error, or left so.
+    Paused,
+}
+
 /// What lab needs to know of a libvirt network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetworkInfo {
@@ -202,11 +213,12 @@ impl Libvirt {
 
     /// Save a running domain's memory and state to disk and stop it (libvirt's managed
     /// save): the next start resumes it where it was, processes and all, even after the
-    /// host rebooted. A domain that is not running is left as it is.
+    /// host rebooted. A domain that is not running is left as it is. It resumes running
+    /// even when it was saved paused (as an interrupted lab command may leave it).
     pub fn save_domain(&self, name: &str) -> Result<()> {
         let dom = self.domain(name)?;
         if dom.is_active().unwrap_or(false) {
-            dom.managed_save(0)
+            dom.managed_save(virt::sys::VIR_DOMAIN_SAVE_RUNNING)
                 .map_err(|e| anyhow::anyhow!("saving domain {name}: {}", e.message()))?;
         }
         Ok(())
@@ -261,6 +273,76 @@ impl Libvirt {
                 )
             })
         })
+    }
+
+    /// How a running domain's CPUs stand: None when they run (or the domain is not
+    /// running), else why libvirt says they are paused.
+    pub fn domain_pause(&self, name: &str) -> Option<Pause> {
+        use virt::domain::{DomainPausedReason as Why, DomainState, DomainStateReason};
+        use virt::enumutil::Enum::Known;
+        let (state, why) = self.conn.lookup_domain_by_name(name).ok()?.state().ok()?;
+        if state != Known(DomainState::Paused) {
+            return None;
+        }
+        Some(match why {
+            Known(DomainStateReason::Paused(Known(Why::Save))) => Pause::Saving,
+            Known(DomainStateReason::Paused(Known(Why::StartingUp))) => Pause::StartingUp,
+            _ => Pause::Paused,
+        })
+    }
+
+    /// Whether a running domain runs again from memory (restored from a save, or
+    /// resumed after a pause) rather than from a boot: such a VM is waited for until it
+    /// answers, whoever resumed it (a lab killed right after may not have).
+    pub fn domain_resumed(&self, name: &str) -> bool {
+        use virt::domain::{DomainRunningReason as Why, DomainStateReason};
+        use virt::enumutil::Enum::Known;
+        self.conn
+            .lookup_domain_by_name(name)
+            .is_ok_and(|d| match d.state() {
+                Ok((_, Known(DomainStateReason::Running(Known(why))))) => matches!(
+                    why,
+                    Why::Restored | Why::Unpaused | Why::SaveCancelled | Why::FromSnapshot
+                ),
+                _ => false,
+            })
+    }
+
+    /// Wait until libvirt is done with what it does to a domain on its own: a save, or a
+    /// start from saved memory, goes on in libvirtd when the lab that asked for it was
+    /// killed, the domain paused meanwhile, and no other change is taken until it ends.
+    /// An error, naming the domain and what libvirt still does, after `timeout`.
+    pub fn wait_settled(&self, name: &str, timeout: std::time::Duration) -> Result<()> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let job = self.conn.lookup_domain_by_name(name).is_ok_and(|d| {
+                d.job_info().is_ok_and(|j| {
+                    matches!(
+                        j.r#type as u32,
+                        virt::sys::VIR_DOMAIN_JOB_BOUNDED | virt::sys::VIR_DOMAIN_JOB_UNBOUNDED
+                    )
+                })
+            });
+            let pause = self.domain_pause(name);
+            let moving = matches!(pause, Some(Pause::Saving | Pause::StartingUp));
+            if !job && !moving {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= until {
+                bail!(
+                    "domain {name}: libvirt is still {} it after {} s; try again when it is done \
+                     (virsh -c {} domstate --reason {name})",
+                    match pause {
+                        Some(Pause::StartingUp) => "starting",
+                        Some(Pause::Saving) => "saving",
+                        _ => "running a job on",
+                    },
+                    timeout.as_secs(),
+                    self.uri
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Save a domain's memory and device state to `file` (virDomainSaveFlags, not the

@@ -4,9 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -63,6 +66,35 @@ impl Lab {
         );
     }
 
+    /// Nothing of this lab is left (after `lab down --purge`): no file in its image
+    /// directory, no libvirt domain or network.
+    pub fn assert_nothing_left(&self) {
+        let files: Vec<String> = std::fs::read_dir(self.images())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            files.is_empty(),
+            "lab left {files:?} in its image directory"
+        );
+        let prefix = format!("lab-{}", self.name);
+        for list in ["list", "net-list"] {
+            let out = Command::new("virsh")
+                .args(["-c", "qemu:///system", list, "--all", "--name"])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !names
+                    .lines()
+                    .any(|n| n.trim() == prefix || n.trim().starts_with(&format!("{prefix}-"))),
+                "lab left in virsh {list}: {names}"
+            );
+        }
+    }
+
     pub fn profile(&self) -> &str {
         self.profile.to_str().unwrap()
     }
@@ -100,6 +132,11 @@ impl Lab {
         (stdout, stderr)
     }
 
+    /// Start `lab ARGS`, its stderr read as it comes.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        Running::start(self.cmd(args))
+    }
+
     /// Run with `--json`; the exit status must be `code`; stdout as JSON.
     pub fn json(&self, args: &[&str], code: i32) -> Value {
         let mut all = args.to_vec();
@@ -107,6 +144,80 @@ impl Lab {
         let (stdout, stderr) = self.run(&all, code);
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("lab {args:?}: {e}\n{stdout}\n{stderr}"))
+    }
+}
+
+/// A lab command running, its stderr read as it comes.
+pub struct Running {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Start `cmd`, its stderr read as it comes.
+    pub fn start(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let into = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let mut s = into.lock().unwrap();
+                s.push_str(&line.unwrap());
+                s.push('\n');
+            }
+        });
+        Running {
+            child,
+            stderr,
+            reader,
+        }
+    }
+
+    /// Wait until its stderr holds `text` (a failure when it ends without saying it).
+    pub fn until_said(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline && !self.reader.is_finished(),
+                "never said {text:?}:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL it (if it still runs) and reap it; what it had said on stderr. (Its reader
+    /// is not waited for: a program lab ran may outlive it, holding the pipe.)
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait for it to end; its exit status must be 0; (stdout, stderr).
+    pub fn finish(mut self, what: &str) -> (String, String) {
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        let stderr = self.stderr.lock().unwrap().clone();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{what}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        (stdout, stderr)
     }
 }
 
