@@ -463,16 +463,25 @@ impl LvmThinStorage {
             .collect())
     }
 
+    /// The pool, when it may take a whole-lab snapshot's volumes: refused past the fill
+    /// limit as a new clone is. A snapshot volume takes no data at once, but from then on
+    /// each block a VM writes is a new block of the pool. Judged before any VM is paused:
+    /// once a VM's memory is saved, a refusal would leave the lab stopped.
+    pub fn snapshot_room(&self) -> Result<ThinPool> {
+        let pool = self.pool()?;
+        judge_fill(&pool, Need::Headroom, self.limit).map_err(|e| anyhow!(e))?;
+        Ok(pool)
+    }
+
     /// Keep `vm`'s disk as whole-lab snapshot `snapshot` finds it, in a new thin snapshot
     /// volume of its clone. The caller has stopped the domain (its memory saved), so the
-    /// clone is closed and consistent. Already there (a killed snapshot completed): nothing
-    /// to do. Refused, with nothing made, when the clone is not lab's or the pool is past
-    /// its fill limit: the volume takes no data at once, but from now on each block the VM
-    /// writes is a new block of the pool, as for a new clone.
+    /// clone is closed and consistent, and has judged the pool's fill
+    /// ([`snapshot_room`](Self::snapshot_room)). Already there (a killed snapshot
+    /// completed): nothing to do. Refused, with nothing made, when the clone is not lab's.
     pub fn take_snapshot_volume(&self, profile: &str, vm: &str, snapshot: &str) -> Result<()> {
         let name = names::snapshot_volume(profile, vm, snapshot);
         let clone = names::clone_volume(profile, vm);
-        let (rows, pool) = self.active_rows()?;
+        let rows = self.rows()?;
         if let Some(row) = rows.iter().find(|r| r.lv_name == name) {
             if self.is_ours(row, profile, ROLE_SNAPSHOT, Some(vm))
                 && row.lv_tags.contains(&names::snapshot_tag(snapshot))
@@ -490,7 +499,6 @@ impl LvmThinStorage {
             ),
             None => bail!("{vm}'s disk {} is missing", self.lv_ref(&clone)),
         }
-        judge_fill(&pool, Need::Headroom, self.limit).map_err(|e| anyhow!(e))?;
         self.snapshot_volume_cmd(profile, vm, snapshot)
             .run()
             .with_context(|| {
@@ -545,15 +553,10 @@ impl LvmThinStorage {
 
     /// Pool data the snapshot volumes of `snapshot` map, in bytes (`data_percent` of
     /// `lv_size`): blocks they share with the clones until a VM writes over them, and then
-    /// theirs alone. An inactive one (a VG activated without it) is activated to be read.
+    /// theirs alone. Only reads: an inactive one (LVM reports no data for it; they are
+    /// made to be active at boot) counts 0.
     pub fn snapshot_bytes(&self, profile: &str, snapshot: &str) -> Result<u64> {
-        let mut rows = self.snapshot_volumes(profile, Some(snapshot))?;
-        if rows.iter().any(|r| r.data_percent.is_none()) {
-            for r in rows.iter().filter(|r| r.data_percent.is_none()) {
-                self.activate(&r.lv_name)?;
-            }
-            rows = self.snapshot_volumes(profile, Some(snapshot))?;
-        }
+        let rows = self.snapshot_volumes(profile, Some(snapshot))?;
         Ok(rows
             .iter()
             .map(|r| {
