@@ -767,14 +767,10 @@ fn remove_file(kind: FileKind, path: &Path) -> Result<Option<String>> {
         Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
     };
     if kind == FileKind::Snapshot {
-        return match std::fs::remove_dir_all(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
-            }
-            _ => Ok(path
-                .file_name()
-                .map(|n| format!("snapshot {}", n.to_string_lossy()))),
-        };
+        crate::snapshot::remove_snapshot_dir(path)?;
+        return Ok(path
+            .file_name()
+            .map(|n| format!("snapshot {}", n.to_string_lossy())));
     }
     if kind == FileKind::UnfinishedDir {
         // Only if empty: something that came since is left alone.

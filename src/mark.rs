@@ -28,6 +28,9 @@ pub enum VolumeRole {
     Clone,
     /// A kernel or initramfs lab boots VMs with directly (the smoke profile's).
     Boot,
+    /// A VM's disk as a whole-lab snapshot froze it (a thin snapshot volume): neither a
+    /// clone nor a base, so nothing that plans clones or bases ever takes it for one.
+    Snapshot,
 }
 
 /// The marker beside an image file that says it is lab's.

@@ -87,7 +87,7 @@ pub fn vm_tag(vm: &str) -> String {
     format!("{PREFIX}-vm-{vm}")
 }
 
-/// LVM tag naming a volume's role: `lab-role-base` or `lab-role-clone`.
+/// LVM tag naming a volume's role: `lab-role-base`, `lab-role-clone` or `lab-role-snapshot`.
 pub fn role_tag(role: &str) -> String {
     format!("{PREFIX}-role-{role}")
 }
@@ -179,6 +179,25 @@ pub fn snapshots_dir(dir: &std::path::Path, profile: &str) -> std::path::PathBuf
     dir.join(format!("{PREFIX}-{profile}.snapshots"))
 }
 
+/// A VM's disk as whole-lab snapshot `snapshot` froze it, on a thin pool: `lab-P-VM.SNAP`.
+/// No clone or base name holds a dot (profile and VM names cannot), so it is never taken
+/// for one. LVM refuses LV names holding its sub-volume suffixes (`_tdata`, `_rimage`,
+/// ...), which a snapshot name with `_` could spell: `_` is written `+`, which no snapshot
+/// name holds, so two snapshots never share an LV. At most 4 + 32 + 1 + 32 + 1 + 40 = 110
+/// characters, within LVM's 127.
+pub fn snapshot_volume(profile: &str, vm: &str, snapshot: &str) -> String {
+    format!(
+        "{}.{}",
+        clone_volume(profile, vm),
+        snapshot.replace('_', "+")
+    )
+}
+
+/// LVM tag naming the whole-lab snapshot a snapshot volume belongs to.
+pub fn snapshot_tag(snapshot: &str) -> String {
+    format!("{PREFIX}-snapshot-{snapshot}")
+}
+
 /// A snapshot's name is a plain word: it is a directory name and a command-line word, so
 /// nothing that could climb out of the directory or need quoting.
 pub fn snapshot_name_ok(name: &str) -> bool {
@@ -210,6 +229,25 @@ mod tests {
         ] {
             assert!(!snapshot_name_ok(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_volume_is_never_a_clone_s_name_and_spells_no_lvm_suffix() {
+        assert_eq!(
+            snapshot_volume("demo", "web1", "before-demo"),
+            "lab-demo-web1.before-demo"
+        );
+        assert_eq!(
+            snapshot_volume("demo", "web1", "x_tdata"),
+            "lab-demo-web1.x+tdata"
+        );
+        assert_ne!(
+            snapshot_volume("demo", "web1", "a_b"),
+            snapshot_volume("demo", "web1", "a-b")
+        );
+        let longest = snapshot_volume(&"p".repeat(32), &"v".repeat(32), &"s".repeat(40));
+        assert_eq!(longest.len(), 110);
+        assert_eq!(snapshot_tag("take_2"), "lab-snapshot-take_2");
     }
 
     #[test]

@@ -1164,7 +1164,7 @@ fn network_step(
 
 /// The storage backend: a thin pool when the profile names one that exists (or insists
 /// on it), else qcow2 overlays in the image directory.
-fn storage_step(profile: &Profile, host: &HostFacts) -> Result<StoragePlan, PlanError> {
+pub(crate) fn storage_step(profile: &Profile, host: &HostFacts) -> Result<StoragePlan, PlanError> {
     let at = |key: &str| profile.locate(key);
     let s = &profile.storage;
     let pool = match (&s.vg, &s.pool) {
@@ -1893,7 +1893,10 @@ fn down_files_step(observed: &Observed, purge: bool, out: &mut Lists) {
         match (m.role, m.target_exists) {
             (VolumeRole::Boot, true) if purge => remove(FileKind::BootFile, &m.target),
             (_, false) => remove(FileKind::OrphanMark, &m.mark),
-            (VolumeRole::Boot | VolumeRole::Base | VolumeRole::Clone, true) => {}
+            (
+                VolumeRole::Boot | VolumeRole::Base | VolumeRole::Clone | VolumeRole::Snapshot,
+                true,
+            ) => {}
         }
     }
     if !purge {

@@ -1,4 +1,4 @@
-//! Whole-lab snapshots of qcow2 labs: one consistent point of every VM, memory and disk.
+//! Whole-lab snapshots: one consistent point of every VM, memory and disk.
 //!
 //! libvirt 9.0 (Debian 12) reverts internal snapshots only, and qcow2 clones take external
 //! ones, whose revert came in a later libvirt. So lab makes the point itself, with calls
@@ -15,6 +15,13 @@
 //! memory was saved, undone) and a killed `restore` done again by the next snapshot
 //! command; a removed snapshot whose layer a running VM's disk still sits on keeps that
 //! layer, marked `removing`, until the disk is replaced.
+//!
+//! On a thin pool only the disk half differs ([`Layers`]): while the domain is stopped by
+//! the save, its clone LV gets a thin snapshot `lab-P-VM.NAME` (role `snapshot`, tagged
+//! with the snapshot's name), which shares every block with it: nothing is copied. A
+//! restore removes the clone and makes a new thin snapshot of that volume under the
+//! clone's name, so the domain's XML stays the same. The clone never depends on the
+//! snapshot volume, so removing one merges nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +37,7 @@ use crate::mark::{Marker, Owner, VolumeRole};
 use crate::names;
 use crate::profile::Profile;
 use crate::runner::Cmd;
+use crate::storage::lvm_thin::LvmThinStorage;
 use crate::storage::qcow2;
 
 /// The snapshot `lab up` takes once provisioning succeeded, and `lab reset` goes back to.
@@ -57,8 +65,32 @@ pub struct Record {
     /// Seconds since the epoch.
     pub created: u64,
     pub state: State,
-    /// The profile's VMs, each with `VM.mem` and `VM.qcow2` here.
+    /// The profile's VMs, each with `VM.mem` here, and its disk layer in `layers`.
     pub vms: Vec<String>,
+    /// Where the disk half is (a record without it is of a qcow2 lab).
+    #[serde(default)]
+    pub layers: Layers,
+}
+
+/// The disk half of a snapshot, per storage backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Layers {
+    /// `VM.qcow2` in the snapshot's directory: the clone as it was, read-only, under the
+    /// VM's disk.
+    #[default]
+    Qcow2,
+    /// A thin snapshot volume per VM (`lab-P-VM.NAME`) in thin pool `vg/pool`.
+    Thin { vg: String, pool: String },
+}
+
+impl Layers {
+    fn thin(&self) -> Option<LvmThinStorage> {
+        match self {
+            Layers::Qcow2 => None,
+            Layers::Thin { vg, pool } => Some(LvmThinStorage::new(vg, pool)),
+        }
+    }
 }
 
 /// One snapshot as `--list` shows it.
@@ -235,8 +267,8 @@ impl<'a> Snapshots<'a> {
         Ok(())
     }
 
-    /// Refuse a VM whose domain or disk is not lab's, or missing.
-    fn require_vms(&self, vms: &[String], verb: &str) -> Result<()> {
+    /// Refuse a VM whose domain is missing.
+    fn require_domains(&self, vms: &[String], verb: &str) -> Result<()> {
         let p = &self.profile.name;
         for vm in vms {
             let domain = names::domain(p, vm);
@@ -247,6 +279,27 @@ impl<'a> Snapshots<'a> {
                     self.profile.cli_name()
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuse a VM whose disk is not lab's clone, or missing.
+    fn require_disks(&self, vms: &[String], verb: &str, layers: &Layers) -> Result<()> {
+        let p = &self.profile.name;
+        if let Some(thin) = layers.thin() {
+            for vm in vms {
+                if crate::storage::Storage::clone_volume(&thin, p, vm)?.is_none() {
+                    return Err(usage(format!(
+                        "{vm}'s disk {}/{} is missing or not lab's: {verb} leaves the lab as \
+                         it is",
+                        thin.vg(),
+                        names::clone_volume(p, vm)
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        for vm in vms {
             let clone = self.clone_path(vm);
             if Marker::read(&clone).is_none_or(|m| m.role != VolumeRole::Clone || !m.owner.is(p)) {
                 return Err(usage(format!(
@@ -275,7 +328,7 @@ impl<'a> Snapshots<'a> {
             )));
         }
         let vms = self.vms();
-        self.require_vms(&vms, "a snapshot")?;
+        self.require_domains(&vms, "a snapshot")?;
         let p = &self.profile.name;
         for vm in &vms {
             let domain = names::domain(p, vm);
@@ -287,6 +340,9 @@ impl<'a> Snapshots<'a> {
                 )));
             }
         }
+        let layers = self.layers_now()?;
+        self.require_disks(&vms, "a snapshot", &layers)?;
+        self.require_room(&layers, vms.len())?;
         let total = Instant::now();
         // The mark goes first: whatever an interruption leaves is recognisably lab's, and
         // the next command completes it.
@@ -303,6 +359,7 @@ impl<'a> Snapshots<'a> {
                 created: crate::observe::now_secs(),
                 state: State::Taking,
                 vms: vms.clone(),
+                layers,
             },
         )?;
         let mut t = Timings::default();
@@ -365,24 +422,14 @@ impl<'a> Snapshots<'a> {
         )?;
         t.save = ms(at);
         let at = Instant::now();
+        let layers = self
+            .record(name)
+            .context("the snapshot's record is gone")?
+            .layers;
         fanout::all(
             vms.iter(),
             |vm| vm.to_string(),
-            |vm| {
-                let clone = self.clone_path(vm);
-                let layer = dir.join(format!("{vm}.qcow2"));
-                if !layer.exists() {
-                    // The domain is stopped: its clone is closed and becomes the layer.
-                    std::fs::rename(&clone, &layer).with_context(|| {
-                        format!("moving {} to {}", clone.display(), layer.display())
-                    })?;
-                }
-                set_read_only(&layer, true)?;
-                if !clone.exists() {
-                    self.overlay(&layer, &clone)?;
-                }
-                Ok(())
-            },
+            |vm| self.freeze_disk(&layers, name, vm),
         )?;
         t.disks = ms(at);
         let at = Instant::now();
@@ -397,6 +444,117 @@ impl<'a> Snapshots<'a> {
         let mut record = self.record(name).context("the snapshot's record is gone")?;
         record.state = State::Complete;
         write_record(&dir, &record)
+    }
+
+    /// Where the profile's disks are now, as `lab up` plans them: the disk half of a new
+    /// snapshot goes with them.
+    fn layers_now(&self) -> Result<Layers> {
+        if self.profile.storage.backend == crate::profile::StorageBackend::Qcow2 {
+            return Ok(Layers::Qcow2);
+        }
+        let host = crate::observe::host_facts(&crate::host::Sysroot::live(), self.profile);
+        let storage = crate::plan::storage_step(self.profile, &host).map_err(|e| usage(e.0))?;
+        Ok(match storage.backend {
+            crate::plan::Backend::Qcow2 => Layers::Qcow2,
+            crate::plan::Backend::LvmThin => {
+                let (vg, pool) = storage
+                    .location
+                    .split_once('/')
+                    .with_context(|| format!("thin pool {} is not VG/POOL", storage.location))?;
+                Layers::Thin {
+                    vg: vg.to_string(),
+                    pool: pool.to_string(),
+                }
+            }
+        })
+    }
+
+    /// On a thin pool, the pool's fill limit is judged before any VM is paused: a thin
+    /// snapshot copies nothing, but from then on every block a VM writes is a new block
+    /// of the pool, as for a new clone. Said either way.
+    fn require_room(&self, layers: &Layers, disks: usize) -> Result<()> {
+        let Some(thin) = layers.thin() else {
+            return Ok(());
+        };
+        let pool = thin.snapshot_room()?;
+        crate::ui::info(format_args!(
+            "thin pool {}/{} at {:.1}% data: {disks} thin snapshot{} of the VMs' disks, no \
+             data copied; what the VMs write from now on takes new blocks of the pool",
+            thin.vg(),
+            thin.pool_name(),
+            pool.data_percent.unwrap_or(0.0),
+            if disks == 1 { "" } else { "s" }
+        ));
+        Ok(())
+    }
+
+    /// A VM's disk kept as the snapshot's layer while its domain is stopped: the qcow2
+    /// clone, closed, becomes the read-only layer under a new empty overlay; a thin clone
+    /// gets a thin snapshot volume. Skipped where a killed run did it already.
+    fn freeze_disk(&self, layers: &Layers, name: &str, vm: &str) -> Result<()> {
+        if let Some(thin) = layers.thin() {
+            return thin.take_snapshot_volume(&self.profile.name, vm, name);
+        }
+        let clone = self.clone_path(vm);
+        let layer = self.dir(name).join(format!("{vm}.qcow2"));
+        if !layer.exists() {
+            // The domain is stopped: its clone is closed and becomes the layer.
+            std::fs::rename(&clone, &layer)
+                .with_context(|| format!("moving {} to {}", clone.display(), layer.display()))?;
+        }
+        set_read_only(&layer, true)?;
+        if !clone.exists() {
+            self.overlay(&layer, &clone)?;
+        }
+        Ok(())
+    }
+
+    /// A VM's disk laid again on the snapshot's layer, its domain stopped: a new overlay
+    /// on the qcow2 layer, or a new thin snapshot of the snapshot volume, at the clone's
+    /// path.
+    fn lay_disk(&self, layers: &Layers, name: &str, vm: &str) -> Result<()> {
+        if let Some(thin) = layers.thin() {
+            return thin.lay_clone_from_snapshot(&self.profile.name, vm, name);
+        }
+        let clone = self.clone_path(vm);
+        remove_if_there(&clone)?;
+        self.overlay(&self.dir(name).join(format!("{vm}.qcow2")), &clone)
+    }
+
+    /// Refuse a restore from a snapshot that lacks a VM's memory or disk layer.
+    fn require_whole(&self, record: &Record, vms: &[String]) -> Result<()> {
+        let dir = self.dir(&record.name);
+        let thin_volumes = match record.layers.thin() {
+            Some(thin) => Some(
+                thin.snapshot_volumes(&self.profile.name, Some(&record.name))?
+                    .into_iter()
+                    .map(|r| r.lv_name)
+                    .collect::<Vec<_>>(),
+            ),
+            None => None,
+        };
+        for vm in vms {
+            let mem = dir.join(format!("{vm}.mem"));
+            let layer = match &thin_volumes {
+                Some(names) => {
+                    let lv = names::snapshot_volume(&self.profile.name, vm, &record.name);
+                    (!names.contains(&lv)).then(|| format!("thin snapshot volume {lv}"))
+                }
+                None => {
+                    let layer = dir.join(format!("{vm}.qcow2"));
+                    (!layer.exists()).then(|| layer.display().to_string())
+                }
+            };
+            let missing = if mem.exists() {
+                layer
+            } else {
+                Some(mem.display().to_string())
+            };
+            if let Some(missing) = missing {
+                bail!("snapshot {} is damaged: {missing} is missing", record.name);
+            }
+        }
+        Ok(())
     }
 
     /// A new empty overlay at `clone` on `layer`, written aside and renamed into place.
@@ -492,18 +650,10 @@ impl<'a> Snapshots<'a> {
                 record.vms.join(", ")
             )));
         }
-        self.require_vms(&vms, "a restore")?;
+        self.require_domains(&vms, "a restore")?;
+        self.require_disks(&vms, "a restore", &record.layers)?;
+        self.require_whole(&record, &vms)?;
         let dir = self.dir(name);
-        for vm in &vms {
-            for f in [format!("{vm}.mem"), format!("{vm}.qcow2")] {
-                if !dir.join(&f).exists() {
-                    bail!(
-                        "snapshot {name} is damaged: {} is missing",
-                        dir.join(f).display()
-                    );
-                }
-            }
-        }
         // The mark goes first: a killed restore is done again by the next command.
         std::fs::write(dir.join(RESTORING), vms.join("\n"))
             .with_context(|| format!("writing {}", dir.join(RESTORING).display()))?;
@@ -515,6 +665,10 @@ impl<'a> Snapshots<'a> {
     fn restore_marked(&self, name: &str, vms: &[String]) -> Result<Timings> {
         let p = &self.profile.name;
         let dir = self.dir(name);
+        let layers = self
+            .record(name)
+            .context("the snapshot's record is gone")?
+            .layers;
         let total = Instant::now();
         let mut t = Timings::default();
         let at = Instant::now();
@@ -534,9 +688,7 @@ impl<'a> Snapshots<'a> {
             vms.iter(),
             |vm| vm.to_string(),
             |vm| {
-                let clone = self.clone_path(vm);
-                remove_if_there(&clone)?;
-                self.overlay(&dir.join(format!("{vm}.qcow2")), &clone)?;
+                self.lay_disk(&layers, name, vm)?;
                 crate::guest::ssh::forget_host(&self.images, &names::domain(p, vm))
             },
         )?;
@@ -676,6 +828,10 @@ impl<'a> Snapshots<'a> {
                 continue;
             }
             let dir = self.dir(&r.name);
+            if let Some(thin) = r.layers.thin() {
+                // No disk depends on a thin snapshot volume: it goes at once.
+                thin.remove_snapshot_volumes(&self.profile.name, Some(&r.name))?;
+            }
             for vm in &r.vms {
                 remove_if_there(&dir.join(format!("{vm}.mem")))?;
                 remove_if_there(&dir.join(format!("{vm}.mem.partial")))?;
@@ -765,7 +921,7 @@ impl<'a> Snapshots<'a> {
     }
 
     /// Every snapshot directory gone, for `lab down` (its clones and domains are gone
-    /// first, so nothing is backed by a layer any more).
+    /// first, so nothing is backed by a layer any more), with its thin snapshot volumes.
     pub fn remove_everything(root: &Path, profile: &str) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
@@ -773,8 +929,7 @@ impl<'a> Snapshots<'a> {
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok());
             if record.is_some_and(|r| r.owner.is(profile)) {
-                std::fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("removing {}", entry.path().display()))?;
+                remove_snapshot_dir(&entry.path())?;
                 removed.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -783,9 +938,29 @@ impl<'a> Snapshots<'a> {
     }
 }
 
+/// A snapshot's directory removed (one already gone is fine), with the thin snapshot
+/// volumes its record names: on a thin pool the disk half is not in the directory.
+pub fn remove_snapshot_dir(dir: &Path) -> Result<()> {
+    let record: Option<Record> = std::fs::read_to_string(dir.join(RECORD))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(r) = record
+        && let Some(thin) = r.layers.thin()
+    {
+        thin.remove_snapshot_volumes(&r.owner.profile, Some(&r.name))?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Every snapshot of `profile` under `root` with lab's record (also those being taken or
-/// removed), oldest first, with what each holds on disk. It reads files only: `lab status`
-/// and `lab down --dry-run` list snapshots with it.
+/// removed), oldest first, with what each holds on disk. It only reads (files, and `lvs`
+/// for a thin pool's snapshot): `lab status` and `lab down --dry-run` list snapshots with
+/// it.
 pub fn listed_in(root: &Path, profile: &str) -> Vec<Listed> {
     let mut out: Vec<Listed> = std::fs::read_dir(root)
         .into_iter()
@@ -805,7 +980,12 @@ pub fn listed_in(root: &Path, profile: &str) -> Vec<Listed> {
                     .filter_map(Result::ok)
                     .sum()
             };
-            let (memory_bytes, layer_bytes) = (size("mem"), size("qcow2"));
+            let memory_bytes = size("mem");
+            // A thin snapshot's volumes: the pool data they map, as lvs reads it.
+            let layer_bytes = match r.layers.thin() {
+                Some(thin) => thin.snapshot_bytes(profile, &r.name).unwrap_or(0),
+                None => size("qcow2"),
+            };
             Listed {
                 name: r.name,
                 created: r.created,
@@ -853,4 +1033,34 @@ pub fn render_timings(t: &Timings, stopped: &str) -> String {
         s(t.answer),
         s(t.total)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_says_where_its_disk_half_is_and_older_ones_are_qcow2() {
+        let older = r#"{"owner":{"profile":"demo"},"name":"one","created":1,
+            "state":"complete","vms":["web1"]}"#;
+        let r: Record = serde_json::from_str(older).unwrap();
+        assert_eq!(r.layers, Layers::Qcow2);
+        assert!(r.layers.thin().is_none());
+        let thin = Record {
+            layers: Layers::Thin {
+                vg: "vg_lab".into(),
+                pool: "lab-pool".into(),
+            },
+            ..r
+        };
+        let text = serde_json::to_string(&thin).unwrap();
+        assert!(
+            text.contains(r#""layers":{"kind":"thin","vg":"vg_lab","pool":"lab-pool"}"#),
+            "{text}"
+        );
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, thin);
+        let storage = back.layers.thin().unwrap();
+        assert_eq!((storage.vg(), storage.pool_name()), ("vg_lab", "lab-pool"));
+    }
 }

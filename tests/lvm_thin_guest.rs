@@ -5,8 +5,12 @@
 //! on what it reported. lab's library is linked in, so every LVM command line the backend
 //! runs is logged on the console too, as at `-v`.
 //!
+//! The disk half of whole-lab snapshots on a thin pool (`lab snapshot`, `lab restore`) runs
+//! here too, with the very functions `lab::snapshot` calls for each VM: the memory half
+//! needs libvirt, and a whole thin lab cannot run on a host without device-mapper.
+//!
 //! It always runs and fails (never skips) when the guest does not boot or a step fails.
-//! About 75 s on a 2-core machine: some 140 LVM commands at 0.3 to 1 s each under TCG.
+//! About 100 s on a 2-core machine: some 150 LVM commands at 0.3 to 1 s each under TCG.
 //! `LAB_GUEST_CONSOLE=1` prints the whole console.
 
 #[path = "support/guest.rs"]
@@ -38,6 +42,9 @@ const COPY: u64 = 32 * MIB;
 /// over-provision), room enough for the filler clone to pass the threshold.
 const BASE_SIZE: u64 = 256 * MIB;
 const HELLO: &str = "hello from lab's base image\n";
+/// Written into a clone before lab's snapshot of it: 12.5% of the pool, which a copy would
+/// show.
+const SNAP_DATA: u64 = 16 * MIB;
 
 #[test]
 fn lvm_thin_backend_in_a_tcg_guest() {
@@ -96,6 +103,7 @@ fn lvm_thin_backend_in_a_tcg_guest() {
         "clone-filler",
         "fill",
         "remove-filler",
+        "lab-snapshot",
         "by-hand",
         "remove-clones",
         "remove-base",
@@ -112,6 +120,7 @@ fn lvm_thin_backend_in_a_tcg_guest() {
     check_lab_trim_offline(&run);
     check_lab_trim_offline_partitioned(&run);
     check_threshold(&run);
+    check_lab_snapshot(&run);
     check_removal(&run);
     check_commands_are_logged(&run);
     let times = clone_times(&run);
@@ -452,6 +461,114 @@ fn check_threshold(run: &GuestRun) {
     );
 }
 
+/// The disk half of `lab snapshot` and `lab restore` on a thin pool, with the functions
+/// `crate::snapshot` calls for each VM (the memory half needs libvirt, tested on qcow2 labs
+/// in tests/snapshot_restore.rs): a thin snapshot volume of the clone, tagged as lab's,
+/// copying nothing; the clone laid again from it reads the snapshot's data; removal leaves
+/// the clone whole.
+fn check_lab_snapshot(run: &GuestRun) {
+    let t = run.data_json("lab-snapshot");
+    let f = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k}: {t}"));
+    assert_eq!(t["at_snapshot"], "lab-snapshot-A", "{t}");
+    assert_eq!(t["written"], "lab-snapshot-B", "{t}");
+    assert_eq!(
+        t["restored"], "lab-snapshot-A",
+        "the restored clone does not read the snapshot's data: {t}"
+    );
+    assert_eq!(
+        t["after_removal"], "lab-snapshot-A",
+        "removing the snapshot changed the clone: {t}"
+    );
+    // The clone held DATA (12.5% of the pool) when the snapshot was taken: a copy would
+    // have added as much again; a thin snapshot adds only metadata.
+    let share = SNAP_DATA as f64 / POOL_SIZE as f64 * 100.0;
+    let (before, taken) = (f("pool_before"), f("pool_taken"));
+    assert!(
+        taken - before < share / 10.0,
+        "taking the snapshot grew the pool's data {before}% -> {taken}%: a copy was made"
+    );
+    // What the snapshot volume maps is the clone's data, shared with it.
+    let mapped = t["bytes"].as_u64().unwrap();
+    assert!(
+        mapped >= SNAP_DATA,
+        "the snapshot volume maps {mapped} bytes: {t}"
+    );
+    let row = &t["row"];
+    assert_eq!(row["lv_name"], "lab-demo-web2.before+demo", "{t}");
+    assert_eq!(row["origin"], "lab-demo-web2", "{t}");
+    assert_eq!(row["pool_lv"], POOL, "{t}");
+    let mut tags: Vec<&str> = row["lv_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            "lab",
+            "lab-profile-demo",
+            "lab-role-snapshot",
+            "lab-snapshot-before_demo",
+            "lab-vm-web2"
+        ],
+        "{t}"
+    );
+    let attr = row["lv_attr"].as_str().unwrap();
+    assert_eq!(&attr[1..2], "r", "a snapshot volume is read-only ({attr})");
+    assert_eq!(&attr[4..5], "a", "active ({attr})");
+    assert_eq!(&attr[9..10], "-", "no activation-skip flag ({attr})");
+    let clone = &t["restored_row"];
+    assert_eq!(clone["origin"], "lab-demo-web2.before+demo", "{t}");
+    assert_eq!(
+        clone["lv_tags"],
+        serde_json::json!(["lab", "lab-profile-demo", "lab-role-clone", "lab-vm-web2"]),
+        "{t}"
+    );
+    assert_eq!(&clone["lv_attr"].as_str().unwrap()[1..2], "w", "{t}");
+    // Observed as a snapshot, never as a clone or base.
+    let observed = t["observed"].as_array().unwrap();
+    let snap = observed
+        .iter()
+        .find(|v| v["name"] == "lab-demo-web2.before+demo")
+        .unwrap_or_else(|| panic!("not observed: {t}"));
+    assert_eq!(snap["role"], "snapshot", "{snap}");
+    assert_eq!(snap["owner"]["vm"], "web2", "{snap}");
+    assert_eq!(
+        t["removed"],
+        serde_json::json!(["lab-demo-web2.before+demo"]),
+        "{t}"
+    );
+    assert_eq!(t["left"], 0, "{t}");
+    for (name, says) in [
+        (
+            "snapshot-missing-clone",
+            &["nosuch's disk vg_lab/lab-demo-nosuch is missing"][..],
+        ),
+        (
+            "restore-missing-snapshot",
+            &[
+                "snapshot gone is damaged",
+                "vg_lab/lab-demo-web2.gone is missing or not lab's",
+            ],
+        ),
+        (
+            "snapshot-too-full",
+            &["thin pool vg_lab/lab-pool is too full", "lvextend -L +1G"],
+        ),
+    ] {
+        assert_has(&refusal(run, name), says);
+    }
+    eprintln!(
+        "lab's thin snapshot of a clone holding {} MiB: pool data {before:.2}% -> {taken:.2}% \
+         in {:.0} ms; restore (lvremove + lvcreate -s) {:.0} ms",
+        SNAP_DATA / MIB,
+        f("take_ms"),
+        f("restore_ms")
+    );
+}
+
 fn check_removal(run: &GuestRun) {
     assert_has(
         &refusal(run, "remove-untagged"),
@@ -537,6 +654,17 @@ fn check_commands_are_logged(run: &GuestRun) {
         "vg_lab/lab-demo-db1",
     ]);
     logged(&["lvm lvremove", "vg_lab/lab-demo-web1"]);
+    logged(&[
+        "lvm lvcreate",
+        "--snapshot --name lab-demo-web2.before+demo --permission r --setactivationskip n",
+        "--addtag lab-role-snapshot",
+        "vg_lab/lab-demo-web2",
+    ]);
+    logged(&[
+        "lvm lvcreate",
+        "--snapshot --name lab-demo-web2 --permission rw",
+        "vg_lab/lab-demo-web2.before+demo",
+    ]);
     logged(&["qemu-img convert -n --target-is-zero -f qcow2 -O raw"]);
     logged(&["lvm lvs --reportformat json"]);
 }
@@ -687,6 +815,29 @@ mod in_guest {
         }
         f.sync_all()?;
         Ok(())
+    }
+
+    /// A short text at 4 MiB into a device (past ext4's superblock and group descriptors),
+    /// flushed.
+    fn write_text(path: &Path, text: &str) -> Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {} for writing", path.display()))?;
+        f.seek(SeekFrom::Start(4 * MIB))?;
+        f.write_all(format!("{text:<32}").as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// What [`write_text`] wrote, read past the page cache's copy of another LV: the
+    /// device is opened anew.
+    fn read_text(path: &Path) -> Result<String> {
+        let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        f.seek(SeekFrom::Start(4 * MIB))?;
+        let mut buf = [0u8; 32];
+        f.read_exact(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).trim_end().to_string())
     }
 
     fn sh(program: &str, args: &[&str]) -> Result<String> {
@@ -1055,8 +1206,56 @@ mod in_guest {
         });
         data("filled", json!(s.pool().ok()));
         refusal("too-full", &s, || s.clone_base(PROFILE, "late", &[]));
+        refusal("snapshot-too-full", &s, || s.snapshot_room());
         step("remove-filler", || s.remove_clone(PROFILE, "filler", &[]));
         data("after-filler", json!(s.pool().ok()));
+
+        // lab snapshot's and lab restore's disk half, as `crate::snapshot` runs it for each
+        // VM while the domain is stopped. The name holds `_`, which the LV name spells `+`.
+        step("lab-snapshot", || {
+            const SNAP: &str = "before_demo";
+            let web2 = s.clone_volume(PROFILE, "web2")?.context("no web2")?;
+            write_pattern(&web2.path, 8 * MIB, SNAP_DATA)?;
+            write_text(&web2.path, "lab-snapshot-A")?;
+            let pool_before = pool_percent(&s)?;
+            let t = Instant::now();
+            s.take_snapshot_volume(PROFILE, "web2", SNAP)?;
+            let take_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let pool_taken = pool_percent(&s)?;
+            // Taken again (a killed lab snapshot completed): nothing more.
+            s.take_snapshot_volume(PROFILE, "web2", SNAP)?;
+            let snap_row = row(&s, "lab-demo-web2.before+demo")?;
+            let at_snapshot = read_text(&web2.path)?;
+            write_text(&web2.path, "lab-snapshot-B")?;
+            let written = read_text(&web2.path)?;
+            let t = Instant::now();
+            s.lay_clone_from_snapshot(PROFILE, "web2", SNAP)?;
+            let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let restored = read_text(&web2.path)?;
+            let restored_row = row(&s, "lab-demo-web2")?;
+            let bytes = s.snapshot_bytes(PROFILE, SNAP)?;
+            let observed = s.observe()?;
+            let removed = s.remove_snapshot_volumes(PROFILE, Some(SNAP))?;
+            let after_removal = read_text(&web2.path)?;
+            let left = s.snapshot_volumes(PROFILE, None)?.len();
+            data(
+                "lab-snapshot",
+                json!({
+                    "at_snapshot": at_snapshot, "written": written, "restored": restored,
+                    "after_removal": after_removal, "pool_before": pool_before,
+                    "pool_taken": pool_taken, "bytes": bytes, "row": snap_row,
+                    "restored_row": restored_row, "observed": observed, "removed": removed,
+                    "left": left, "take_ms": take_ms, "restore_ms": restore_ms,
+                }),
+            );
+            Ok(())
+        });
+        refusal("snapshot-missing-clone", &s, || {
+            s.take_snapshot_volume(PROFILE, "nosuch", "gone")
+        });
+        refusal("restore-missing-snapshot", &s, || {
+            s.lay_clone_from_snapshot(PROFILE, "web2", "gone")
+        });
 
         // Removal: LVs made by hand with lab's names are left alone.
         step("by-hand", || {

@@ -28,18 +28,17 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
     let host = crate::observe::host_facts(&Sysroot::live(), &profile);
     let plan = plan::reset(&profile, &host, &observed, &args.vms).map_err(|e| usage(e.0))?;
     let snaps = Snapshots::new(&lv, &profile);
-    let qcow2 = super::snapshot::require_qcow2(&profile).is_ok();
     // The snapshot's VMs trust lab's SSH key of the time: with that key gone, only fresh
     // clones (a new key in their seed) let lab in again.
     let key = crate::guest::ssh::lab_key_path(&profile.storage.dir, &profile.name);
-    if !args.pristine && qcow2 && snaps.exists(PROVISIONED) && !key.exists() {
+    if !args.pristine && snaps.exists(PROVISIONED) && !key.exists() {
         ui::warn(format_args!(
             "lab's SSH key {} is gone, and the VMs of snapshot {PROVISIONED} only let the old \
              one in: back to fresh clones of the base instead",
             key.display()
         ));
     }
-    if !args.pristine && qcow2 && snaps.exists(PROVISIONED) && key.exists() {
+    if !args.pristine && snaps.exists(PROVISIONED) && key.exists() {
         // Provisioning is kept: back to the point `lab up` took once it succeeded.
         if args.dry_run {
             println!(
@@ -80,7 +79,7 @@ pub fn reset(global: &GlobalArgs, args: &ResetArgs) -> Result<u8> {
         Duration::from_secs(args.timeout),
     );
     let vms = apply::reset(&plan, &env)?;
-    if qcow2 && args.pristine {
+    if args.pristine {
         // Their layers sat under the old clones: snapshots of the old disks are gone too.
         for name in snaps.remove_all()? {
             ui::info(format_args!("removed snapshot {name}"));

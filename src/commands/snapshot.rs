@@ -1,14 +1,14 @@
 //! `lab snapshot PROFILE NAME` (`--list`, `--rm`) and `lab restore PROFILE NAME`: whole-lab
-//! snapshots of saved memory and frozen qcow2 layers (see `crate::snapshot`).
+//! snapshots of saved memory and frozen disk layers: qcow2 layers, or thin snapshot volumes
+//! on a thin pool (see `crate::snapshot`).
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, RestoreArgs, SnapshotArgs};
 use crate::error::{exit, usage};
-use crate::host::Sysroot;
 use crate::libvirt::Libvirt;
-use crate::profile::{Profile, StorageBackend};
+use crate::profile::Profile;
 use crate::size::ByteSize;
 use crate::snapshot::{Snapshots, Timings, render_timings};
 use crate::ui::{self, Stream, Style, Table};
@@ -37,25 +37,6 @@ pub(crate) fn finish_interrupted(lv: &Libvirt, profile: &Profile, dry_run: bool)
         return Ok(());
     }
     snaps.recover_interrupted()
-}
-
-/// Snapshots are of qcow2 clones; a lab on a thin pool is refused, said so.
-pub(crate) fn require_qcow2(profile: &Profile) -> Result<()> {
-    let thin = match profile.storage.backend {
-        StorageBackend::Qcow2 => false,
-        StorageBackend::LvmThin => true,
-        StorageBackend::Auto => !crate::observe::host_facts(&Sysroot::live(), profile)
-            .thin_pools
-            .is_empty(),
-    };
-    if thin {
-        return Err(usage(format!(
-            "{}: snapshots are not yet for thin pools (its disks are thin volumes); a qcow2 \
-             lab ([storage] backend = \"qcow2\") has them",
-            profile.name
-        )));
-    }
-    Ok(())
 }
 
 pub fn snapshot(global: &GlobalArgs, args: &SnapshotArgs) -> Result<u8> {
@@ -93,7 +74,6 @@ pub fn snapshot(global: &GlobalArgs, args: &SnapshotArgs) -> Result<u8> {
     let Some(name) = args.name.as_deref() else {
         return Err(usage("a snapshot name, or --list"));
     };
-    require_qcow2(&profile)?;
     if args.rm {
         snaps.remove(name)?;
         if global.json {
@@ -111,7 +91,6 @@ pub fn restore(global: &GlobalArgs, args: &RestoreArgs) -> Result<u8> {
     let profile = Profile::load(&args.profile)?;
     let lv = Libvirt::open(&global.connect)?;
     let _lock = super::profile_lock(global, "restore", &profile.name, false)?;
-    require_qcow2(&profile)?;
     let t = Snapshots::new(&lv, &profile).restore(&args.name, &[])?;
     report(global, &profile, &args.name, t, "stopped")
 }

@@ -145,9 +145,7 @@ pub fn up(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
         )?
     };
     // A successful provisioning is kept as a snapshot `lab reset` goes back to.
-    let provisioned = !plan.provision.is_empty()
-        && !profile.provision.is_empty()
-        && super::snapshot::require_qcow2(&profile).is_ok();
+    let provisioned = !plan.provision.is_empty() && !profile.provision.is_empty();
     if provisioned {
         let snaps = crate::snapshot::Snapshots::new(&lv, &profile);
         if snaps.is_taken(crate::snapshot::PROVISIONED)

@@ -3,9 +3,14 @@
 //! whatever the size of its base.
 //!
 //! Ownership lives in LVM tags set in the same `lvcreate` that makes a volume: `lab`,
-//! `lab-profile-P`, `lab-role-base|clone` and, on clones, `lab-vm-V`. An LV without them is
-//! never changed, whatever its name. Every LVM command runs as `lvm COMMAND ...` through the
+//! `lab-profile-P`, `lab-role-base|clone|snapshot`, on clones and snapshot volumes
+//! `lab-vm-V`, and on snapshot volumes `lab-snapshot-NAME`. An LV without them is never
+//! changed, whatever its name. Every LVM command runs as `lvm COMMAND ...` through the
 //! runner, so `-v` shows each command line.
+//!
+//! A whole-lab snapshot (`crate::snapshot`) keeps each VM's disk as a thin snapshot of its
+//! clone (`lab-P-VM.NAME`, role `snapshot`); `lab restore` lays the clone again as a thin
+//! snapshot of that. Neither copies data.
 //!
 //! A thin pool that fills up is how "thin goes weirdly wrong" (every VM on it stalls, then
 //! gets I/O errors), so each new volume is refused while the pool is near full: see
@@ -27,6 +32,7 @@ use crate::storage::ObservedVolume;
 
 const ROLE_BASE: &str = "base";
 const ROLE_CLONE: &str = "clone";
+const ROLE_SNAPSHOT: &str = "snapshot";
 
 /// Extra LVM configuration for every command lab runs: a guest without udev, or a test
 /// that must not write archives into the host's `/etc/lvm`.
@@ -399,6 +405,12 @@ impl LvmThinStorage {
     /// activates it itself with `--ignoreactivationskip` (`-K`). Writable whatever the
     /// base's permission.
     pub fn snapshot_cmd(&self, profile: &str, vm: &str) -> Cmd {
+        self.clone_cmd(profile, vm, &names::base_volume(profile))
+    }
+
+    /// `lvcreate` of a VM's clone as a thin snapshot of `origin`: the base, or (`lab
+    /// restore`) the VM's volume of a whole-lab snapshot.
+    fn clone_cmd(&self, profile: &str, vm: &str, origin: &str) -> Cmd {
         self.command("lvcreate")
             .args([
                 "--snapshot",
@@ -411,7 +423,163 @@ impl LvmThinStorage {
                 "--ignoreactivationskip",
             ])
             .args(tag_args(&tags(profile, Some(vm), ROLE_CLONE)))
-            .arg(self.lv_ref(&names::base_volume(profile)))
+            .arg(self.lv_ref(origin))
+    }
+
+    /// `lvcreate` of the volume that keeps a VM's disk as whole-lab snapshot `snapshot`
+    /// found it: a thin snapshot of the clone, sharing every block with it (nothing is
+    /// copied). Read-only: a restore takes a new snapshot of it and never writes it. Tagged
+    /// as lab's with role `snapshot` and the snapshot's name. `--setactivationskip n`: it is
+    /// active (so `lvs` reads the data it maps) and activated at boot like any LV.
+    pub fn snapshot_volume_cmd(&self, profile: &str, vm: &str, snapshot: &str) -> Cmd {
+        let mut tags = tags(profile, Some(vm), ROLE_SNAPSHOT);
+        tags.push(names::snapshot_tag(snapshot));
+        self.command("lvcreate")
+            .args([
+                "--snapshot",
+                "--name",
+                &names::snapshot_volume(profile, vm, snapshot),
+                "--permission",
+                "r",
+                "--setactivationskip",
+                "n",
+                "--activate",
+                "y",
+            ])
+            .args(tag_args(&tags))
+            .arg(self.lv_ref(&names::clone_volume(profile, vm)))
+    }
+
+    /// lab's snapshot volumes of `profile` in this pool: those of whole-lab snapshot
+    /// `snapshot`, or all of them.
+    pub fn snapshot_volumes(&self, profile: &str, snapshot: Option<&str>) -> Result<Vec<LvRow>> {
+        Ok(self
+            .rows()?
+            .into_iter()
+            .filter(|r| {
+                self.is_ours(r, profile, ROLE_SNAPSHOT, None)
+                    && snapshot.is_none_or(|n| r.lv_tags.contains(&names::snapshot_tag(n)))
+            })
+            .collect())
+    }
+
+    /// The pool, when it may take a whole-lab snapshot's volumes: refused past the fill
+    /// limit as a new clone is. A snapshot volume takes no data at once, but from then on
+    /// each block a VM writes is a new block of the pool. Judged before any VM is paused:
+    /// once a VM's memory is saved, a refusal would leave the lab stopped.
+    pub fn snapshot_room(&self) -> Result<ThinPool> {
+        let pool = self.pool()?;
+        judge_fill(&pool, Need::Headroom, self.limit).map_err(|e| anyhow!(e))?;
+        Ok(pool)
+    }
+
+    /// Keep `vm`'s disk as whole-lab snapshot `snapshot` finds it, in a new thin snapshot
+    /// volume of its clone. The caller has stopped the domain (its memory saved), so the
+    /// clone is closed and consistent, and has judged the pool's fill
+    /// ([`snapshot_room`](Self::snapshot_room)). Already there (a killed snapshot
+    /// completed): nothing to do. Refused, with nothing made, when the clone is not lab's.
+    pub fn take_snapshot_volume(&self, profile: &str, vm: &str, snapshot: &str) -> Result<()> {
+        let name = names::snapshot_volume(profile, vm, snapshot);
+        let clone = names::clone_volume(profile, vm);
+        let rows = self.rows()?;
+        if let Some(row) = rows.iter().find(|r| r.lv_name == name) {
+            if self.is_ours(row, profile, ROLE_SNAPSHOT, Some(vm))
+                && row.lv_tags.contains(&names::snapshot_tag(snapshot))
+            {
+                return Ok(());
+            }
+            self.refuse_existing(&rows, &name)?;
+        }
+        match rows.iter().find(|r| r.lv_name == clone) {
+            Some(row) if self.is_ours(row, profile, ROLE_CLONE, Some(vm)) => {}
+            Some(row) => bail!(
+                "{} is not lab's clone of {vm} ({}): no snapshot taken of it",
+                self.lv_ref(&clone),
+                self.why_not_ours(row)
+            ),
+            None => bail!("{vm}'s disk {} is missing", self.lv_ref(&clone)),
+        }
+        self.snapshot_volume_cmd(profile, vm, snapshot)
+            .run()
+            .with_context(|| {
+                format!(
+                    "creating thin snapshot {} of {}",
+                    self.lv_ref(&name),
+                    self.lv_ref(&clone)
+                )
+            })?;
+        Ok(())
+    }
+
+    /// `vm`'s clone laid again as a new thin snapshot of its volume of whole-lab snapshot
+    /// `snapshot`: the clone (lab's, closed: the caller has stopped its domain) removed, and
+    /// one of the same name, tags and path made, so the domain's XML stays as it is. Nothing
+    /// is copied, and the snapshot volume stays as it was. Done again from the start by a
+    /// restore that was killed halfway. The fill limit is not judged: the new clone maps
+    /// what the removed one mapped at most, so the pool is no fuller than before.
+    pub fn lay_clone_from_snapshot(&self, profile: &str, vm: &str, snapshot: &str) -> Result<()> {
+        let from = names::snapshot_volume(profile, vm, snapshot);
+        let clone = names::clone_volume(profile, vm);
+        let rows = self.rows()?;
+        let ours = rows.iter().find(|r| r.lv_name == from).is_some_and(|r| {
+            self.is_ours(r, profile, ROLE_SNAPSHOT, Some(vm))
+                && r.lv_tags.contains(&names::snapshot_tag(snapshot))
+        });
+        if !ours {
+            bail!(
+                "snapshot {snapshot} is damaged: {vm}'s volume {} is missing or not lab's",
+                self.lv_ref(&from)
+            );
+        }
+        if let Some(row) = rows.iter().find(|r| r.lv_name == clone) {
+            if !self.is_ours(row, profile, ROLE_CLONE, Some(vm)) {
+                bail!(
+                    "{} is not lab's clone of {vm} ({}): left alone",
+                    self.lv_ref(&clone),
+                    self.why_not_ours(row)
+                );
+            }
+            self.remove_lv(&clone)?;
+        }
+        self.clone_cmd(profile, vm, &from).run().with_context(|| {
+            format!(
+                "creating thin snapshot {} of {}",
+                self.lv_ref(&clone),
+                self.lv_ref(&from)
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Pool data the snapshot volumes of `snapshot` map, in bytes (`data_percent` of
+    /// `lv_size`): blocks they share with the clones until a VM writes over them, and then
+    /// theirs alone. Only reads: an inactive one (LVM reports no data for it; they are
+    /// made to be active at boot) counts 0.
+    pub fn snapshot_bytes(&self, profile: &str, snapshot: &str) -> Result<u64> {
+        let rows = self.snapshot_volumes(profile, Some(snapshot))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (r.data_percent.unwrap_or(0.0) / 100.0 * r.lv_size.unwrap_or(0) as f64).round()
+                    as u64
+            })
+            .sum())
+    }
+
+    /// Remove lab's snapshot volumes of `profile` (of `snapshot`, or all): no clone depends
+    /// on one (a thin snapshot shares blocks, it is not a layer), so nothing is merged.
+    /// Returns the names removed.
+    pub fn remove_snapshot_volumes(
+        &self,
+        profile: &str,
+        snapshot: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for row in self.snapshot_volumes(profile, snapshot)? {
+            self.remove_lv(&row.lv_name)?;
+            removed.push(row.lv_name);
+        }
+        Ok(removed)
     }
 
     /// True when `row` is lab's volume in `role` for `profile` (and `vm`) in this pool.
@@ -963,7 +1131,7 @@ pub fn remove_libvirt_pool(lv: &Libvirt, vg: &str) -> Result<()> {
 }
 
 /// lab's thin volumes among an LVM report: ownership and role come from LVM tags
-/// (`lab`, `lab-profile-P`, `lab-vm-V`, `lab-role-base|clone`); a base is sealed once
+/// (`lab`, `lab-profile-P`, `lab-vm-V`, `lab-role-base|clone|snapshot`); a base is sealed once
 /// it is read-only (`lv_attr` permission `r`). An LV without the `lab` tag is listed
 /// with no owner, so the planner never touches it.
 pub fn lab_volumes(rows: &[LvRow]) -> Vec<ObservedVolume> {
@@ -985,6 +1153,7 @@ pub fn lab_volumes(rows: &[LvRow]) -> Vec<ObservedVolume> {
         let role = owner.as_ref().and(match tag("lab-role-").as_deref() {
             Some("base") => Some(VolumeRole::Base),
             Some("clone") => Some(VolumeRole::Clone),
+            Some("snapshot") => Some(VolumeRole::Snapshot),
             _ => None,
         });
         let read_only = row.lv_attr.chars().nth(1) == Some('r');
@@ -1150,6 +1319,59 @@ mod tests {
             ),
             "{pool}"
         );
+    }
+
+    #[test]
+    fn a_whole_lab_snapshot_runs_thin_snapshots_and_copies_nothing() {
+        let s = LvmThinStorage::new("vg_lab", "lab-pool");
+        // Taken of the clone, read-only, kept active at boot, tagged with the snapshot.
+        let take = s.snapshot_volume_cmd("demo", "web1", "take_2").cmdline();
+        assert!(
+            take.ends_with(
+                " lvcreate --snapshot --name lab-demo-web1.take+2 --permission r \
+                 --setactivationskip n --activate y --addtag lab --addtag lab-profile-demo \
+                 --addtag lab-role-snapshot --addtag lab-vm-web1 --addtag lab-snapshot-take_2 \
+                 vg_lab/lab-demo-web1"
+            ),
+            "{take}"
+        );
+        // Restored: the clone made again, by its name and tags, of the snapshot volume.
+        let lay = s
+            .clone_cmd(
+                "demo",
+                "web1",
+                &names::snapshot_volume("demo", "web1", "take_2"),
+            )
+            .cmdline();
+        assert!(
+            lay.ends_with(
+                " lvcreate --snapshot --name lab-demo-web1 --permission rw --activate y \
+                 --ignoreactivationskip --addtag lab --addtag lab-profile-demo \
+                 --addtag lab-role-clone --addtag lab-vm-web1 vg_lab/lab-demo-web1.take+2"
+            ),
+            "{lay}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_volume_is_observed_as_such_never_as_a_clone() {
+        let text = include_str!("../../tests/fixtures/lvm/guest-lvs-pool-50.json");
+        let mut rows = parse_lvs(text).unwrap();
+        let s = LvmThinStorage::new("vg_lab", "lab-pool");
+        rows[2].pool_lv = Some("lab-pool".into());
+        rows[2].lv_name = names::snapshot_volume("demo", "web1", "one");
+        rows[2].lv_tags = tags("demo", Some("web1"), ROLE_SNAPSHOT);
+        rows[2].lv_tags.push(names::snapshot_tag("one"));
+        assert!(s.is_ours(&rows[2], "demo", ROLE_SNAPSHOT, Some("web1")));
+        assert!(!s.is_ours(&rows[2], "demo", ROLE_CLONE, Some("web1")));
+        assert!(!s.is_ours(&rows[2], "demo", ROLE_BASE, None));
+        let observed = lab_volumes(&rows);
+        let v = observed
+            .iter()
+            .find(|v| v.name == "lab-demo-web1.one")
+            .unwrap();
+        assert_eq!(v.role, Some(VolumeRole::Snapshot));
+        assert_eq!(v.owner.as_ref().unwrap().vm.as_deref(), Some("web1"));
     }
 
     #[test]
