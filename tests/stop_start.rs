@@ -1,7 +1,9 @@
 //! `lab stop` and `lab start` on the real libvirtd under TCG, with smoke VMs: a stopped VM's
 //! memory is saved (libvirt managed save) and `lab start` resumes it where it was: the same
 //! boot (uptime goes on), the same processes. A saved VM is shown as such, left alone by
-//! `lab trim`, resumed by `lab up`, and booted afresh by `lab reset`.
+//! `lab trim`, resumed by `lab up`, and booted afresh by `lab reset`. A reboot between `lab
+//! stop` and `lab start` (network down, forward rules gone, libvirtd restarted) changes
+//! nothing of that.
 //!
 //! Killed: `lab stop` and `lab start` SIGKILLed at several points, the VMs each running a
 //! counter in memory. libvirtd goes on with a managed save (or a start from saved memory)
@@ -412,4 +414,69 @@ fn a_killed_lab_start_is_finished_by_the_next_start_or_up() {
     lab.run(&["down", lab.profile(), "--purge"], 0);
     lab.assert_nothing_left();
     assert_eq!(save_files(&lab), Vec::<String>::new());
+}
+
+/// libvirtd restarted, as a laptop's reboot restarts it: by systemd where it runs, else by
+/// hand as scripts/setup-host.sh starts it (which starts only what is not running).
+fn restart_libvirtd() {
+    let ok = |c: &mut std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {out:?}");
+    };
+    if std::path::Path::new("/run/systemd/system").exists() {
+        ok(std::process::Command::new("systemctl").args(["restart", "libvirtd"]));
+        return;
+    }
+    let pid = std::fs::read_to_string("/run/libvirtd.pid").unwrap();
+    let pid = pid.trim();
+    ok(std::process::Command::new("kill").arg(pid));
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < until, "libvirtd {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(std::process::Command::new("bash").arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/setup-host.sh"
+    )));
+}
+
+/// What a reboot between `lab stop` and `lab start` takes away: the lab's network is down
+/// (its bridge gone), the nftables rules of its forward are gone, libvirtd is a new
+/// process. `lab start` brings the network up, resumes every VM from its saved memory (the
+/// counters go on: no VM booted afresh) and puts the forward back.
+#[test]
+fn a_lab_stopped_before_a_reboot_starts_where_it_was() {
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = counting_lab("sr");
+    let before = counts(&lab);
+    stop(&lab);
+    let network = format!("lab-{}", lab.name);
+    let virsh = |args: &[&str]| {
+        let out = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "virsh {args:?}: {out:?}");
+    };
+    virsh(&["net-destroy", &network]);
+    let out = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", &network])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    restart_libvirtd();
+    assert!(all(&lab, "saved"), "{:?}", states(&lab));
+    let status = lab.json(&["status", &lab.name], 0);
+    assert_eq!(status[0]["network_active"], false, "{status}");
+    assert!(
+        status[0]["forwards"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+
+    lab.run(&["start", lab.profile()], 0);
+    assert_resumed(&lab, &before, "a reboot between lab stop and lab start");
+    let status = lab.json(&["status", &lab.name], 0);
+    assert_eq!(status[0]["network_active"], true, "{status}");
 }
