@@ -8,7 +8,7 @@
 #[path = "support/lab_cli.rs"]
 mod lab_cli;
 
-use lab_cli::Lab;
+use lab_cli::{Lab, virsh};
 
 fn new_lab() -> Lab {
     let lab = Lab::new("sn", |name, images| {
@@ -50,16 +50,6 @@ fn names(lab: &Lab) -> Vec<String> {
             s["name"].as_str().unwrap().to_string()
         })
         .collect()
-}
-
-/// `virsh` on the system libvirtd; it must succeed.
-fn virsh(args: &[&str]) {
-    let out = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "virsh {args:?}: {out:?}");
 }
 
 fn snapshots_dir(lab: &Lab) -> std::path::PathBuf {

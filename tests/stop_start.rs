@@ -22,7 +22,7 @@ mod lab_cli;
 
 use std::time::{Duration, Instant};
 
-use lab_cli::Lab;
+use lab_cli::{Lab, virsh};
 use serde_json::Value;
 
 /// One lab at a time: kills land where they are meant to on an unloaded machine.
@@ -326,14 +326,6 @@ fn a_killed_lab_stop_is_finished_by_the_next_and_every_vm_resumes_where_it_was()
     // A VM left paused (as a killed snapshot leaves it, or a person with virsh): lab
     // status says so; lab stop saves it to resume running, lab start resumes it.
     let domain = |vm: &str| format!("lab-{}-{vm}", lab.name);
-    let virsh = |args: &[&str]| {
-        let out = std::process::Command::new("virsh")
-            .args(["-c", "qemu:///system"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "virsh {args:?}: {out:?}");
-    };
     let before = counts(&lab);
     virsh(&["suspend", &domain("node1")]);
     assert_eq!(states(&lab)[0], ("paused".to_string(), String::new()));
@@ -452,14 +444,6 @@ fn a_lab_stopped_before_a_reboot_starts_where_it_was() {
     let before = counts(&lab);
     stop(&lab);
     let network = format!("lab-{}", lab.name);
-    let virsh = |args: &[&str]| {
-        let out = std::process::Command::new("virsh")
-            .args(["-c", "qemu:///system"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "virsh {args:?}: {out:?}");
-    };
     virsh(&["net-destroy", &network]);
     let out = std::process::Command::new("nft")
         .args(["delete", "table", "ip", &network])

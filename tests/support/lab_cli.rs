@@ -15,6 +15,16 @@ use serde_json::Value;
 
 pub const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
+/// `virsh` on the system libvirtd; it must succeed.
+pub fn virsh(args: &[&str]) {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "virsh {args:?}: {out:?}");
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub profile: PathBuf,
