@@ -10,34 +10,9 @@
 #   ROUNDS=16 bash benches/kill-demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${LAB_BIN:-}" ]; then
-    cargo build --release --quiet
-    LAB_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/lab
-fi
-lab=$(realpath "$LAB_BIN")
 rounds=${ROUNDS:-12}
-work=$(mktemp -d /var/tmp/lab-kill-demo-XXXXXX)
-chmod 755 "$work"   # QEMU (libvirt-qemu) must reach the images
-export LAB_LOCK=$work/locks/host.lock LAB_RUNTIME_DIR=$work/run
-profile=$work/kill.toml
-name="kd$$"
-cat > "$profile" <<TOML
-name = "$name"
-[network]
-auto_range = "10.252.0.0/16"
-[storage]
-backend = "qcow2"
-dir = "$work/images"
-[base]
-kernel = "host"
-initrd = "busybox"
-disk = "64MiB"
-[[vm]]
-name = "node"
-count = 3
-memory = "256MiB"
-TOML
-trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. benches/smoke-lab.sh
+smoke_lab kd 10.252.0.0/16
 
 "$lab" -q up "$profile" >/dev/null
 pid=$("$lab" -q ssh "$profile" node1 -- \

@@ -9,31 +9,9 @@
 #   ROUNDS=20 bash benches/kill-up.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-lab=$PWD/target/release/lab
 rounds=${ROUNDS:-12}
-work=$(mktemp -d /var/tmp/lab-kill-up-XXXXXX)
-chmod 755 "$work"   # QEMU (libvirt-qemu) must reach the images
-export LAB_LOCK=$work/locks/host.lock
-profile=$work/kill.toml
-name="kill$$"
-cat > "$profile" <<TOML
-name = "$name"
-[network]
-auto_range = "10.251.0.0/16"
-[storage]
-backend = "qcow2"
-dir = "$work/images"
-[base]
-kernel = "host"
-initrd = "busybox"
-disk = "64MiB"
-[[vm]]
-name = "node"
-count = 3
-memory = "256MiB"
-TOML
-trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. benches/smoke-lab.sh
+smoke_lab kill 10.251.0.0/16
 
 failed=0
 for round in $(seq 1 "$rounds"); do

@@ -9,33 +9,9 @@
 #   LAB_BIN=target/debug/lab bash benches/restore.sh   # a lab already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${LAB_BIN:-}" ]; then
-    cargo build --release --quiet
-    LAB_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/lab
-fi
-lab=$(realpath "$LAB_BIN")
 rounds=${ROUNDS:-3}
-work=$(mktemp -d /var/tmp/lab-bench-restore-XXXXXX)
-chmod 755 "$work"   # QEMU (libvirt-qemu) must reach the images
-export LAB_LOCK=$work/lab.lock LAB_RUNTIME_DIR=$work/run
-profile=$work/bench.toml
-cat > "$profile" <<TOML
-name = "rbench$$"
-[network]
-auto_range = "10.251.0.0/16"
-[storage]
-backend = "qcow2"
-dir = "$work/images"
-[base]
-kernel = "host"
-initrd = "busybox"
-disk = "64MiB"
-[[vm]]
-name = "node"
-count = 3
-memory = "256MiB"
-TOML
-trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. benches/smoke-lab.sh
+smoke_lab rbench 10.251.0.0/16
 
 show() { python3 benches/restore-figures.py "$@"; }
 

@@ -6,29 +6,8 @@
 #   bash benches/up.sh            # RUNS=3 no-op runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-lab=$PWD/target/release/lab
-work=$(mktemp -d /var/tmp/lab-bench-up-XXXXXX)
-chmod 755 "$work"   # QEMU (libvirt-qemu) must reach the images
-export LAB_LOCK=$work/lab.lock
-profile=$work/bench.toml
-cat > "$profile" <<TOML
-name = "bench$$"
-[network]
-auto_range = "10.252.0.0/16"
-[storage]
-backend = "qcow2"
-dir = "$work/images"
-[base]
-kernel = "host"
-initrd = "busybox"
-disk = "64MiB"
-[[vm]]
-name = "node"
-count = 3
-memory = "256MiB"
-TOML
-trap '"$lab" -q down "$profile" --purge >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+. benches/smoke-lab.sh
+smoke_lab bench 10.252.0.0/16
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
