@@ -38,6 +38,10 @@ def main(argv):
     if current:
         commands.append(current)
 
+    # A daemon keeps nothing of whoever started it: a descriptor inherited here (a lock
+    # the caller's caller holds, say) would stay open, and held, for the daemons' life.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
