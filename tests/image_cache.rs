@@ -769,46 +769,19 @@ fn lab_cache_lists_and_removes_images() {
 
 #[test]
 fn lab_base_build_imports_a_downloaded_raw_image_once() {
-    let work = tempfile::tempdir().unwrap();
-    let raw = noise(2 << 20, 31);
-    let server = Server::start();
-    server.serve("/cloud/disk.raw", raw.clone());
-    server.serve_as(
-        "/cloud/SHA256SUMS",
-        format!("{}  disk.raw\n", sha256(&raw).hex()).into_bytes(),
-        "text/plain",
-    );
-    let images = work.path().join("images");
-    let profile = work.path().join("rawbase.toml");
-    std::fs::write(
-        &profile,
-        format!(
-            "name = \"rawbase{}\"\n[storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n[base]\n\
-             image = \"{}\"\nchecksum_url = \"{}\"\n[[vm]]\nname = \"a\"\n",
-            std::process::id() % 100_000,
-            images.display(),
-            server.url("/cloud/disk.raw"),
-            server.url("/cloud/SHA256SUMS"),
-        ),
-    )
-    .unwrap();
+    let t = RawImageLab::new("rawbase", 2 << 20, 31);
+    let (server, raw, images) = (&t.server, &t.raw, &t.images);
     let lab = |args: &[&str]| {
-        let out = Command::new(lab_cli::LAB)
-            .args(args)
-            .env("LAB_IMAGE_CACHE", work.path().join("cache"))
-            .env("LAB_LOCK", work.path().join("lab.lock"))
-            .env("LAB_RUNTIME_DIR", work.path().join("run"))
-            .output()
-            .unwrap();
+        let out = t.lab().args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "lab {args:?}: {stderr}");
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
-    let p = profile.to_str().unwrap();
+    let p = t.profile.to_str().unwrap();
     let (stdout, stderr) = lab(&["base", "build", p]);
     assert!(stderr.contains("downloaded disk.raw"), "{stderr}");
     let base = PathBuf::from(stdout.trim());
-    assert!(base.starts_with(&images), "{stdout}");
+    assert!(base.starts_with(images), "{stdout}");
     let info = lab::storage::qcow2::info(&base).unwrap();
     assert_eq!(info.format, "qcow2");
     assert_eq!(
@@ -878,37 +851,12 @@ fn a_downloaded_qcow2_that_reads_another_file_is_refused() {
 /// stopped (a Range request from there) and finishes the base.
 #[test]
 fn a_download_killed_midway_is_resumed_by_the_next_run_and_never_used_half() {
-    let work = tempfile::tempdir().unwrap();
-    let raw = noise(4 << 20, 53);
-    let server = Server::start();
-    server.serve("/cloud/disk.raw", raw.clone());
-    server.serve_as(
-        "/cloud/SHA256SUMS",
-        format!("{}  disk.raw\n", sha256(&raw).hex()).into_bytes(),
-        "text/plain",
-    );
-    let images = work.path().join("images");
-    let cache_dir = work.path().join("cache");
-    let profile = work.path().join("killed.toml");
-    std::fs::write(
-        &profile,
-        format!(
-            "name = \"killed{}\"\n[storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n[base]\n\
-             image = \"{}\"\nchecksum_url = \"{}\"\n[[vm]]\nname = \"a\"\n",
-            std::process::id() % 100_000,
-            images.display(),
-            server.url("/cloud/disk.raw"),
-            server.url("/cloud/SHA256SUMS"),
-        ),
-    )
-    .unwrap();
-    let p = profile.to_str().unwrap();
+    let t = RawImageLab::new("killed", 4 << 20, 53);
+    let (server, raw, images, cache_dir) = (&t.server, &t.raw, &t.images, &t.cache);
+    let p = t.profile.to_str().unwrap();
     let lab = || {
-        let mut c = Command::new(lab_cli::LAB);
-        c.args(["base", "build", p])
-            .env("LAB_IMAGE_CACHE", &cache_dir)
-            .env("LAB_LOCK", work.path().join("lab.lock"))
-            .env("LAB_RUNTIME_DIR", work.path().join("run"));
+        let mut c = t.lab();
+        c.args(["base", "build", p]);
         c
     };
     // A transfer that hangs after 1 MiB; lab is killed while it waits for the rest.
@@ -920,7 +868,7 @@ fn a_download_killed_midway_is_resumed_by_the_next_run_and_never_used_half() {
         .spawn()
         .unwrap();
     let part_size = || -> u64 {
-        walk(&cache_dir)
+        walk(cache_dir)
             .iter()
             .filter(|f| f.to_string_lossy().ends_with(".part"))
             .map(|f| f.metadata().map_or(0, |m| m.len()))
@@ -931,20 +879,20 @@ fn a_download_killed_midway_is_resumed_by_the_next_run_and_never_used_half() {
         assert!(
             std::time::Instant::now() < deadline,
             "lab never wrote the first MiB: {:?}",
-            walk(&cache_dir)
+            walk(cache_dir)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     // Nothing half-downloaded is an image: no cache entry, no base.
-    assert!(cache::entries(&cache_dir).unwrap().is_empty());
+    assert!(cache::entries(cache_dir).unwrap().is_empty());
     assert!(
-        !walk(&images)
+        !walk(images)
             .iter()
             .any(|f| f.to_string_lossy().contains("base")),
         "{:?}",
-        walk(&images)
+        walk(images)
     );
     // The next run resumes where the killed one stopped, and finishes.
     let out = lab().output().unwrap();
@@ -960,9 +908,65 @@ fn a_download_killed_midway_is_resumed_by_the_next_run_and_never_used_half() {
         .filter_map(|r| r.range.clone())
         .collect();
     assert_eq!(ranges, [format!("bytes={stalled}-")], "{ranges:?}");
-    let entries = cache::entries(&cache_dir).unwrap();
+    let entries = cache::entries(cache_dir).unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].size, raw.len() as u64);
+}
+
+/// A profile whose base is a raw image of `size` bytes of noise served over HTTP with a
+/// SHA256SUMS, in a directory of its own, and `lab` run with its own image cache, lock and
+/// runtime directory there.
+struct RawImageLab {
+    work: tempfile::TempDir,
+    server: Server,
+    raw: Vec<u8>,
+    profile: PathBuf,
+    images: PathBuf,
+    cache: PathBuf,
+}
+
+impl RawImageLab {
+    fn new(name: &str, size: usize, seed: u64) -> RawImageLab {
+        let work = tempfile::tempdir().unwrap();
+        let raw = noise(size, seed);
+        let server = Server::start();
+        server.serve("/cloud/disk.raw", raw.clone());
+        server.serve_as(
+            "/cloud/SHA256SUMS",
+            format!("{}  disk.raw\n", sha256(&raw).hex()).into_bytes(),
+            "text/plain",
+        );
+        let images = work.path().join("images");
+        let profile = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &profile,
+            format!(
+                "name = \"{name}{}\"\n[storage]\nbackend = \"qcow2\"\ndir = \"{}\"\n[base]\n\
+                 image = \"{}\"\nchecksum_url = \"{}\"\n[[vm]]\nname = \"a\"\n",
+                std::process::id() % 100_000,
+                images.display(),
+                server.url("/cloud/disk.raw"),
+                server.url("/cloud/SHA256SUMS"),
+            ),
+        )
+        .unwrap();
+        RawImageLab {
+            cache: work.path().join("cache"),
+            work,
+            server,
+            raw,
+            profile,
+            images,
+        }
+    }
+
+    fn lab(&self) -> Command {
+        let mut c = Command::new(lab_cli::LAB);
+        c.env("LAB_IMAGE_CACHE", &self.cache)
+            .env("LAB_LOCK", self.work.path().join("lab.lock"))
+            .env("LAB_RUNTIME_DIR", self.work.path().join("run"));
+        c
+    }
 }
 
 /// Every file under `dir` (none when it does not exist).
