@@ -52,6 +52,7 @@ dir="$cache_dir/$name-$hash"
 image="$dir/$name.qcow2"
 
 log() { echo "debian-image: $*" >&2; }
+. "$(cd "$(dirname "$0")" && pwd)/debian-cache.sh"
 
 if [ -f "$dir/SHA256SUMS" ] && [ -f "$image" ]; then
     echo "$image"
@@ -59,15 +60,6 @@ if [ -f "$dir/SHA256SUMS" ] && [ -f "$image" ]; then
 fi
 
 # --- host tools ------------------------------------------------------------------------
-retry() {
-    local n
-    for n in 1 2 3 4 5; do
-        "$@" && return 0
-        log "attempt $n of '$*' failed; trying again in $((n * 10)) s"
-        sleep $((n * 10))
-    done
-    "$@"
-}
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v extlinux >/dev/null || need+=(extlinux)
@@ -84,9 +76,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # --- one build at a time per recipe ----------------------------------------------------
-mkdir -p "$cache_dir"
-exec 9>"$cache_dir/.$name-$hash.lock"
-flock 9
+lock_recipe "$cache_dir" "$name" "$hash"
 if [ -f "$dir/SHA256SUMS" ] && [ -f "$image" ]; then
     echo "$image"   # built by another run while this one waited
     exit 0

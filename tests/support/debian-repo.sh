@@ -43,6 +43,7 @@ name=debian-12-repo
 packages=(qemu-guest-agent postgresql python3 python3-psycopg2 nginx curl)
 
 log() { echo "debian-repo: $*" >&2; }
+. "$here/debian-cache.sh"
 
 if [ -z "$image_dir" ]; then
     image_dir=$(dirname "$("$here/debian-image.sh" "$cache_dir")")
@@ -66,9 +67,7 @@ done
 [ -f "$keyring" ] || { log "$keyring is missing: install debian-archive-keyring"; exit 1; }
 
 # --- one build at a time per recipe ----------------------------------------------------
-mkdir -p "$cache_dir"
-exec 9>"$cache_dir/.$name-$hash.lock"
-flock 9
+lock_recipe "$cache_dir" "$name" "$hash"
 if [ -f "$dir/Release" ]; then
     echo "$dir"   # built by another run while this one waited
     exit 0
@@ -78,15 +77,6 @@ work=$(mktemp -d "$cache_dir/.build-$name-$hash.XXXXXX")
 trap 'rm -rf --one-file-system "$work"' EXIT
 start=$(date +%s)
 
-retry() {
-    local n
-    for n in 1 2 3 4 5; do
-        "$@" && return 0
-        log "attempt $n of '$*' failed; trying again in $((n * 10)) s"
-        sleep $((n * 10))
-    done
-    "$@"
-}
 
 # --- apt in a directory of its own -----------------------------------------------------
 root="$work/apt"
