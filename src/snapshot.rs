@@ -210,31 +210,24 @@ impl<'a> Snapshots<'a> {
 
     /// The record of snapshot `name`, when it is lab's and this profile's.
     pub fn record(&self, name: &str) -> Option<Record> {
-        let text = std::fs::read_to_string(self.dir(name).join(RECORD)).ok()?;
-        serde_json::from_str::<Record>(&text)
-            .ok()
-            .filter(|r| r.owner.is(&self.profile.name) && r.name == name)
+        read_record(&self.dir(name)).filter(|r| r.owner.is(&self.profile.name) && r.name == name)
     }
 
-    /// Every snapshot directory of the profile with lab's record, by name.
+    /// Every snapshot directory of the profile with lab's record, oldest first.
     pub fn records(&self) -> Vec<Record> {
-        let mut out: Vec<Record> = std::fs::read_dir(&self.root)
+        records_in(&self.root, &self.profile.name)
             .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| self.record(&e.file_name().to_string_lossy()))
-            .collect();
-        out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
-        out
+            .map(|(_, r)| r)
+            .collect()
     }
 
-    /// Whether a complete snapshot `name` exists.
     /// Whether anything of snapshot `name` is there, complete or not (one being removed
     /// keeps its name until its layers are merged).
     pub fn is_taken(&self, name: &str) -> bool {
         self.dir(name).exists()
     }
 
+    /// Whether a complete snapshot `name` exists.
     pub fn exists(&self, name: &str) -> bool {
         self.record(name)
             .is_some_and(|r| r.state == State::Complete)
@@ -762,8 +755,9 @@ impl<'a> Snapshots<'a> {
         self.prune()
     }
 
-    /// A save libvirt still runs after lab was killed is waited for (up to 5 minutes);
-    /// one that went nowhere is thrown away, to be made again.
+    /// A save libvirt still runs after lab was killed is waited for, as `lab stop` waits
+    /// for a managed save (at most 5 minutes, then an error naming what libvirt still
+    /// does); one that went nowhere is thrown away, to be made again.
     fn wait_saves(&self, r: &Record) -> Result<()> {
         let dir = self.dir(&r.name);
         for vm in &r.vms {
@@ -772,13 +766,7 @@ impl<'a> Snapshots<'a> {
                 continue;
             }
             let domain = names::domain(&self.profile.name, vm);
-            let until = Instant::now() + Duration::from_secs(300);
-            while self.lv.domain_running(&domain)
-                && self.lv.domain_busy(&domain)
-                && Instant::now() < until
-            {
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            self.lv.wait_settled(&domain, Duration::from_secs(300))?;
             // Still running: that save went nowhere, and is made again.
             if self.lv.domain_running(&domain) {
                 std::fs::remove_file(&partial)
@@ -925,10 +913,7 @@ impl<'a> Snapshots<'a> {
     pub fn remove_everything(root: &Path, profile: &str) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            let record: Option<Record> = std::fs::read_to_string(entry.path().join(RECORD))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            if record.is_some_and(|r| r.owner.is(profile)) {
+            if read_record(&entry.path()).is_some_and(|r| r.owner.is(profile)) {
                 remove_snapshot_dir(&entry.path())?;
                 removed.push(entry.file_name().to_string_lossy().into_owned());
             }
@@ -941,10 +926,7 @@ impl<'a> Snapshots<'a> {
 /// A snapshot's directory removed (one already gone is fine), with the thin snapshot
 /// volumes its record names: on a thin pool the disk half is not in the directory.
 pub fn remove_snapshot_dir(dir: &Path) -> Result<()> {
-    let record: Option<Record> = std::fs::read_to_string(dir.join(RECORD))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(r) = record
+    if let Some(r) = read_record(dir)
         && let Some(thin) = r.layers.thin()
     {
         thin.remove_snapshot_volumes(&r.owner.profile, Some(&r.name))?;
@@ -962,16 +944,8 @@ pub fn remove_snapshot_dir(dir: &Path) -> Result<()> {
 /// for a thin pool's snapshot): `lab status` and `lab down --dry-run` list snapshots with
 /// it.
 pub fn listed_in(root: &Path, profile: &str) -> Vec<Listed> {
-    let mut out: Vec<Listed> = std::fs::read_dir(root)
+    records_in(root, profile)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let dir = e.path();
-            let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
-            let r: Record = serde_json::from_str(&text).ok()?;
-            (r.owner.is(profile) && r.name == e.file_name().to_string_lossy()).then_some((dir, r))
-        })
         .map(|(dir, r)| {
             let size = |ext: &str| -> u64 {
                 r.vms
@@ -996,8 +970,29 @@ pub fn listed_in(root: &Path, profile: &str) -> Vec<Listed> {
                 layer_bytes,
             }
         })
+        .collect()
+}
+
+/// The record in a snapshot's directory, when it holds one lab can read.
+fn read_record(dir: &Path) -> Option<Record> {
+    let text = std::fs::read_to_string(dir.join(RECORD)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Every snapshot directory under `root` whose record is `profile`'s and names it, with
+/// that record, oldest first.
+fn records_in(root: &Path, profile: &str) -> Vec<(PathBuf, Record)> {
+    let mut out: Vec<(PathBuf, Record)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let dir = e.path();
+            let r = read_record(&dir)?;
+            (r.owner.is(profile) && r.name == e.file_name().to_string_lossy()).then_some((dir, r))
+        })
         .collect();
-    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    out.sort_by(|(_, a), (_, b)| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
     out
 }
 

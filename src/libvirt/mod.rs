@@ -425,14 +425,6 @@ impl Libvirt {
         self.conn.lookup_domain_by_name(name).ok()?.id()
     }
 
-    /// Whether libvirt runs a job on the domain (a save, a migration): a save goes on in
-    /// libvirtd when the lab that asked for it was killed.
-    pub fn domain_busy(&self, name: &str) -> bool {
-        self.conn
-            .lookup_domain_by_name(name)
-            .is_ok_and(|d| d.job_info().is_ok_and(|j| j.r#type != 0))
-    }
-
     pub fn domain_exists(&self, name: &str) -> bool {
         self.conn.lookup_domain_by_name(name).is_ok()
     }
